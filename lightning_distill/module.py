@@ -36,6 +36,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -49,6 +50,10 @@ from torch import nn
 __all__ = ["DistillationModule", "teacher_source"]
 
 _CKPT_KEY = "lightning_distill"
+
+# Frozen teachers are in eval mode on purpose; Lightning's notice about eval-mode modules at the
+# start of fit would show on every run of every recipe.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 
 def teacher_source(module: nn.Module) -> str:
@@ -134,7 +139,6 @@ class DistillationModule(L.LightningModule):
         self.teachers = nn.ModuleList(found)
         self._frozen_names: list[str] = ["teachers"]
         self.teachers.requires_grad_(False).eval()
-        self.teacher_sources = [teacher_source(t) for t in found]
 
         self.loss_weights = self._resolve_loss_weights(loss_weights)
         self.optimizer = optimizer
@@ -153,6 +157,10 @@ class DistillationModule(L.LightningModule):
                 "Use `self.teachers`."
             )
         return self.teachers[0]
+
+    def teacher_sources(self) -> list[str]:
+        """Where each teacher came from (see :func:`teacher_source`); recorded in checkpoints."""
+        return [teacher_source(t) for t in self.teachers]
 
     @torch.no_grad()
     def teacher_outputs(self, *args: Any, **kwargs: Any) -> list[Any]:
@@ -206,7 +214,8 @@ class DistillationModule(L.LightningModule):
     def log_losses(self, terms: Mapping[str, torch.Tensor], *, stage: str = "train") -> dict[str, torch.Tensor]:
         """Weigh, sum and log named loss terms; return ``{"loss": total, **detached terms}``.
 
-        Each term is logged as ``<stage>/<term>`` and the weighted sum as ``<stage>/loss``.
+        Each term is logged per optimizer step as ``<stage>/<term>`` and the weighted sum as
+        ``<stage>/loss`` (stable names, the same across recipes).
         A term with weight 0 is logged but not added.
 
         Raises:
@@ -223,12 +232,12 @@ class DistillationModule(L.LightningModule):
                     f"{list(self.loss_terms)}; add it there."
                 )
             weight = self.loss_weights[name]
-            self.log(f"{stage}/{name}", value.detach(), on_step=True, on_epoch=True, batch_size=batch_size)
+            self.log(f"{stage}/{name}", value.detach(), on_step=True, on_epoch=False, batch_size=batch_size)
             if weight != 0.0:
                 total = value * weight if total is None else total + value * weight
         if total is None:
             raise ValueError("Every loss term has weight 0; nothing would be optimised. Check `loss_weights`.")
-        self.log(f"{stage}/loss", total.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size)
+        self.log(f"{stage}/loss", total.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
         return {"loss": total, **{k: v.detach() for k, v in terms.items()}}
 
     _batch_size_hint: int | None = None
@@ -346,7 +355,7 @@ class DistillationModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[_CKPT_KEY] = {
-            "teacher_sources": list(self.teacher_sources),
+            "teacher_sources": self.teacher_sources(),
             "teacher_fingerprints": self.teacher_fingerprints(),
             "teachers_saved": bool(self.save_teachers),
         }

@@ -287,7 +287,9 @@ class FeatureHooks(L.Callback):
 
     def __enter__(self) -> FeatureHooks:
         if not self.is_attached:
-            raise RuntimeError("Call `attach(module)` before entering: `with FeatureHooks(...).attach(model):`.")
+            raise RuntimeError(
+                "Call `attach(module)` before entering: `with FeatureHooks(...).attach(model):`."
+            )
         self.clear()
         return self
 
@@ -305,21 +307,38 @@ class FeatureHooks(L.Callback):
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.remove()
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self.clear()
 
     def on_validation_batch_start(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
         self.clear()
 
     def on_test_batch_start(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
         self.clear()
 
     def on_predict_batch_start(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
         self.clear()
 
@@ -386,13 +405,23 @@ def _parse_taps(taps: object, default_multiple: str) -> dict[str, TapSpec]:
         if isinstance(entry, str):
             entry = {"path": entry}
         if not isinstance(entry, Mapping):
-            raise TypeError(f"{where} must be a module path or a dict with a 'path', got {type(entry).__name__}.")
+            raise TypeError(
+                f"{where} must be a module path or a dict with a 'path', got {type(entry).__name__}."
+            )
         unknown = [key for key in entry if key not in _SPEC_KEYS]
         if unknown:
             raise ValueError(f"{where} has unknown keys {unknown}; allowed keys are {list(_SPEC_KEYS)}.")
         path = entry.get("path")
-        if not isinstance(path, str) or not path or path.startswith(".") or path.endswith(".") or ".." in path:
-            raise ValueError(f"{where}['path'] must be a dotted module path such as 'student.layer4', got {path!r}.")
+        if (
+            not isinstance(path, str)
+            or not path
+            or path.startswith(".")
+            or path.endswith(".")
+            or ".." in path
+        ):
+            raise ValueError(
+                f"{where}['path'] must be a dotted module path such as 'student.layer4', got {path!r}."
+            )
         kind = entry.get("kind", "output")
         if kind not in _KINDS:
             raise ValueError(f"{where}['kind'] must be one of {_KINDS}, got {kind!r}.")
@@ -403,7 +432,9 @@ def _parse_taps(taps: object, default_multiple: str) -> dict[str, TapSpec]:
                     f"{where}['transform'] must be one of {list(_TRANSFORMS)} or a callable, got {transform!r}."
                 )
         elif not callable(transform):
-            raise TypeError(f"{where}['transform'] must be a name or a callable, got {type(transform).__name__}.")
+            raise TypeError(
+                f"{where}['transform'] must be a name or a callable, got {type(transform).__name__}."
+            )
         detach = entry.get("detach")
         if detach is not None and not isinstance(detach, bool):
             raise TypeError(f"{where}['detach'] must be true, false or null, got {detach!r}.")
@@ -434,7 +465,11 @@ def _canonical_parts(root: nn.Module, path: str) -> list[str]:
     """Splits ``path``, rewriting a leading ``teacher`` to ``teachers.0`` where that alias applies."""
     parts = path.split(".")
     children = dict(root.named_children())
-    if parts[0] == "teacher" and "teacher" not in children and isinstance(children.get("teachers"), nn.ModuleList):
+    if (
+        parts[0] == "teacher"
+        and "teacher" not in children
+        and isinstance(children.get("teachers"), nn.ModuleList)
+    ):
         parts = ["teachers", "0", *parts[1:]]
     return parts
 

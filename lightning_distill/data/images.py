@@ -20,9 +20,17 @@ import lightning.pytorch as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-__all__ = ["UNLABELLED", "ArrayImageDataModule", "DigitsDataModule", "MNIST5kDataModule", "TensorImageDataset"]
+__all__ = [
+    "UNLABELLED",
+    "ArrayImageDataModule",
+    "DigitsDataModule",
+    "EpochShuffleSampler",
+    "MNIST5kDataModule",
+    "ResumableDataLoader",
+    "TensorImageDataset",
+]
 
 UNLABELLED = -1
 """Label of a training image whose label is hidden (semi-supervised and label-free recipes)."""
@@ -38,6 +46,11 @@ class TensorImageDataset(Dataset):
             zero-padded (after normalisation, i.e. with the background value) and cropped back.
         return_index: also return the sample index.
         background: value used for padding.
+        seed: seed of the augmentation; a sample's shift is a function of (seed, epoch, index), so
+            a resumed run sees the same augmented images as an uninterrupted one.
+
+    Items are looked up by ``index`` or by ``(epoch, index)`` (what :class:`EpochShuffleSampler`
+    yields).
     """
 
     def __init__(
@@ -48,6 +61,7 @@ class TensorImageDataset(Dataset):
         shift: int = 0,
         return_index: bool = False,
         background: float = 0.0,
+        seed: int = 0,
     ) -> None:
         if images.ndim != 4 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
             raise ValueError(
@@ -59,21 +73,81 @@ class TensorImageDataset(Dataset):
         self.shift = shift
         self.return_index = return_index
         self.background = background
+        self.seed = seed
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, item: int | tuple[int, int]):
+        epoch, index = item if isinstance(item, tuple) else (0, item)
         x = self.images[index]
         if self.shift > 0:
             s = self.shift
-            dx, dy = torch.randint(-s, s + 1, (2,)).tolist()
+            gen = torch.Generator().manual_seed(hash((self.seed, epoch, index)) & 0x7FFF_FFFF_FFFF)
+            dx, dy = torch.randint(-s, s + 1, (2,), generator=gen).tolist()
             padded = F.pad(x, (s, s, s, s), value=self.background)
             h, w = x.shape[-2:]
             x = padded[:, s + dy : s + dy + h, s + dx : s + dx + w]
         if self.return_index:
             return x, self.labels[index], index
         return x, self.labels[index]
+
+
+class EpochShuffleSampler(Sampler):
+    """A new permutation each epoch, a pure function of ``(seed, epoch)``; yields ``(epoch, index)``.
+
+    Lightning calls :meth:`set_epoch` at the start of every epoch, also after a resume, so the
+    order does not depend on the global random state.
+    """
+
+    def __init__(self, length: int, seed: int = 0) -> None:
+        self.length = length
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(hash((self.seed, self.epoch)) & 0x7FFF_FFFF_FFFF)
+        for index in torch.randperm(self.length, generator=gen).tolist():
+            yield self.epoch, index
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader whose position within the epoch is saved in Lightning checkpoints.
+
+    Lightning stores ``state_dict()`` of stateful training loaders in the checkpoint; after a
+    resume mid-epoch, the first ``__iter__`` skips the batches the interrupted run had already
+    trained on. With :class:`EpochShuffleSampler` and a seeded dataset the resumed run then sees
+    exactly the batches of an uninterrupted run.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._yielded = 0
+        self._skip = 0
+
+    def __iter__(self):
+        iterator = super().__iter__()
+        self._yielded, skip, self._skip = 0, self._skip, 0
+        for _ in range(skip):
+            next(iterator)
+            self._yielded += 1
+        for batch in iterator:
+            self._yielded += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"yielded": self._yielded}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        yielded = int(state.get("yielded", 0))
+        # A checkpoint taken at the end of an epoch resumes at the start of the next one.
+        self._skip = yielded if yielded < len(self) else 0
 
 
 class ArrayImageDataModule(L.LightningDataModule):
@@ -222,15 +296,19 @@ class ArrayImageDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         x, y = self.train_images()
         dataset = TensorImageDataset(
-            x, y, shift=self.shift, return_index=self.return_index, background=self.background
+            x, y, shift=self.shift, return_index=self.return_index, background=self.background, seed=self.seed
         )
-        return DataLoader(
+        return ResumableDataLoader(
             dataset,
             batch_size=min(self.batch_size, len(dataset)),
-            shuffle=True,
+            sampler=EpochShuffleSampler(len(dataset), seed=self._shuffle_seed()),
             drop_last=len(dataset) > self.batch_size,
             num_workers=self.num_workers,
         )
+
+    def _shuffle_seed(self) -> int:
+        # Follows the run's seed (seed_everything) so that different runs see different orders.
+        return int(torch.initial_seed()) ^ self.seed
 
     def _eval_loader(self, split: str) -> DataLoader:
         x, y = self._prepare()[split]

@@ -1,5 +1,25 @@
 """Loss functions: pure functions of tensors, no Lightning."""
 
+from lightning_distill.losses.feature import (
+    attention_transfer_loss,
+    cwd_loss,
+    hint_loss,
+    rkd_angle_loss,
+    rkd_distance_loss,
+    similarity_preserving_loss,
+)
 from lightning_distill.losses.kd import dkd_loss, js_divergence, kd_loss, soft_cross_entropy, symmetric_kl
 
-__all__ = ["dkd_loss", "js_divergence", "kd_loss", "soft_cross_entropy", "symmetric_kl"]
+__all__ = [
+    "attention_transfer_loss",
+    "cwd_loss",
+    "dkd_loss",
+    "hint_loss",
+    "js_divergence",
+    "kd_loss",
+    "rkd_angle_loss",
+    "rkd_distance_loss",
+    "similarity_preserving_loss",
+    "soft_cross_entropy",
+    "symmetric_kl",
+]

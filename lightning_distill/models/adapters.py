@@ -45,7 +45,9 @@ class LinearAdapter(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__()
-        self.proj = nn.Linear(_check_size("in_features", in_features), _check_size("out_features", out_features), bias)
+        self.proj = nn.Linear(
+            _check_size("in_features", in_features), _check_size("out_features", out_features), bias
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         """Maps ``(..., C_s)`` to ``(..., C_t)``."""
@@ -115,7 +117,9 @@ class MLPAdapter(nn.Module):
         if activation not in _ACTIVATIONS:
             raise ValueError(f"`activation` must be one of {list(_ACTIVATIONS)}, got {activation!r}.")
         self.net = nn.Sequential(
-            nn.Linear(_check_size("in_features", in_features), _check_size("hidden_features", hidden_features)),
+            nn.Linear(
+                _check_size("in_features", in_features), _check_size("hidden_features", hidden_features)
+            ),
             _ACTIVATIONS[activation](),
             nn.Linear(hidden_features, _check_size("out_features", out_features)),
         )
@@ -153,16 +157,18 @@ def build_adapter(
             or ``hidden_features`` is given for 4-D features.
 
     Example:
-        >>> build_adapter((8, 16, 4, 4), (8, 64, 4, 4))
-        ConvAdapter(
-          (conv): Conv2d(16, 64, kernel_size=(1, 1), stride=(1, 1), bias=False)
-          (norm): BatchNorm2d(64, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)
-        )
+        >>> adapter = build_adapter((8, 16, 4, 4), (8, 64, 4, 4))
+        >>> type(adapter).__name__, adapter.conv.weight.shape
+        ('ConvAdapter', torch.Size([64, 16, 1, 1]))
+        >>> type(build_adapter(torch.zeros(8, 5, 16), torch.zeros(8, 5, 32), hidden_features=64)).__name__
+        'MLPAdapter'
     """
     s_shape = _as_shape("student", student)
     t_shape = _as_shape("teacher", teacher)
     if len(s_shape) != len(t_shape):
-        raise ValueError(f"`student` and `teacher` must have the same rank, got shapes {s_shape} and {t_shape}.")
+        raise ValueError(
+            f"`student` and `teacher` must have the same rank, got shapes {s_shape} and {t_shape}."
+        )
     if len(s_shape) not in (2, 3, 4):
         raise ValueError(
             f"Supported feature shapes are (B, C), (B, N, C) and (B, C, H, W), got {s_shape}; "
@@ -175,10 +181,14 @@ def build_adapter(
                 "resize one with `torch.nn.functional.interpolate` or pool it first."
             )
         if hidden_features is not None:
-            raise ValueError("`hidden_features` is only used for (B, C) and (B, N, C) features; leave it None.")
+            raise ValueError(
+                "`hidden_features` is only used for (B, C) and (B, N, C) features; leave it None."
+            )
         return ConvAdapter(s_shape[1], t_shape[1])
     if s_shape[1:-1] != t_shape[1:-1]:
-        raise ValueError(f"Student and teacher must have the same token count N, got {s_shape} and {t_shape}.")
+        raise ValueError(
+            f"Student and teacher must have the same token count N, got {s_shape} and {t_shape}."
+        )
     if hidden_features is not None:
         return MLPAdapter(s_shape[-1], hidden_features, t_shape[-1])
     return LinearAdapter(s_shape[-1], t_shape[-1])
