@@ -85,7 +85,8 @@ def recipe_config_path(slug: str) -> Path:
     )
 
 
-def _print_recipes(out=sys.stdout) -> None:
+def _print_recipes(out=None) -> None:
+    out = out or sys.stdout
     width = max(len(s) for s in RECIPES)
     out.write(f"{'recipe'.ljust(width)}  {'family'.ljust(14)}  paper\n")
     for slug, info in sorted(RECIPES.items(), key=lambda kv: (kv[1].family, kv[0])):

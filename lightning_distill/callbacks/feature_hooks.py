@@ -114,7 +114,7 @@ class TapSpec:
         transform: a built-in name (``"identity"``, ``"bn_stats"``, ``"attention"``) or a callable
             applied to the tapped tensor when the hook fires.
         detach: ``True``/``False`` forces detaching; ``None`` detaches taps under ``teacher``/
-            ``teachers`` and keeps the graph of every other tap.
+            ``teachers`` or inside the root's ``frozen_modules()``, and keeps the graph of others.
         multiple: when the module runs several times in one step, ``"last"`` keeps the last value
             and ``"list"`` keeps all of them in call order.
         clone: copy the value when the hook fires, for modules whose output is later modified in
@@ -145,10 +145,12 @@ class FeatureHooks(L.Callback):
     ``teardown``. Outside Lightning, ``attach(module)`` and a ``with`` block do the same.
 
     Which taps are detached: by default, taps whose path starts with ``teacher`` or ``teachers``
-    (after the alias), and no others. The rule is by path, not by "has no trainable parameters",
-    because parameter-free student modules (``nn.ReLU``) must keep their graph, and taps on a
-    frozen network that the loss differentiates through to its input (SRe2L/CDA BatchNorm
-    statistics, DataDAM attention on synthetic images) need ``"detach": False``.
+    (after the alias) and taps on modules inside ``root.frozen_modules()`` when the root defines
+    it (``DistillationModule.register_frozen`` modules such as an EMA copy); no others. The rule
+    is by path and registration, not by "has no trainable parameters", because parameter-free
+    student modules (``nn.ReLU``) must keep their graph. Taps on a frozen network that the loss
+    differentiates through to its input (SRe2L/CDA BatchNorm statistics, DataDAM attention on
+    synthetic images) need ``"detach": False``.
 
     Reading a tap whose module has not run since the last clear raises ``KeyError``; reading a
     tensor that was modified in place after it was captured raises ``RuntimeError`` (set
@@ -229,10 +231,13 @@ class FeatureHooks(L.Callback):
             raise TypeError(f"`module` must be a torch.nn.Module, got {_describe(module)}.")
         root = _unwrap(module)
         resolved = {name: _resolve(root, spec) for name, spec in self._specs.items()}
+        frozen = _frozen_module_ids(root)
         self.remove()
         for name, (path, target) in resolved.items():
             spec = self._specs[name]
-            detach = spec.detach if spec.detach is not None else _is_teacher_path(path)
+            detach = (
+                spec.detach if spec.detach is not None else _is_teacher_path(path) or id(target) in frozen
+            )
             record = self._recorder(spec, detach)
             if spec.kind == "output":
                 handle = target.register_forward_hook(_output_hook(record))
@@ -518,6 +523,14 @@ def _not_found_message(root: nn.Module, spec: TapSpec) -> str:
 
 def _is_teacher_path(path: str) -> bool:
     return path.split(".")[0] in _TEACHER_ROOTS
+
+
+def _frozen_module_ids(root: nn.Module) -> set[int]:
+    """Ids of every module inside ``root.frozen_modules()`` (``DistillationModule``), if it has one."""
+    frozen_modules = getattr(root, "frozen_modules", None)
+    if not callable(frozen_modules):
+        return set()
+    return {id(module) for frozen in frozen_modules() for module in frozen.modules()}
 
 
 def _map_tensors(value: Any, fn: Callable[[Tensor], Tensor]) -> Any:

@@ -9,9 +9,12 @@ also a Lightning :class:`~lightning.pytorch.callbacks.Callback` that logs statis
 draw and keeps its seed in the checkpoint.
 
 Determinism: every draw uses its own ``torch.Generator`` seeded from
-``(seed, stage, global_step, batch_idx, rank, n)`` where ``n`` counts the draws within the batch.
-The same step of a resumed run therefore draws the same noises, different steps, batches and
-ranks draw different ones, and nothing depends on the global RNG state.
+``(seed, stage, global_step, rank, n)``, where ``stage`` tells training from validation, test and
+predict, and ``n`` counts the draws made since ``global_step`` last changed (several draws in a
+step, or micro-batches under gradient accumulation, get different noises). A resumed run
+therefore draws the same noises at the same step as the uninterrupted run; different steps and
+ranks draw different ones; nothing depends on the global RNG state or on ``batch_idx`` (which a
+mid-epoch resume renumbers).
 """
 
 from __future__ import annotations
@@ -382,9 +385,9 @@ class PreferencePairs(Callback):
         self.log_prefix = log_prefix
         self._seed = seed
         self._trainer: pl.Trainer | None = None
-        self._context: tuple[int, int] = (_STAGE_CODES["train"], 0)  # (stage code, batch_idx)
-        self._draw_key: tuple[int, int, int] | None = None  # (stage, step, batch_idx) of the last draw
-        self._draws_in_batch = 0
+        self._stage = _STAGE_CODES["train"]
+        self._draw_key: tuple[int, int] | None = None  # (stage, step) of the last draw
+        self._draws_at_key = 0
         self._last_stats: dict[str, Tensor] | None = None
         self._last_batch_size = 0
 
@@ -410,13 +413,18 @@ class PreferencePairs(Callback):
             device: Device of the generator (that of the noise).
             rank: Process rank; ``None`` takes it from the trainer or ``torch.distributed``.
         """
-        stage, batch_idx = self._context if self._trainer is not None else (_STAGE_CODES["train"], 0)
-        key = (stage, int(step), batch_idx)
+        stage = self._stage if self._trainer is not None else _STAGE_CODES["train"]
+        key = (stage, int(step))
         if key != self._draw_key:
-            self._draw_key, self._draws_in_batch = key, 0
-        entropy = [self.seed, stage, int(step), batch_idx, self._rank() if rank is None else int(rank)]
-        entropy.append(self._draws_in_batch)
-        self._draws_in_batch += 1
+            self._draw_key, self._draws_at_key = key, 0
+        entropy = [
+            self.seed,
+            stage,
+            int(step),
+            self._rank() if rank is None else int(rank),
+            self._draws_at_key,
+        ]
+        self._draws_at_key += 1
         state = np.random.SeedSequence(entropy).generate_state(2, dtype=np.uint32)
         generator = torch.Generator(device=torch.device(device))
         generator.manual_seed((int(state[0]) << 31) ^ int(state[1]))
@@ -550,7 +558,7 @@ class PreferencePairs(Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        self._context = (_STAGE_CODES["train"], batch_idx)
+        self._stage = _STAGE_CODES["train"]
         self._last_stats = None
 
     def on_validation_batch_start(
@@ -561,7 +569,7 @@ class PreferencePairs(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        self._context = (_STAGE_CODES["validation"] + 4 * dataloader_idx, batch_idx)
+        self._stage = _STAGE_CODES["validation"] + 4 * dataloader_idx
 
     def on_test_batch_start(
         self,
@@ -571,7 +579,7 @@ class PreferencePairs(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        self._context = (_STAGE_CODES["test"] + 4 * dataloader_idx, batch_idx)
+        self._stage = _STAGE_CODES["test"] + 4 * dataloader_idx
 
     def on_predict_batch_start(
         self,
@@ -581,7 +589,7 @@ class PreferencePairs(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        self._context = (_STAGE_CODES["predict"] + 4 * dataloader_idx, batch_idx)
+        self._stage = _STAGE_CODES["predict"] + 4 * dataloader_idx
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int

@@ -90,7 +90,9 @@ def test_bn_stats_transform_matches_manual_mean_and_biased_variance_of_the_bn_in
     torch.manual_seed(0)
     model = Net(4)
     x = torch.randn(3, 3, 4, 4)
-    with FeatureHooks({"bn": {"path": "bn", "kind": "input", "transform": "bn_stats"}}).attach(model) as hooks:
+    with FeatureHooks({"bn": {"path": "bn", "kind": "input", "transform": "bn_stats"}}).attach(
+        model
+    ) as hooks:
         model(x)
         mean, var = hooks["bn"]
     y = model.stem(x)
@@ -141,6 +143,25 @@ def test_detach_false_lets_gradients_reach_the_input_through_a_frozen_teacher():
         (mean.square().sum() + var.sum()).backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
     assert all(p.grad is None for p in model.teacher.parameters())
+
+
+def test_taps_inside_modules_listed_by_frozen_modules_are_detached():
+    class WithEMA(nn.Module):  # the DistillationModule interface: frozen_modules() yields frozen submodules
+        def __init__(self) -> None:
+            super().__init__()
+            self.student = Net(4)
+            self.ema = frozen(Net(4))
+
+        def frozen_modules(self):
+            yield self.ema
+
+    model = WithEMA()
+    x = torch.randn(2, 3, 4, 4, requires_grad=True)
+    with FeatureHooks({"ema": "ema.layer1", "s": "student.act"}).attach(model) as hooks:
+        model.ema(x)
+        model.student(x)
+        assert not hooks["ema"].requires_grad
+        assert hooks["s"].grad_fn is not None  # a parameter-free student module keeps its graph
 
 
 def test_student_tap_can_be_forced_detached():
@@ -227,7 +248,12 @@ def test_a_failed_attach_registers_nothing():
     ("taps", "kwargs", "error", "match"),
     [
         ({}, {}, TypeError, "non-empty dict"),
-        ({"s": {"path": "a", "kinde": "input"}}, {}, ValueError, r"`taps\['s'\]` has unknown keys \['kinde'\]"),
+        (
+            {"s": {"path": "a", "kinde": "input"}},
+            {},
+            ValueError,
+            r"`taps\['s'\]` has unknown keys \['kinde'\]",
+        ),
         ({"s": {"path": "a", "kind": "inputs"}}, {}, ValueError, r"\['kind'\] must be one of"),
         ({"s": {"path": "a", "transform": "bn"}}, {}, ValueError, r"\['transform'\] must be one of"),
         ({"s": {"path": "a", "multiple": "all"}}, {}, ValueError, r"\['multiple'\]"),
@@ -265,7 +291,9 @@ class HintModule(L.LightningModule):
         self.student = Net(4)
         self.teacher = frozen(Net(6))
         self.adapter = nn.Conv2d(4, 6, 1)
-        self.hooks = FeatureHooks({"s": "student.layer1", "t": "teacher.layer1", "both": {"path": "student.stem"}})
+        self.hooks = FeatureHooks(
+            {"s": "student.layer1", "t": "teacher.layer1", "both": {"path": "student.stem"}}
+        )
         self.seen: list[tuple[bool, int]] = []
         self.val_errors: list[str] = []
 

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from torch import nn
 from torch.testing import assert_close
@@ -30,14 +31,20 @@ from lightning_distill.callbacks.progressive_schedule import (
     [
         ({"kind": "constant", "value": 0.3}, {0: 0.3, 7: 0.3, 10**6: 0.3}),
         ({"kind": "linear", "start": 0.0, "end": 1.0, "steps": 100}, {0: 0.0, 25: 0.25, 100: 1.0, 150: 1.0}),
-        ({"kind": "linear", "start": 2.0, "end": 0.0, "steps": 4, "begin": 10}, {0: 2.0, 10: 2.0, 11: 1.5, 14: 0.0}),
+        (
+            {"kind": "linear", "start": 2.0, "end": 0.0, "steps": 4, "begin": 10},
+            {0: 2.0, 10: 2.0, 11: 1.5, 14: 0.0},
+        ),
         (
             {"kind": "cosine", "start": 1.0, "end": 0.08, "steps": 8},
             {t: 0.08 + 0.92 * 0.5 * (1 + math.cos(math.pi * min(t, 8) / 8)) for t in (0, 1, 2, 4, 6, 8, 9)},
         ),
         ({"kind": "exponential", "start": 2.0, "gamma": 0.5}, {0: 2.0, 1: 1.0, 3: 0.25}),
         ({"kind": "exponential", "start": 2.0, "gamma": 0.5, "begin": 2}, {0: 2.0, 2: 2.0, 4: 0.5}),
-        ({"kind": "step", "start": 1.0, "milestones": [3, 6], "gamma": 0.1}, {0: 1.0, 2: 1.0, 3: 0.1, 5: 0.1, 6: 0.01}),
+        (
+            {"kind": "step", "start": 1.0, "milestones": [3, 6], "gamma": 0.1},
+            {0: 1.0, 2: 1.0, 3: 0.1, 5: 0.1, 6: 0.01},
+        ),
         (
             {"kind": "piecewise", "points": [[0, 0.0], [10, 1.0], [30, 0.0]]},
             {0: 0.0, 5: 0.5, 10: 1.0, 20: 0.5, 30: 0.0, 99: 0.0},
@@ -47,7 +54,10 @@ from lightning_distill.callbacks.progressive_schedule import (
             {"kind": "piecewise", "points": [[0, 0.0], [10, 1.0]], "interpolation": "constant"},
             {0: 0.0, 9: 0.0, 10: 1.0, 50: 1.0},
         ),
-        ({"kind": "stages", "boundaries": [2, 5], "values": [0, 1, 2]}, {0: 0, 1: 0, 2: 1, 4: 1, 5: 2, 100: 2}),
+        (
+            {"kind": "stages", "boundaries": [2, 5], "values": [0, 1, 2]},
+            {0: 0, 1: 0, 2: 1, 4: 1, 5: 2, 100: 2},
+        ),
         (
             {"kind": "linear", "start": [0, 1000], "end": [500, 1000], "steps": 10},
             {0: (0.0, 1000.0), 4: (200.0, 1000.0), 10: (500.0, 1000.0)},
@@ -125,7 +135,12 @@ SCHEDULES = {
     "mask_ratio": {"kind": "exponential", "start": 0.9, "gamma": 0.8},
     "scale_factor": {"kind": "step", "start": 2.0, "milestones": [4, 8], "gamma": 2.0},
     "timestep_range": {"kind": "piecewise", "points": [[0, [0, 1000]], [10, [500, 1000]]]},
-    "dataset.size": {"kind": "piecewise", "points": [[0, 8], [1, 16]], "interpolation": "constant", "unit": "epoch"},
+    "dataset.size": {
+        "kind": "piecewise",
+        "points": [[0, 8], [1, 16]],
+        "interpolation": "constant",
+        "unit": "epoch",
+    },
     "phase": {"kind": "stages", "boundaries": [3, 7], "values": [0, 1, 2]},
 }
 
@@ -238,7 +253,9 @@ def test_values_are_logged_under_schedule_names(tmp_path):
 
 def test_gradient_accumulation_uses_the_optimizer_step_count(tmp_path):
     module = Scheduled()
-    trainer = make_trainer(tmp_path, max_steps=5, accumulate_grad_batches=2, callbacks=[ProgressiveSchedule(SCHEDULES)])
+    trainer = make_trainer(
+        tmp_path, max_steps=5, accumulate_grad_batches=2, callbacks=[ProgressiveSchedule(SCHEDULES)]
+    )
     trainer.fit(module, loader())
     assert [step for step, _, _ in module.records] == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
     for step, epoch, values in module.records:
@@ -249,36 +266,40 @@ def test_gradient_accumulation_uses_the_optimizer_step_count(tmp_path):
 def test_epoch_unit_for_every_schedule(tmp_path):
     module = Scheduled()
     callback = ProgressiveSchedule(
-        {"loss_weights.kd": {"kind": "linear", "start": 0.0, "end": 1.0, "steps": 2}, "phase": SCHEDULES["phase"]},
+        {
+            "loss_weights.kd": {"kind": "linear", "start": 0.0, "end": 1.0, "steps": 2},
+            "phase": SCHEDULES["phase"],
+        },
         unit="epoch",
     )
     make_trainer(tmp_path, max_epochs=4, callbacks=[callback]).fit(module, loader())
     assert len(module.records) == 16
     for _, epoch, values in module.records:
         assert values["kd"] == pytest.approx(min(epoch / 2, 1.0))
-        assert values["phase"] == 0  # the stage boundaries (3, 7) are epochs now
-    assert module.stage_calls == []
+        assert values["phase"] == (0 if epoch < 3 else 1)  # the stage boundaries (3, 7) are epochs now
+    assert module.stage_calls == [("phase", 0, 1, 12, 1)]  # at the first step of epoch 3
 
 
 @pytest.mark.parametrize("stop", [3, 5, 7])
 def test_resume_sets_the_same_values_and_stage_calls_as_an_uninterrupted_run(tmp_path, stop):
-    torch.manual_seed(0)
+    # The uninterrupted run saves a checkpoint after every optimizer step; a fresh module and
+    # callback (as in a new process) resume from the one taken after `stop` steps.
     full = Scheduled()
-    make_trainer(tmp_path / "full", max_steps=10, callbacks=[ProgressiveSchedule(SCHEDULES)]).fit(full, loader())
+    saver = ModelCheckpoint(dirpath=tmp_path, filename="{step}", every_n_train_steps=1, save_top_k=-1)
+    trainer = make_trainer(
+        tmp_path, max_steps=10, enable_checkpointing=True, callbacks=[ProgressiveSchedule(SCHEDULES), saver]
+    )
+    trainer.fit(full, loader())
 
-    first = Scheduled()
-    trainer = make_trainer(tmp_path / "a", max_steps=stop, callbacks=[ProgressiveSchedule(SCHEDULES)])
-    trainer.fit(first, loader())
-    checkpoint = tmp_path / "stop.ckpt"
-    trainer.save_checkpoint(checkpoint)
-
-    resumed = Scheduled()  # fresh module and callback, as in a new process
+    resumed = Scheduled()
     trainer = make_trainer(tmp_path / "b", max_steps=10, callbacks=[ProgressiveSchedule(SCHEDULES)])
-    trainer.fit(resumed, loader(), ckpt_path=checkpoint)
+    trainer.fit(resumed, loader(), ckpt_path=tmp_path / f"step={stop}.ckpt")
 
-    assert first.records + resumed.records == full.records
+    assert resumed.records == full.records[stop:]
+    before = [call for call in full.stage_calls if call[3] < stop]
     # stop=3 and 7 resume exactly at a boundary: the change is made once, before the first resumed step
-    assert [c[:3] for c in first.stage_calls + resumed.stage_calls] == [c[:3] for c in full.stage_calls]
+    assert before + resumed.stage_calls == full.stage_calls
+    assert len(full.stage_calls) == 2
 
 
 def test_state_dict_keeps_the_last_stage_and_ignores_unknown_names():
@@ -292,14 +313,22 @@ def test_state_dict_keeps_the_last_stage_and_ignores_unknown_names():
 
 def test_unknown_attribute_paths_raise_at_setup_with_close_matches(tmp_path):
     module = Scheduled()
-    with pytest.raises(ValueError, match=r"`loss_weights` \(dict\) has no attribute or key 'kdd'.*'loss_weights.kd'"):
-        ProgressiveSchedule({"loss_weights.kdd": {"kind": "constant", "value": 1.0}}).setup(None, module, "fit")
+    with pytest.raises(
+        ValueError, match=r"`loss_weights` \(dict\) has no attribute or key 'kdd'.*'loss_weights.kd'"
+    ):
+        ProgressiveSchedule({"loss_weights.kdd": {"kind": "constant", "value": 1.0}}).setup(
+            None, module, "fit"
+        )
     with pytest.raises(ValueError, match=r"no attribute or key 'scale_factr'.*\['scale_factor'\]"):
         ProgressiveSchedule({"scale_factr": {"kind": "constant", "value": 1.0}}).setup(None, module, "fit")
     with pytest.raises(ValueError, match=r"`dataset` \(SimpleNamespace\).*'dataset.min_crop'"):
-        ProgressiveSchedule({"dataset.min_crp": {"kind": "constant", "value": 1.0}}).setup(None, module, "fit")
+        ProgressiveSchedule({"dataset.min_crp": {"kind": "constant", "value": 1.0}}).setup(
+            None, module, "fit"
+        )
     with pytest.raises(ValueError, match="cannot set an item of a tuple"):
-        ProgressiveSchedule({"timestep_range.0": {"kind": "constant", "value": 1.0}}).setup(None, module, "fit")
+        ProgressiveSchedule({"timestep_range.0": {"kind": "constant", "value": 1.0}}).setup(
+            None, module, "fit"
+        )
     with pytest.raises(ValueError, match="is a method"):
         ProgressiveSchedule({"current": {"kind": "constant", "value": 1.0}}).setup(None, module, "fit")
     with pytest.raises(ValueError, match="kdd"):  # and through a Trainer, before any step
@@ -318,7 +347,10 @@ def test_list_items_and_nested_module_attributes_can_be_scheduled(tmp_path):
 
     module = Nested()
     callback = ProgressiveSchedule(
-        {"head.temperature": {"kind": "constant", "value": 4.0}, "weights.1": {"kind": "constant", "value": 0.5}}
+        {
+            "head.temperature": {"kind": "constant", "value": 4.0},
+            "weights.1": {"kind": "constant", "value": 0.5},
+        }
     )
     make_trainer(tmp_path, max_steps=1, callbacks=[callback]).fit(module, loader())
     assert module.head.temperature == 4.0 and module.weights == [1.0, 0.5]

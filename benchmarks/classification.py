@@ -1,0 +1,415 @@
+"""Toy-scale quality benchmark of the classification recipes against the student trained alone.
+
+Reproduces the claims of MEAL V2 (ensemble soft labels + discriminator beat the student trained
+alone) and SSLD (label-free distillation on all images beats the student trained on the labelled
+fraction) on scikit-learn digits, on a CPU, over several seeds. Every distillation row is built
+from the recipe's own ``recipes/<slug>/config.yaml`` through :class:`lightning_distill.cli.DistillCLI`
+with only the seed (and, for ablations, the one key named in the row) changed; the "student alone"
+rows swap the model for :class:`~lightning_distill.recipes.supervised.Supervised` and keep the
+config's student, data, optimizer, schedule and epochs.
+
+Usage (from the repository root)::
+
+    python benchmarks/classification.py                   # seeds 0 1 2, both recipes (~10 min, 2 cores)
+    python benchmarks/classification.py --quick           # smoke run: 1 seed, 2 epochs
+    python benchmarks/classification.py --recipes meal_v2 --seeds 0 1
+
+Writes ``benchmarks/results/<slug>.md`` and replaces the table between ``<!-- results:start -->``
+and ``<!-- results:end -->`` in ``recipes/<slug>/README.md``. ``--quick`` writes to
+``benchmarks/results/quick/`` and leaves the READMEs alone. Validation is switched off during the
+benchmark fits (it does not change training: no checkpointing or early stopping depends on it),
+so the epoch time is the training loop alone, teacher forward passes included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import logging
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")  # before torch is imported
+
+import lightning  # noqa: E402
+import lightning.pytorch as L  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+from lightning_distill.cli import DistillCLI  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+SUPERVISED = "lightning_distill.recipes.supervised.Supervised"
+
+Config = dict[str, Any]
+
+
+# ----------------------------------------------------------------------------- runs
+@dataclass
+class Row:
+    """One table row: how to build its run from the recipe config, and what to read off it."""
+
+    name: str
+    trained_on: str
+    change: str  # how the run differs from config.yaml, in words
+    transform: Callable[[Config], Config] | None = None  # None: a row read off another run
+    source: str | None = None  # for read-off rows: the run and metric they come from
+    acc: list[float] = field(default_factory=list)
+    epoch_s: list[float] = field(default_factory=list)
+    epochs: int | None = None
+    params: int | None = None
+
+
+def _model_args(config: Config) -> Config:
+    return config["model"]["init_args"]
+
+
+def _set(**init_args: Any) -> Callable[[Config], Config]:
+    def transform(config: Config) -> Config:
+        config = copy.deepcopy(config)
+        _model_args(config).update(init_args)
+        return config
+
+    return transform
+
+
+def _student_alone(**data_args: Any) -> Callable[[Config], Config]:
+    """The recipe's student, optimizer and schedule under plain cross-entropy; data keys changed."""
+
+    def transform(config: Config) -> Config:
+        config = copy.deepcopy(config)
+        recipe = _model_args(config)
+        init_args = {key: recipe[key] for key in ("student", "optimizer", "lr_scheduler") if key in recipe}
+        config["model"] = {"class_path": SUPERVISED, "init_args": init_args}
+        config["data"]["init_args"].update(data_args)
+        return config
+
+    return transform
+
+
+def _unchanged(config: Config) -> Config:
+    return copy.deepcopy(config)
+
+
+def meal_v2_rows() -> list[Row]:
+    return [
+        Row("teacher 0", "100% labels", "`teachers[0]` (trained once, cached)", source="official:teacher0"),
+        Row("teacher 1", "100% labels", "`teachers[1]` (trained once, cached)", source="official:teacher1"),
+        Row("teacher ensemble (mean softmax)", "-", "`MEALV2.ensemble_targets`", source="official:ensemble"),
+        Row(
+            "student: supervised starting checkpoint",
+            "100% labels",
+            "`student` before fit",
+            source="official:start",
+        ),
+        Row(
+            "student alone (CE, continues from the checkpoint)",
+            "100% labels",
+            "model -> `Supervised` (same student, optimizer, schedule, epochs)",
+            transform=_student_alone(),
+        ),
+        Row("MEAL V2, official mode (config)", "100% images, no labels", "none", transform=_unchanged),
+        Row(
+            "MEAL V2, adversarial mode",
+            "100% images, no labels",
+            "`mode: adversarial`",
+            transform=_set(mode="adversarial"),
+        ),
+        Row(
+            "MEAL V2 without discriminator",
+            "100% images, no labels",
+            "`loss_weights: {disc: 0}`",
+            transform=_set(loss_weights={"disc": 0.0}),
+        ),
+    ]
+
+
+def beyond_ssl_rows() -> list[Row]:
+    return [
+        Row("teacher", "20% labels", "`teacher` (trained once, cached)", source="js:teacher"),
+        Row(
+            "student alone on the labelled 20% (CE)",
+            "20% labels",
+            "model -> `Supervised`, `train_split: labelled`",
+            transform=_student_alone(train_split="labelled"),
+        ),
+        Row("SSLD, JS divergence (config)", "100% images, no labels", "none", transform=_unchanged),
+        Row(
+            "SSLD, symmetric KL (PaddleClas loss)",
+            "100% images, no labels",
+            "`divergence: symmetric_kl`",
+            transform=_set(divergence="symmetric_kl"),
+        ),
+        Row(
+            "student alone on 100% labels (CE, upper reference)",
+            "100% labels",
+            "model -> `Supervised`, `labelled_fraction: 1.0`, `train_split: labelled`",
+            transform=_student_alone(labelled_fraction=1.0, train_split="labelled"),
+        ),
+    ]
+
+
+RECIPE_ROWS = {"meal_v2": meal_v2_rows, "beyond_ssl": beyond_ssl_rows}
+# Which row's run provides the read-off rows, keyed by the prefix used in `Row.source`.
+RUN_KEYS = {
+    "meal_v2": {"official": "MEAL V2, official mode (config)"},
+    "beyond_ssl": {"js": "SSLD, JS divergence (config)"},
+}
+CLAIMS = {
+    "meal_v2": ("MEAL V2, official mode (config)", "student alone (CE, continues from the checkpoint)"),
+    "beyond_ssl": ("SSLD, JS divergence (config)", "student alone on the labelled 20% (CE)"),
+}
+
+
+# ------------------------------------------------------------------------ measuring
+class EpochTimer(L.Callback):
+    """Wall-clock seconds of each training epoch (data loading, teachers and optimizer included)."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self._start = 0.0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+@torch.no_grad()
+def accuracy(predict_probs: Callable[[torch.Tensor], torch.Tensor], loader: Any) -> float:
+    """Top-1 accuracy of ``predict_probs: (B, C, H, W) -> (B, K)`` over a loader of ``(x, y)``."""
+    correct = seen = 0
+    for batch in loader:
+        x, y = batch[0], batch[1]
+        correct += int((predict_probs(x).argmax(dim=-1) == y).sum())
+        seen += y.numel()
+    return correct / seen
+
+
+def build(config: Config, seed: int, max_epochs: int | None, workdir: Path) -> DistillCLI:
+    """Instantiate trainer, model and data from ``config`` as ``lightning-distill fit`` would."""
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    args = [
+        "--config",
+        str(path),
+        f"--seed_everything={seed}",
+        "--test_after_fit=false",
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=1",
+        "--trainer.logger=false",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_checkpointing=false",
+        "--trainer.enable_model_summary=false",
+        "--trainer.limit_val_batches=0",
+        "--trainer.num_sanity_val_steps=0",
+        f"--trainer.default_root_dir={workdir}",
+    ]
+    if max_epochs is not None:
+        args.append(f"--trainer.max_epochs={max_epochs}")
+    return DistillCLI(args=args, run=False, save_config_callback=None)
+
+
+def run_one(row: Row, config: Config, seed: int, max_epochs: int | None, extras: dict[str, float]) -> None:
+    """Fit and test one row's run for one seed; append its numbers (and read-off extras)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cli = build(row.transform(config), seed, max_epochs, Path(tmp))
+        model, data, trainer = cli.model, cli.datamodule, cli.trainer
+        data.setup("test")
+        test_loader = data.test_dataloader()
+        teachers = list(getattr(model, "teachers", []))
+        # Before training: the student's starting point and the teacher ensemble.
+        model.student.eval()
+        extras["start"] = accuracy(model.student, test_loader)
+        if len(teachers) > 1:
+            extras["ensemble"] = accuracy(lambda x: model.ensemble_targets(x)[0], test_loader)
+        for k, teacher in enumerate(teachers):
+            name = f"teacher{k}" if len(teachers) > 1 else "teacher"
+            extras[name] = accuracy(teacher, test_loader)
+            extras[f"{name}_params"] = float(_n_params(teacher))
+        extras["ensemble_params"] = float(sum(_n_params(t) for t in teachers))
+        extras["start_params"] = float(_n_params(model.student))
+        extras["test_images"] = float(len(test_loader.dataset))
+
+        timer = EpochTimer()
+        trainer.callbacks.append(timer)
+        trainer.fit(model, datamodule=data)
+        (metrics,) = trainer.test(model, datamodule=data, verbose=False)
+        for k in range(len(teachers)):  # the base module's own teacher metric must agree
+            name = f"teacher{k}" if len(teachers) > 1 else "teacher"
+            logged = metrics.get(f"test/{name}_acc")
+            if logged is not None and abs(logged - extras[name]) > 1e-6:
+                raise RuntimeError(f"{name}: logged test acc {logged} != recomputed {extras[name]}")
+    row.acc.append(float(metrics["test/acc"]))
+    row.epoch_s.append(statistics.fmean(timer.seconds))
+    row.epochs = len(timer.seconds)
+    row.params = _n_params(model.student)
+
+
+def _n_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def run_recipe(slug: str, seeds: list[int], max_epochs: int | None) -> tuple[list[Row], dict[str, Any]]:
+    config = yaml.safe_load((ROOT / "recipes" / slug / "config.yaml").read_text())
+    rows = RECIPE_ROWS[slug]()
+    by_name = {r.name: r for r in rows}
+    extras_by_run: dict[str, list[dict[str, float]]] = {}
+    for seed in seeds:
+        for row in rows:
+            if row.transform is None:
+                continue
+            extras: dict[str, float] = {}
+            start = time.perf_counter()
+            run_one(row, config, seed, max_epochs, extras)
+            extras_by_run.setdefault(row.name, []).append(extras)
+            print(
+                f"[{slug}] seed {seed} | {row.name}: test acc {100 * row.acc[-1]:.2f}% | "
+                f"{row.epoch_s[-1]:.2f} s/epoch | {time.perf_counter() - start:.0f} s",
+                flush=True,
+            )
+    for row in rows:  # rows read off another run (teachers, ensemble, starting checkpoint)
+        if row.source is None:
+            continue
+        key, metric = row.source.split(":")
+        run = by_name[RUN_KEYS[slug][key]]
+        row.acc = [e[metric] for e in extras_by_run[run.name]]
+        row.params = int(extras_by_run[run.name][0][f"{metric}_params"])
+    first = next(iter(extras_by_run.values()))[0]
+    info = {"test_images": int(first["test_images"])}
+    return rows, info
+
+
+# --------------------------------------------------------------------------- report
+def _mean_std(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
+    if not values:
+        return "-"
+    mean = statistics.fmean(values) * scale
+    if len(values) < 2:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def render(
+    slug: str, rows: list[Row], info: dict[str, Any], seeds: list[int], command: str, seconds: float
+) -> str:
+    n_test = info["test_images"]
+    lines = [
+        f"<!-- generated by benchmarks/classification.py on {datetime.date.today().isoformat()}; "
+        "do not edit by hand: rerun the command -->",
+        f"Command: `{command}` (from the repository root; wall time {seconds / 60:.1f} min for this recipe).",
+        "",
+        f"Machine: {cpu_model()}, {torch.get_num_threads()} torch threads ({os.cpu_count()} logical CPUs); "
+        f"Python {platform.python_version()}, torch {torch.__version__}, lightning {lightning.__version__}.",
+        "",
+        f"Seeds {', '.join(map(str, seeds))} (`seed_everything`: data order, augmentation, initialisation). "
+        f"Test split: {n_test} digits, so one image is {100 / n_test:.2f} points. Accuracy and seconds per "
+        "training epoch are mean ± sample std over seeds. Teachers and the student's starting checkpoint "
+        "are trained once with their own fixed seeds (`trained_classifier`), so their rows do not vary "
+        "with the seed.",
+        "",
+        "| model | trained on | what differs from config.yaml | params | epochs | test acc % | per seed | s / epoch |",
+        "|---|---|---|---:|---:|---:|---|---:|",
+    ]
+    for r in rows:
+        per_seed = " / ".join(f"{100 * a:.1f}" for a in r.acc)
+        lines.append(
+            f"| {r.name} | {r.trained_on} | {r.change} | {r.params if r.params is not None else '-'} | "
+            f"{r.epochs if r.epochs is not None else '-'} | {_mean_std(r.acc, 100)} | {per_seed} | "
+            f"{_mean_std(r.epoch_s, 1.0, 3)} |"
+        )
+    better, baseline = (next(r for r in rows if r.name == n) for n in CLAIMS[slug])
+    diffs = [100 * (a - b) for a, b in zip(better.acc, baseline.acc)]
+    spread = f" ± {statistics.stdev(diffs):.2f}" if len(diffs) > 1 else ""
+    wins = sum(d > 0 for d in diffs)
+    ties = sum(d == 0 for d in diffs)
+    lines += [
+        "",
+        f"Paired by seed, *{better.name}* minus *{baseline.name}*: "
+        f"{statistics.fmean(diffs):+.2f}{spread} points ({wins} of {len(diffs)} seeds better, {ties} tied).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def update_readme(path: Path, table: str) -> None:
+    """Replace the text between the results markers of ``path`` by ``table``.
+
+    Raises:
+        ValueError: the README lacks the markers, or has them in the wrong order.
+    """
+    text = path.read_text()
+    i, j = text.find(START), text.find(END)
+    if i < 0 or j < i:
+        raise ValueError(f"{path} must contain {START!r} followed by {END!r}; add them where the table goes.")
+    path.write_text(text[: i + len(START)] + "\n" + table + text[j:])
+
+
+# ----------------------------------------------------------------------------- main
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default 0 1 2)"
+    )
+    parser.add_argument("--recipes", nargs="+", choices=sorted(RECIPE_ROWS), default=sorted(RECIPE_ROWS))
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: first seed only, 2 epochs, no README update"
+    )
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--no-readme", action="store_true", help="write benchmarks/results only")
+    args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*`training_step` returns `None`.*")
+    seeds = args.seeds[:1] if args.quick else args.seeds
+    max_epochs = 2 if args.quick else None
+    out_dir = RESULTS / "quick" if args.quick else RESULTS
+    out_dir.mkdir(parents=True, exist_ok=True)
+    command = shlex.join(
+        ["python", "benchmarks/classification.py", *(sys.argv[1:] if argv is None else argv)]
+    )
+    total = time.perf_counter()
+    for slug in args.recipes:
+        start = time.perf_counter()
+        rows, info = run_recipe(slug, seeds, max_epochs)
+        table = render(slug, rows, info, seeds, command, time.perf_counter() - start)
+        (out_dir / f"{slug}.md").write_text(table)
+        print(f"\n{table}", flush=True)
+        if not (args.quick or args.no_readme):
+            update_readme(ROOT / "recipes" / slug / "README.md", table)
+    print(f"total wall time: {(time.perf_counter() - total) / 60:.1f} min", flush=True)
+
+
+if __name__ == "__main__":
+    main()

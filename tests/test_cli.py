@@ -1,0 +1,118 @@
+"""The `lightning-distill` command: list, configs of every recipe, errors, DDP and W&B."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lightning_distill.cli import main
+from lightning_distill.recipes import RECIPES, load_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "recipes").glob("*/config.yaml"))
+QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+
+
+def test_every_yaml_under_recipes_parses():
+    for path in (REPO / "recipes").rglob("*.yaml"):
+        assert isinstance(yaml.safe_load(path.read_text()), dict), path
+
+
+def test_every_registered_recipe_has_a_config_readme_and_importable_class():
+    for slug in RECIPES:
+        assert (REPO / "recipes" / slug / "config.yaml").is_file(), slug
+        assert (REPO / "recipes" / slug / "README.md").is_file(), slug
+        assert load_recipe(slug).__name__
+
+
+def test_list_prints_every_recipe_with_its_paper(capsys):
+    main(["list"])
+    out = capsys.readouterr().out
+    for slug, info in RECIPES.items():
+        assert slug in out and info.title in out
+
+
+def test_unknown_recipe_name_suggests_close_matches():
+    with pytest.raises(SystemExit, match=r"Unknown recipe 'meal_v3'.*'meal_v2'"):
+        main(["fit", "--recipe", "meal_v3"])
+    with pytest.raises(KeyError, match="lightning-distill list"):
+        load_recipe("nope")
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.parent.name for c in CONFIGS])
+def test_print_config_resolves_the_recipe(config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["class_path"] == RECIPES[config.parent.name].class_path
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.parent.name for c in CONFIGS])
+def test_fit_then_test_runs_each_recipe_config(config, tmp_path, capsys):
+    main(["fit", "--config", str(config), "--trainer.fast_dev_run=true", f"--trainer.default_root_dir={tmp_path}", *QUIET])
+    ckpt = tmp_path / "model.ckpt"
+    main(["test", "--config", str(config), "--trainer.limit_test_batches=1", *QUIET,
+          "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}"])
+    out = capsys.readouterr().out
+    assert "test/acc" in out and "test/teacher" in out
+    assert not ckpt.exists()
+
+
+def test_recipe_flag_is_the_same_as_its_config(capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    with pytest.raises(SystemExit):
+        main(["fit", "--recipe", "beyond_ssl", "--print_config"])
+    assert "lightning_distill.recipes.beyond_ssl.BeyondSSL" in capsys.readouterr().out
+
+
+def test_missing_teacher_checkpoint_is_reported_with_its_argument(tmp_path):
+    missing = tmp_path / "nope.ckpt"
+    # jsonargparse reports it while instantiating the model; the message is ours.
+    with pytest.raises((FileNotFoundError, ValueError), match=r"Teacher checkpoint not found: `checkpoint`='.*nope.ckpt'"):
+        main(["fit", "--config", str(REPO / "recipes/beyond_ssl/config.yaml"), "--trainer.fast_dev_run=true",
+              f"--model.init_args.teacher.init_args.checkpoint={missing}", *QUIET])
+
+
+def _run_cli(args: list[str], tmp_path: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "lightning_distill.cli", *args],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def test_fit_with_ddp_on_two_cpu_processes(tmp_path):
+    result = _run_cli(
+        ["fit", "--config", str(REPO / "recipes/meal_v2/config.yaml"), "--trainer.accelerator=cpu",
+         "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.max_steps=3", "--trainer.limit_val_batches=1",
+         f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false", "--test_after_fit=false", *QUIET],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "distributed_backend=gloo" in result.stderr + result.stdout
+    assert "All distributed processes registered" in result.stderr + result.stdout
+    ckpts = list(tmp_path.rglob("*.ckpt"))
+    assert ckpts, "no checkpoint written"
+
+
+def test_wandb_offline_run_holds_loss_terms_and_metrics(tmp_path):
+    pytest.importorskip("wandb")
+    result = _run_cli(
+        ["fit", "--config", str(REPO / "recipes/beyond_ssl/config.yaml"), "--trainer.max_epochs=1",
+         "--trainer.limit_train_batches=3", "--trainer.log_every_n_steps=1", "--test_after_fit=false",
+         "--trainer.logger=lightning.pytorch.loggers.WandbLogger", "--trainer.logger.offline=true",
+         f"--trainer.logger.save_dir={tmp_path}", "--trainer.logger.project=lightning-distill-test", *QUIET],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    history = b"".join(p.read_bytes() for p in runs[0].glob("*.wandb"))
+    for key in (b"train/dist", b"train/ce", b"train/loss", b"val/acc", b"val/teacher_acc"):
+        assert key in history, key
