@@ -4,8 +4,18 @@ from lightning_distill.data.images import (
     UNLABELLED,
     ArrayImageDataModule,
     DigitsDataModule,
+    EpochShuffleSampler,
     MNIST5kDataModule,
+    ResumableDataLoader,
     TensorImageDataset,
 )
 
-__all__ = ["UNLABELLED", "ArrayImageDataModule", "DigitsDataModule", "MNIST5kDataModule", "TensorImageDataset"]
+__all__ = [
+    "UNLABELLED",
+    "ArrayImageDataModule",
+    "DigitsDataModule",
+    "EpochShuffleSampler",
+    "MNIST5kDataModule",
+    "ResumableDataLoader",
+    "TensorImageDataset",
+]

@@ -71,7 +71,9 @@ class Regressor(pl.LightningModule):
     def train_dataloader(self) -> DataLoader:
         # Rank r sees samples r, r + 2, ...: the two ranks' batch k together are samples 8k .. 8k + 7.
         data = make_data()
-        sampler = DistributedSampler(data, num_replicas=self.trainer.world_size, rank=self.global_rank, shuffle=False)
+        sampler = DistributedSampler(
+            data, num_replicas=self.trainer.world_size, rank=self.global_rank, shuffle=False
+        )
         return DataLoader(data, batch_size=PER_RANK_BATCH, sampler=sampler)
 
 

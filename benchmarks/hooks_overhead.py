@@ -1,0 +1,223 @@
+"""Training-step time of a small ResNet with four FeatureHooks taps against the same model without.
+
+One step is: clear the taps, forward, cross-entropy, read the four taps, backward, SGD step. The
+model (a CIFAR-style ResNet, widths 32-256, about 2.8 M parameters) and the batch (32 images of
+3x32x32) are the same for both variants; the taps are attached before each "hooks" block and
+removed after it. Blocks alternate in ABBA order so that drift in machine load hits both variants
+alike; the overhead is the median over blocks of the paired ratio hooks/plain of the block median
+step times. Target: <= 3% overhead.
+
+Usage (from the repository root)::
+
+    python benchmarks/hooks_overhead.py                      # CPU, 2 threads (~3 min on 2 idle cores)
+    python benchmarks/hooks_overhead.py --device cuda        # a GPU, if there is one
+    python benchmarks/hooks_overhead.py --quick              # smoke run, written under results/quick/
+
+Writes (or updates the section for this device in) ``benchmarks/results/hooks_overhead.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import re
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightning_distill.callbacks.feature_hooks import FeatureHooks
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+TAPS = {"f1": "layer1", "f2": "layer2", "f3": "layer3", "f4": "layer4"}
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class SmallResNet(nn.Module):
+    """ResNet-18 layout for 32x32 inputs with widths (32, 64, 128, 256)."""
+
+    def __init__(self, num_classes: int = 10, widths: tuple[int, ...] = (32, 64, 128, 256)) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()
+        )
+        layers, c_in = [], widths[0]
+        for k, width in enumerate(widths):
+            stride = 1 if k == 0 else 2
+            layers.append(nn.Sequential(BasicBlock(c_in, width, stride), BasicBlock(width, width, 1)))
+            c_in = width
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        self.head = nn.Linear(c_in, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_block(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    hooks: FeatureHooks | None,
+    steps: int,
+) -> float:
+    """Median seconds per training step over ``steps`` steps."""
+    times = []
+    for _ in range(steps):
+        _sync(x.device)
+        start = time.perf_counter()
+        if hooks is not None:
+            hooks.clear()
+        loss = F.cross_entropy(model(x), y)
+        if hooks is not None:
+            for name in TAPS:  # raises KeyError if a tap did not fire
+                hooks[name]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        _sync(x.device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads"
+
+
+def write_section(path: Path, key: str, body: str) -> None:
+    """Replaces (or appends) the section between ``<!-- key:start -->`` and ``<!-- key:end -->``."""
+    start, end = f"<!-- {key}:start -->", f"<!-- {key}:end -->"
+    header = (
+        "# FeatureHooks overhead\n\n"
+        "Training-step time (forward + cross-entropy + backward + SGD step) of a small ResNet "
+        "with four FeatureHooks taps (outputs of layer1..layer4) against the same model without "
+        "hooks. Written by `benchmarks/hooks_overhead.py`; target <= 3% overhead.\n"
+    )
+    text = path.read_text() if path.exists() else header
+    section = f"{start}\n{body.rstrip()}\n{end}"
+    if start in text and end in text:
+        text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: section, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--blocks", type=int, default=12, help="timed blocks per variant (ABBA order)")
+    parser.add_argument("--steps", type=int, default=10, help="steps per block")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps per variant first")
+    parser.add_argument(
+        "--quick", action="store_true", help="2 blocks of 2 steps, written under results/quick/"
+    )
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    if args.quick:
+        args.blocks, args.steps, args.warmup = 2, 2, 1
+    out = args.out or (RESULTS / "quick" if args.quick else RESULTS) / "hooks_overhead.md"
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    model = SmallResNet().to(device).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randn(args.batch_size, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (args.batch_size,), device=device)
+    hooks = FeatureHooks(TAPS)
+    params = sum(p.numel() for p in model.parameters())
+
+    for variant in ("plain", "hooks"):  # warm-up
+        if variant == "hooks":
+            hooks.attach(model)
+        time_block(model, optimizer, x, y, hooks if variant == "hooks" else None, args.warmup)
+        hooks.remove()
+
+    plain, tapped, ratios = [], [], []
+    for block in range(args.blocks):
+        order = ("plain", "hooks") if block % 2 == 0 else ("hooks", "plain")
+        result = {}
+        for variant in order:
+            if variant == "hooks":
+                hooks.attach(model)
+                result[variant] = time_block(model, optimizer, x, y, hooks, args.steps)
+                hooks.remove()
+            else:
+                result[variant] = time_block(model, optimizer, x, y, None, args.steps)
+        plain.append(result["plain"])
+        tapped.append(result["hooks"])
+        ratios.append(result["hooks"] / result["plain"])
+
+    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    overhead = statistics.median(ratios) - 1
+    command = "python " + " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+    body = "\n".join(
+        [
+            f"## {device.type.upper()}: {machine(device)}",
+            "",
+            f"- Command: `{command}`",
+            f"- Date: {datetime.date.today().isoformat()}; torch {torch.__version__}; Python {platform.python_version()}; "
+            f"torch threads {torch.get_num_threads()}",
+            f"- Model: SmallResNet ({params / 1e6:.2f} M parameters), batch {args.batch_size}x3x32x32, "
+            f"SGD; {args.blocks} blocks x {args.steps} steps per variant, ABBA order, {args.warmup} warm-up steps",
+            "",
+            "| variant | median ms/step | min ms/step | max ms/step |",
+            "|---|---|---|---|",
+            f"| no hooks | {statistics.median(plain) * 1e3:.2f} | {min(plain) * 1e3:.2f} | {max(plain) * 1e3:.2f} |",
+            f"| 4 taps | {statistics.median(tapped) * 1e3:.2f} | {min(tapped) * 1e3:.2f} | {max(tapped) * 1e3:.2f} |",
+            "",
+            f"Overhead (median of per-block ratios - 1): **{overhead * 100:+.2f}%** "
+            f"(quartiles of the ratio {quartiles[0]:.4f} - {quartiles[2]:.4f}); target <= 3%: "
+            f"{'met' if overhead <= 0.03 else 'NOT met'}.",
+        ]
+    )
+    write_section(out, f"hooks-overhead-{device.type}", body)
+    print(body)
+    print(f"\nwrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
+
+
+if __name__ == "__main__":
+    main()
