@@ -14,7 +14,8 @@ from lightning_distill.cli import main
 from lightning_distill.recipes import RECIPES, load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((REPO / "recipes").glob("*/config.yaml"))
+CONFIGS = sorted((REPO / "recipes").glob("*/*.yaml"))
+CONFIG_IDS = [f"{c.parent.name}/{c.stem}" for c in CONFIGS]
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 
 
@@ -44,7 +45,7 @@ def test_unknown_recipe_name_suggests_close_matches():
         load_recipe("nope")
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=[c.parent.name for c in CONFIGS])
+@pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
 def test_print_config_resolves_the_recipe(config, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(config), "--print_config"])
@@ -53,8 +54,9 @@ def test_print_config_resolves_the_recipe(config, capsys):
     assert printed["model"]["class_path"] == RECIPES[config.parent.name].class_path
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=[c.parent.name for c in CONFIGS])
-def test_fit_then_test_runs_each_recipe_config(config, tmp_path, capsys):
+@pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
+def test_fit_then_test_runs_each_recipe_config(config, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative paths in configs (e.g. a cache directory) land in tmp_path
     main(["fit", "--config", str(config), "--trainer.fast_dev_run=true", f"--trainer.default_root_dir={tmp_path}", *QUIET])
     ckpt = tmp_path / "model.ckpt"
     main(["test", "--config", str(config), "--trainer.limit_test_batches=1", *QUIET,

@@ -178,3 +178,57 @@ def test_validation_logs_student_and_teacher_metrics_once():
     assert {"val/acc", "val/ce", "train/kd", "train/ce", "train/loss"} <= set(metrics)
     assert "val/teacher_acc" in metrics
     assert module._teacher_metrics_pending["val"] is False
+
+
+class TwoTimeScale(DistillationModule):
+    """A critic updated every step and a generator every `ratio` steps (manual optimization)."""
+
+    loss_terms = ("critic", "gen")
+
+    def __init__(self, ratio: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.automatic_optimization = False
+        self.ratio = ratio
+        self.critic = nn.Linear(10, 1)
+        self.updates = {"critic": 0, "gen": 0}
+        self.iteration = 0
+
+    def training_step(self, batch, batch_idx):
+        opt_gen, opt_critic = self.optimizers()
+        x = batch[0]
+        fake = self.student(x)
+        critic_loss = self.critic(fake.detach()).mean() - self.critic(self.teacher(x)).mean()
+        self.manual_update(critic_loss, opt_critic, clip_grad_norm=1.0)
+        self.updates["critic"] += 1
+        terms = {"critic": critic_loss.detach()}
+        if self.is_update_step(self.iteration, self.ratio):
+            gen_loss = -self.critic(fake).mean()
+            self.manual_update(gen_loss, opt_gen)
+            self.updates["gen"] += 1
+            terms["gen"] = gen_loss.detach()
+        self.iteration += 1
+        self.log_losses(terms)
+
+    def configure_optimizers(self):
+        critic = set(map(id, self.critic.parameters()))
+        gen = [p for p in self.trainable_parameters() if id(p) not in critic]
+        return torch.optim.SGD(gen, lr=0.01), torch.optim.SGD(self.critic.parameters(), lr=0.01)
+
+
+def test_manual_optimization_with_an_update_ratio_keeps_the_teacher_frozen():
+    torch.manual_seed(0)
+    module = TwoTimeScale(ratio=3, student=SmallCNN(width=4, depth=1), teacher=SmallCNN(width=8, depth=1))
+    before = copy.deepcopy(module.teacher.state_dict())
+    critic_before = copy.deepcopy(module.critic.state_dict())
+    trainer = L.Trainer(**quiet_trainer_kwargs(max_epochs=1, limit_train_batches=7, limit_val_batches=0))
+    trainer.fit(module, datamodule=DigitsDataModule(batch_size=16))
+    assert module.updates == {"critic": 7, "gen": 3}  # iterations 0, 3, 6
+    assert all(torch.equal(v, before[k]) for k, v in module.teacher.state_dict().items())
+    assert any(not torch.equal(v, critic_before[k]) for k, v in module.critic.state_dict().items())
+    assert {"train/critic", "train/gen"} <= set(trainer.logged_metrics)
+
+
+def test_is_update_step_rejects_a_zero_ratio():
+    assert [DistillationModule.is_update_step(i, 2, offset=1) for i in range(5)] == [False, True, False, True, False]
+    with pytest.raises(ValueError, match="`every` must be >= 1"):
+        DistillationModule.is_update_step(0, 0)

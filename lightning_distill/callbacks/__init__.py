@@ -1,0 +1,71 @@
+"""Lightning callbacks that recipes are built from; each is usable in any LightningModule."""
+
+from lightning_distill.callbacks.ema_teacher import EMATeacher, EMAUpdater
+from lightning_distill.callbacks.feature_hooks import FeatureHooks, TapSpec, bn_stats, spatial_attention
+from lightning_distill.callbacks.preference_pairs import (
+    ChamferScorer,
+    ClassifierScorer,
+    FunctionScorer,
+    NegativeChamfer,
+    Pairs,
+    PreferencePairs,
+    Scorer,
+)
+from lightning_distill.callbacks.progressive_schedule import (
+    ConstantSchedule,
+    CosineSchedule,
+    ExponentialSchedule,
+    LinearSchedule,
+    PiecewiseSchedule,
+    ProgressiveSchedule,
+    Schedule,
+    StageSchedule,
+    StepSchedule,
+    build_schedule,
+)
+from lightning_distill.callbacks.teacher_cache import (
+    IndexedDataset,
+    RandomResizedCropFlip,
+    ReplayableAugmentation,
+    TeacherCache,
+    TeacherCacheCallback,
+    TeacherCacheMismatchError,
+    counter_uniforms,
+    fingerprint_dataset,
+    fingerprint_module,
+)
+
+__all__ = [
+    "ChamferScorer",
+    "ClassifierScorer",
+    "ConstantSchedule",
+    "CosineSchedule",
+    "EMATeacher",
+    "EMAUpdater",
+    "ExponentialSchedule",
+    "FeatureHooks",
+    "FunctionScorer",
+    "IndexedDataset",
+    "LinearSchedule",
+    "NegativeChamfer",
+    "Pairs",
+    "PiecewiseSchedule",
+    "PreferencePairs",
+    "ProgressiveSchedule",
+    "RandomResizedCropFlip",
+    "ReplayableAugmentation",
+    "Schedule",
+    "Scorer",
+    "StageSchedule",
+    "StepSchedule",
+    "TapSpec",
+    "TeacherCache",
+    "TeacherCacheCallback",
+    "TeacherCacheMismatchError",
+    "bn_stats",
+    "build_schedule",
+    "counter_uniforms",
+    "fingerprint_dataset",
+    "fingerprint_module",
+    "spatial_attention",
+]

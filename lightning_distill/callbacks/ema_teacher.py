@@ -108,11 +108,6 @@ def _is_dtensor(tensor: Tensor) -> bool:
     return DTensor is not None and isinstance(tensor, DTensor)
 
 
-def _local(tensor: Tensor) -> Tensor:
-    """The tensor this rank holds: the local shard of a DTensor, else the tensor itself."""
-    return tensor.to_local() if _is_dtensor(tensor) else tensor
-
-
 def _is_float(tensor: Tensor) -> bool:
     return tensor.is_floating_point() or tensor.is_complex()
 
@@ -501,6 +496,8 @@ class EMATeacher(Callback):
         self._created = False
         target = _find(pl_module, self.target, "target")
         if target is not None:
+            if "." not in self.target and callable(getattr(pl_module, "register_frozen", None)):
+                pl_module.register_frozen(self.target, target)  # the base then keeps it frozen and in eval
             _freeze(target)
             return
         source = _find(pl_module, self.source, "source")
@@ -509,27 +506,7 @@ class EMATeacher(Callback):
         # else: made in on_fit_start, once configure_model has built the source.
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        source = self._source(pl_module)
-        target = _find(pl_module, self.target, "target")
-        if target is None:
-            if _has_dtensors(source):
-                raise ValueError(
-                    f"EMATeacher: the source `{self.source}` is sharded but the target `{self.target}` does not "
-                    f"exist, and a sharded module cannot be copied. In `configure_model`, make it before "
-                    f"sharding (`self.{self.target} = copy.deepcopy(self.{self.source})`) and `fully_shard` it "
-                    "like the source."
-                )
-            rank_zero_warn(
-                f"EMATeacher made the target `{self.target}` in on_fit_start because the source `{self.source}` "
-                "did not exist at setup. Checkpoints now contain it; to resume from them, make the target in "
-                f"`configure_model` too (`self.{self.target} = copy.deepcopy(self.{self.source})`)."
-            )
-            target = self._attach(pl_module, _copy_without_hooks(source))
-        _freeze(target)
-        if _has_dtensors(source) and not _has_dtensors(target):
-            _shard_like(source, target)
-        self._fsdp_modules = _fsdp_modules_owning(pl_module, self.target)
-        self._build(pl_module)
+        target = self._prepare(pl_module)
         assert self._updater is not None
         if self._updater.sharded and self.save_averaged_as_source:
             raise ValueError(
@@ -646,6 +623,31 @@ class EMATeacher(Callback):
             pl_module.load_state_dict(live, strict=False)
 
     # ---------------------------------------------------------------- helpers
+    def _prepare(self, pl_module: pl.LightningModule) -> nn.Module:
+        """Makes the target if needed, freezes it, shards it like the source and builds the updater."""
+        source = self._source(pl_module)
+        target = _find(pl_module, self.target, "target")
+        if target is None:
+            if _has_dtensors(source):
+                raise ValueError(
+                    f"EMATeacher: the source `{self.source}` is sharded but the target `{self.target}` does not "
+                    f"exist, and a sharded module cannot be copied. In `configure_model`, make it before "
+                    f"sharding (`self.{self.target} = copy.deepcopy(self.{self.source})`) and `fully_shard` it "
+                    "like the source."
+                )
+            rank_zero_warn(
+                f"EMATeacher made the target `{self.target}` after `configure_model` because the source "
+                f"`{self.source}` did not exist at setup. Checkpoints now contain it; to resume from them, make "
+                f"the target in `configure_model` too (`self.{self.target} = copy.deepcopy(self.{self.source})`)."
+            )
+            target = self._attach(pl_module, _copy_without_hooks(source))
+        _freeze(target)
+        if _has_dtensors(source) and not _has_dtensors(target):
+            _shard_like(source, target)
+        self._fsdp_modules = _fsdp_modules_owning(pl_module, self.target)
+        self._build(pl_module)
+        return target
+
     def _source(self, pl_module: pl.LightningModule) -> nn.Module:
         source = _find(pl_module, self.source, "source")
         if source is None:
@@ -657,7 +659,9 @@ class EMATeacher(Callback):
         if not parent_path and callable(getattr(pl_module, "register_frozen", None)):
             pl_module.register_frozen(leaf, module)
         else:
-            parent = pl_module.get_submodule(parent_path) if parent_path else pl_module
+            parent = _find(pl_module, parent_path, "target") if parent_path else pl_module
+            if parent is None:
+                raise ValueError(_missing_message(pl_module, parent_path, "target"))
             setattr(parent, leaf, module)
         _freeze(module)
         self._created = True
@@ -677,12 +681,12 @@ class EMATeacher(Callback):
     def _swap_in(self, pl_module: pl.LightningModule) -> None:
         if not self.swap_for_eval or self._backup is not None:
             return
-        if _find(pl_module, self.target, "target") is None or _find(pl_module, self.source, "source") is None:
-            return
-        updater = self._build(pl_module)
+        if self._updater is None:
+            self._prepare(pl_module)
+        assert self._updater is not None
         for module in self._fsdp_modules + _fsdp_modules_owning(pl_module, self.source):
             module.reshard()
-        self._backup = updater.swap_in()
+        self._backup = self._updater.swap_in()
 
     def _swap_out(self) -> None:
         if self._backup is not None and self._updater is not None:

@@ -15,7 +15,7 @@ called ``teacher``.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -283,12 +283,6 @@ class FeatureHooks(L.Callback):
     def __contains__(self, name: object) -> bool:
         """Whether tap ``name`` fired since the last clear."""
         return name in self._store
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._specs)
-
-    def __len__(self) -> int:
-        return len(self._specs)
 
     def __enter__(self) -> FeatureHooks:
         if not self.is_attached:

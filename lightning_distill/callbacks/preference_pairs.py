@@ -526,7 +526,7 @@ class PreferencePairs(Callback):
         keep = (margin > 0) & (margin >= self.min_margin)
         win_k, lose_k, index, margin = win_k[keep], lose_k[keep], index[keep], margin[keep]
 
-        samples = samples.view(k, batch, *samples.shape[1:])
+        samples = samples.reshape(k, batch, *samples.shape[1:])
         pairs = Pairs(
             winner=samples[win_k, index],
             loser=samples[lose_k, index],

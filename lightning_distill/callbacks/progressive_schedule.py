@@ -173,8 +173,9 @@ class StepSchedule(Schedule):
 class PiecewiseSchedule(Schedule):
     """Through ``points`` ``[(t_0, v_0), (t_1, v_1), ...]`` with increasing ``t_i``.
 
-    ``interpolation="linear"`` interpolates between points (numbers or equal-length sequences);
-    ``"constant"`` holds ``v_i`` on ``[t_i, t_{i+1})`` and accepts any values. Before ``t_0`` the
+    ``interpolation="linear"`` interpolates between points (numbers or equal-length sequences)
+    and returns floats (tuples of floats); ``"constant"`` holds ``v_i`` on ``[t_i, t_{i+1})`` and
+    returns the given values, of any type. Before ``t_0`` the
     value is ``v_0``, after the last point the last value.
 
     Example:
@@ -206,14 +207,13 @@ class PiecewiseSchedule(Schedule):
 
     def value_at(self, t: int) -> Any:
         points = self.points
+        linear = self.interpolation == "linear"
         if t <= points[0][0]:
-            return points[0][1]
+            return _lerp(points[0][1], points[0][1], 0.0) if linear else points[0][1]
         for (t0, v0), (t1, v1) in zip(points, points[1:]):
             if t < t1:
-                if self.interpolation == "constant":
-                    return v0
-                return _lerp(v0, v1, (t - t0) / (t1 - t0))
-        return points[-1][1]
+                return _lerp(v0, v1, (t - t0) / (t1 - t0)) if linear else v0
+        return _lerp(points[-1][1], points[-1][1], 0.0) if linear else points[-1][1]
 
 
 @dataclass(frozen=True)

@@ -264,19 +264,25 @@ class RandomResizedCropFlip(ReplayableAugmentation):
         top, left, h, w, flip = p.unbind(dim=1)  # each (B,)
         if bool(((top < 0) | (left < 0) | (h < 1) | (w < 1) | (top + h > height) | (left + w > width)).any()):
             raise ValueError(f"crop boxes must lie inside the {height}x{width} image, got {params.tolist()}.")
+        batch, channels = images.shape[:2]
         out_h, out_w = self.size
-        y0, y1, wy = self._axis(top, h, out_h)  # (B, out_h) rows of the input and weights of y1
+        y0, y1, wy = self._axis(top, h, out_h)  # (B, out_h): input rows and the weight of y1
         x0, x1, wx = self._axis(left, w, out_w)  # (B, out_w)
         flipped = flip[:, None] > 0.5
         x0, x1, wx = (torch.where(flipped, t.flip(dims=[1]), t) for t in (x0, x1, wx))
-        pixels = images.permute(0, 2, 3, 1)  # (B, H, W, C)
-        b = torch.arange(images.shape[0], device=images.device)[:, None, None]
-        y0, y1, wy = y0[:, :, None], y1[:, :, None], wy[:, :, None, None]  # (B, out_h, 1[, 1])
-        x0, x1, wx = x0[:, None, :], x1[:, None, :], wx[:, None, :, None]  # (B, 1, out_w[, 1])
-        top_row = pixels[b, y0, x0] * (1 - wx) + pixels[b, y0, x1] * wx  # (B, out_h, out_w, C)
-        bottom_row = pixels[b, y1, x0] * (1 - wx) + pixels[b, y1, x1] * wx
-        out = top_row * (1 - wy) + bottom_row * wy
-        return out.permute(0, 3, 1, 2).contiguous().to(images.dtype)
+
+        # Separable bilinear resampling: rows first, then columns.
+        def pick_rows(index: Tensor) -> Tensor:  # (B, out_h) -> (B, C, out_h, W)
+            return images.gather(2, index[:, None, :, None].expand(batch, channels, out_h, width))
+
+        wy = wy[:, None, :, None].to(images.dtype)
+        rows = pick_rows(y0) * (1 - wy) + pick_rows(y1) * wy  # (B, C, out_h, W)
+
+        def pick_columns(index: Tensor) -> Tensor:  # (B, out_w) -> (B, C, out_h, out_w)
+            return rows.gather(3, index[:, None, None, :].expand(batch, channels, out_h, out_w))
+
+        wx = wx[:, None, None, :].to(images.dtype)
+        return pick_columns(x0) * (1 - wx) + pick_columns(x1) * wx
 
     @staticmethod
     def _axis(start: Tensor, length: Tensor, out: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -538,8 +544,12 @@ class TeacherCache:
             if problems and not rebuild:
                 raise TeacherCacheMismatchError(self._mismatch_message(problems))
             if not problems:
-                self._map_files(mode="r+")
-                return
+                try:
+                    self._map_files(mode="r+")
+                    return
+                except (FileNotFoundError, TeacherCacheMismatchError):
+                    if not (rebuild and create):
+                        raise
         elif not create:
             raise FileNotFoundError(
                 f"no teacher cache at {str(self.directory)!r} (no {_MANIFEST}); create it first."
@@ -584,6 +594,11 @@ class TeacherCache:
     def _map_files(self, mode: Literal["r+", "r"]) -> None:
         self._arrays: dict[str, np.memmap] = {}
         for name, (shape, dtype) in self._shapes().items():
+            if not (self.directory / name).exists():
+                raise FileNotFoundError(
+                    f"{name} is missing from the teacher cache at {str(self.directory)!r}; the cache is damaged: "
+                    "pass rebuild=True or delete the directory."
+                )
             array = np.load(self.directory / name, mmap_mode=mode)
             if array.shape != shape or array.dtype != np.dtype(dtype):
                 raise TeacherCacheMismatchError(
@@ -757,11 +772,15 @@ class TeacherCache:
         outputs, hit = self.lookup(idx, epoch)
         params = None
         if self.augmentation is not None:
-            stored, _ = self.lookup_params(idx, epoch)
-            fresh = self.augmentation.params_for(
-                idx, seed=self.seed, slot=self.slot(epoch), height=inputs.shape[-2], width=inputs.shape[-1]
-            )
-            params = torch.where(hit[:, None], stored, fresh)  # (B, P)
+            params, _ = self.lookup_params(idx, epoch)  # (B, P), NaN rows for misses
+            if not bool(hit.all()):
+                params[~hit] = self.augmentation.params_for(
+                    idx[~hit.numpy()],
+                    seed=self.seed,
+                    slot=self.slot(epoch),
+                    height=inputs.shape[-2],
+                    width=inputs.shape[-1],
+                )
             inputs = self.augmentation.apply(inputs, params.to(inputs.device))
         outputs = outputs.to(inputs.device)
         miss = ~hit
@@ -913,12 +932,13 @@ class TeacherCacheCallback(Callback):
         epoch: int | None = None,
     ) -> tuple[Tensor, Tensor]:
         """:meth:`TeacherCache.teacher_outputs` with the module's teacher and the current epoch."""
+        cache = self.cache
         if teacher is None:
             teacher = getattr(self._pl_module, self.teacher_attribute)
         if epoch is None:
             epoch = self._trainer.current_epoch if self._trainer is not None else 0
-        before = (self.cache.hits, self.cache.lookups)
-        augmented, outputs = self.cache.teacher_outputs(teacher, inputs, indices, epoch)
+        before = (cache.hits, cache.lookups)
+        augmented, outputs = cache.teacher_outputs(teacher, inputs, indices, epoch)
         hits, lookups = self._batch_counts or (0, 0)
         self._batch_counts = (hits + self.cache.hits - before[0], lookups + self.cache.lookups - before[1])
         return augmented, outputs

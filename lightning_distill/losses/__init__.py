@@ -9,9 +9,11 @@ from lightning_distill.losses.feature import (
     similarity_preserving_loss,
 )
 from lightning_distill.losses.kd import dkd_loss, js_divergence, kd_loss, soft_cross_entropy, symmetric_kl
+from lightning_distill.losses.pointset import chamfer_distance
 
 __all__ = [
     "attention_transfer_loss",
+    "chamfer_distance",
     "cwd_loss",
     "dkd_loss",
     "hint_loss",

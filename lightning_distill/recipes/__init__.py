@@ -20,6 +20,12 @@ class RecipeInfo(NamedTuple):
 
 
 RECIPES: dict[str, RecipeInfo] = {
+    "kd": RecipeInfo(
+        "baseline",
+        "lightning_distill.recipes.kd.KnowledgeDistillation",
+        "Distilling the Knowledge in a Neural Network (with FitNets / AT / CWD feature terms)",
+        "1503.02531",
+    ),
     "meal_v2": RecipeInfo(
         "classification",
         "lightning_distill.recipes.meal_v2.MEALV2",

@@ -51,6 +51,10 @@ from lightning_distill.callbacks.progressive_schedule import (
         ),
         ({"kind": "piecewise", "points": [[5, 4.0], [15, 6.0]]}, {0: 4.0, 5: 4.0, 10: 5.0, 20: 6.0}),
         (
+            {"kind": "piecewise", "points": [[0, [0, 10]], [10, [10, 10]]]},
+            {0: (0.0, 10.0), 5: (5.0, 10.0), 20: (10.0, 10.0)},
+        ),
+        (
             {"kind": "piecewise", "points": [[0, 0.0], [10, 1.0]], "interpolation": "constant"},
             {0: 0.0, 9: 0.0, 10: 1.0, 50: 1.0},
         ),
@@ -73,6 +77,13 @@ def test_every_schedule_kind_gives_the_hand_computed_values(spec, expected):
             assert got == pytest.approx(value, abs=1e-12), t
         else:
             assert got == value, t
+
+
+def test_linear_kinds_return_floats_everywhere_and_constant_kinds_return_values_as_given():
+    linear = build_schedule({"kind": "piecewise", "points": [[0, [0, 1]], [10, [2, 3]]]})
+    assert all(type(v) is float for t in (0, 5, 99) for v in linear.value_at(t))
+    constant = build_schedule({"kind": "piecewise", "points": [[0, 1], [10, 2]], "interpolation": "constant"})
+    assert type(constant.value_at(0)) is int and type(constant.value_at(99)) is int
 
 
 def test_build_schedule_returns_the_class_for_each_kind():

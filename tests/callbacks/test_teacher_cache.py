@@ -1,4 +1,8 @@
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
@@ -133,6 +137,17 @@ def test_output_format_change_is_refused_and_other_files_survive_rebuild(tmp_pat
         _cache(tmp_path, top_k=2)
     _cache(tmp_path, top_k=2, rebuild=True)
     assert keep.read_text() == "mine"
+
+
+def test_a_damaged_cache_is_refused_or_rebuilt(tmp_path):
+    cache = _cache(tmp_path)
+    cache.store([0], 0, torch.ones(1, NUM_CLASSES))
+    cache.close()
+    (tmp_path / "cache" / "values.npy").unlink()
+    with pytest.raises(FileNotFoundError, match="values.npy is missing.*rebuild=True"):
+        _cache(tmp_path)
+    rebuilt = _cache(tmp_path, rebuild=True)
+    assert not rebuilt.lookup([0], 0)[1].any()
 
 
 def test_user_given_ids_replace_hashes(tmp_path):
@@ -364,3 +379,120 @@ def test_callback_refuses_a_module_without_the_teacher_attribute(tmp_path):
     callback = TeacherCacheCallback(tmp_path, output_dim=2)
     with pytest.raises(ValueError, match="teacher_attribute"):
         callback.setup(pl.Trainer(logger=False), NoTeacher(), "fit")
+
+
+DDP_SCRIPT = """
+import json
+import sys
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_distill.callbacks.teacher_cache import IndexedDataset, RandomResizedCropFlip, TeacherCacheCallback
+
+out_dir = sys.argv[1]
+
+
+class Teacher(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(36, 5))
+        self.requires_grad_(False).eval()
+        self.calls = 0
+        self.seen = []
+
+    def forward(self, x):
+        self.calls += 1
+        return self.net(x)
+
+
+class KD(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.student = nn.Sequential(nn.Flatten(), nn.Linear(36, 5))
+        self.teacher = Teacher()
+        self.cache = TeacherCacheCallback(
+            out_dir + "/cache", output_dim=5, augmentation=RandomResizedCropFlip(6, scale=(0.3, 1.0)), seed=0
+        )
+        self.calls_per_epoch, self.indices = [], []
+
+    def configure_callbacks(self):
+        return [self.cache]
+
+    def training_step(self, batch, batch_idx):
+        images, _, index = batch
+        self.indices.append(index.tolist())
+        inputs, teacher_logits = self.cache.teacher_outputs(images, index)
+        return F.kl_div(F.log_softmax(self.student(inputs), 1), F.softmax(teacher_logits, 1), reduction="batchmean")
+
+    def on_train_epoch_end(self):
+        self.calls_per_epoch.append(self.teacher.calls)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.student.parameters(), lr=0.1)
+
+
+if __name__ == "__main__":
+    images = torch.rand(14, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    data = IndexedDataset(TensorDataset(images, torch.zeros(14, dtype=torch.long)))
+    model = KD()
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=2, strategy="ddp", max_epochs=3, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )
+    trainer.fit(model, DataLoader(data, batch_size=4, shuffle=True))
+    result = {
+        "calls": model.calls_per_epoch,
+        "indices": model.indices,
+        "hit_rate": float(trainer.callback_metrics["cache/hit_rate"]),
+    }
+    with open(f"{out_dir}/rank{trainer.global_rank}.json", "w") as f:
+        json.dump(result, f)
+"""
+
+
+def test_two_process_ddp_fills_the_cache_once_with_replayable_entries(tmp_path):
+    script = tmp_path / "ddp_cache.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    env.pop("MASTER_PORT", None)
+    run = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    for result in results:
+        assert result["calls"] == [2, 2, 2]  # cumulative: 2 batches per rank in epoch 1, none after
+        assert result["hit_rate"] == 1.0
+    first_epoch = [set(sum(r["indices"][:2], [])) for r in results]
+    assert first_epoch[0] | first_epoch[1] == set(range(14))  # the shards cover the data (one sample twice)
+
+    # Every entry, whichever rank wrote it, equals a fresh teacher forward on its replayed crop.
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(36, 5))
+    images = torch.rand(14, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    cache = TeacherCache(
+        tmp_path / "cache",
+        IndexedDataset(TensorDataset(images, torch.zeros(14, dtype=torch.long))),
+        None,
+        output_dim=5,
+        augmentation=RandomResizedCropFlip(6, scale=(0.3, 1.0)),
+        teacher_id=json.loads((tmp_path / "cache" / "manifest.json").read_text())["teacher"]["fingerprint"],
+        create=False,
+    )
+    outputs, hit = cache.lookup(torch.arange(14), epoch=0)
+    params, _ = cache.lookup_params(torch.arange(14), epoch=0)
+    assert hit.all()
+    assert_close(params, cache.augmentation.params_for(torch.arange(14), seed=0, slot=0, height=8, width=8))
+    with torch.no_grad():
+        fresh = net(cache.augmentation.apply(images, params))
+    assert_close(outputs, fresh, rtol=1e-3, atol=1e-3)  # fp16 storage; the ranks ran other batch shapes
