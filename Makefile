@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 EXTRAS ?= dev,wandb,docs,mnist
 export LIGHTNING_DISTILL_CACHE ?= $(CURDIR)/.cache/lightning_distill
+export NO_MKDOCS_2_WARNING := 1
 
 .PHONY: venv demo test lint docs bench clean
 
