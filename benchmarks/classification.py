@@ -10,9 +10,13 @@ config's student, data, optimizer, schedule and epochs.
 
 Usage (from the repository root)::
 
-    python benchmarks/classification.py                   # seeds 0 1 2, both recipes (~10 min, 2 cores)
+    python benchmarks/classification.py --threads 1       # seeds 0 1 2, both recipes (~3 min)
     python benchmarks/classification.py --quick           # smoke run: 1 seed, 2 epochs
     python benchmarks/classification.py --recipes meal_v2 --seeds 0 1
+
+On a CPU shared with other jobs use ``--threads 1``: with 2 threads on 2 busy cores, a training
+step of these batch-norm CNNs was measured 40 times slower than with 1 thread (OpenMP threads
+waiting on each other), while on idle cores the two settings took about the same time.
 
 Writes ``benchmarks/results/<slug>.md`` and replaces the table between ``<!-- results:start -->``
 and ``<!-- results:end -->`` in ``recipes/<slug>/README.md``. ``--quick`` writes to

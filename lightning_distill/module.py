@@ -51,8 +51,9 @@ __all__ = ["DistillationModule", "teacher_source"]
 
 _CKPT_KEY = "lightning_distill"
 
-# Frozen teachers are in eval mode on purpose; Lightning's notice about eval-mode modules at the
-# start of fit would show on every run of every recipe.
+# Frozen teachers are in eval mode on purpose, so Lightning's notice about eval-mode modules at the
+# start of fit would show on every run of every recipe; `DistillationModule.on_fit_start` warns
+# instead about eval-mode modules that are not frozen.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 
@@ -146,6 +147,10 @@ class DistillationModule(L.LightningModule):
         self.save_teachers = save_teachers
         self._teacher_fingerprints: list[str] | None = None
         self._teacher_metrics_pending = {"val": True, "test": True}
+        # Builders of pretrained models (trained_classifier, transformers' from_pretrained) return
+        # them in eval mode, and Lightning keeps the mode a module arrives in: start the student
+        # (and any other trainable part) in train mode, the frozen modules in eval mode.
+        self.train()
 
     # ------------------------------------------------------------------ teachers
     @property
@@ -316,6 +321,14 @@ class DistillationModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.lr_scheduler(optimizer)}}
 
     def on_fit_start(self) -> None:
+        frozen_modules = {id(m) for f in self.frozen_modules() for m in f.modules()}
+        in_eval = [n for n, m in self.named_modules() if not m.training and id(m) not in frozen_modules]
+        if in_eval:
+            rank_zero_warn(
+                f"{len(in_eval)} trainable module(s) are in eval mode at the start of fit (e.g. {in_eval[:3]}); "
+                "Lightning keeps that mode, so their dropout/BatchNorm behave as in evaluation. Call "
+                "`.train()` on them, or freeze them with `register_frozen` if that is intended."
+            )
         frozen = {id(p) for m in self.frozen_modules() for p in m.parameters()}
         for k, opt in enumerate(self.trainer.optimizers):
             for group in opt.param_groups:

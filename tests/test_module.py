@@ -232,3 +232,27 @@ def test_is_update_step_rejects_a_zero_ratio():
     assert [DistillationModule.is_update_step(i, 2, offset=1) for i in range(5)] == [False, True, False, True, False]
     with pytest.raises(ValueError, match="`every` must be >= 1"):
         DistillationModule.is_update_step(0, 0)
+
+
+def test_student_built_in_eval_mode_trains_in_train_mode():
+    torch.manual_seed(0)
+    student = SmallCNN(width=4, depth=1).eval()  # as trained_classifier / from_pretrained return it
+    module = TinyKD(student=student, teacher=SmallCNN(width=8, depth=1))
+    modes = {}
+
+    class Spy(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            modes["student"] = all(m.training for m in pl_module.student.modules())
+            modes["teacher"] = any(m.training for m in pl_module.teacher.modules())
+
+    trainer = L.Trainer(**quiet_trainer_kwargs(max_steps=1, callbacks=[Spy()]))
+    trainer.fit(module, datamodule=DigitsDataModule(batch_size=32))
+    assert modes == {"student": True, "teacher": False}
+
+
+def test_a_trainable_module_left_in_eval_mode_is_reported():
+    module = make_module()
+    module.student.stem.eval()
+    trainer = L.Trainer(**quiet_trainer_kwargs(max_steps=1))
+    with pytest.warns(UserWarning, match=r"trainable module\(s\) are in eval mode.*student.stem"):
+        trainer.fit(module, datamodule=DigitsDataModule(batch_size=32))
