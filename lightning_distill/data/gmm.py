@@ -106,7 +106,9 @@ class GMMDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if preset not in PRESETS:
-            raise ValueError(f"`preset` must be one of {sorted(PRESETS)}, got {preset!r}; set `data.init_args.preset`.")
+            raise ValueError(
+                f"`preset` must be one of {sorted(PRESETS)}, got {preset!r}; set `data.init_args.preset`."
+            )
         for name, value in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
             if value < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {value}; set `data.init_args.{name}`.")
@@ -173,7 +175,9 @@ class GMMDataModule(L.LightningDataModule):
         )
 
     def _eval_loader(self, name: str) -> DataLoader:
-        return DataLoader(PointDataset(*self.split(name)), batch_size=self.batch_size, num_workers=self.num_workers)
+        return DataLoader(
+            PointDataset(*self.split(name)), batch_size=self.batch_size, num_workers=self.num_workers
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")

@@ -38,7 +38,8 @@ diffusers' ``add_noise`` does.
 from __future__ import annotations
 
 import copy
-from typing import Literal
+import inspect
+from typing import Any, Literal
 
 import torch
 from diffusers import (
@@ -51,7 +52,7 @@ from diffusers import (
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import Tensor
 
-__all__ = ["PREDICTION_TYPES", "NoiseSchedule", "PredictionType", "broadcast_to"]
+__all__ = ["PREDICTION_TYPES", "NoiseSchedule", "PredictionType", "broadcast_to", "scheduler_from_config"]
 
 PredictionType = Literal["epsilon", "sample", "v_prediction", "flow"]
 #: Every parameterisation :meth:`NoiseSchedule.convert` knows.
@@ -149,7 +150,9 @@ class NoiseSchedule:
             self.kind: Literal["vp", "flow"] = "flow"
             self.prediction_type: str = "flow"
             self._alphas_cumprod: Tensor | None = None
-        elif isinstance(scheduler, SchedulerMixin) and isinstance(getattr(scheduler, "alphas_cumprod", None), Tensor):
+        elif isinstance(scheduler, SchedulerMixin) and isinstance(
+            getattr(scheduler, "alphas_cumprod", None), Tensor
+        ):
             prediction_type = scheduler.config.get("prediction_type", "epsilon")
             if prediction_type not in _VP_PREDICTION_TYPES:
                 raise ValueError(
@@ -205,7 +208,9 @@ class NoiseSchedule:
         if beta_schedule not in _BETA_SCHEDULES:
             raise ValueError(f"`beta_schedule` must be one of {_BETA_SCHEDULES}, got {beta_schedule!r}.")
         if prediction_type not in _VP_PREDICTION_TYPES:
-            raise ValueError(f"`prediction_type` must be one of {_VP_PREDICTION_TYPES}, got {prediction_type!r}.")
+            raise ValueError(
+                f"`prediction_type` must be one of {_VP_PREDICTION_TYPES}, got {prediction_type!r}."
+            )
         _check_num_train_timesteps(num_train_timesteps)
         start, end = _DEFAULT_BETAS.get(beta_schedule, (1e-4, 0.02))
         scheduler = DDPMScheduler(
@@ -233,7 +238,9 @@ class NoiseSchedule:
         _check_num_train_timesteps(num_train_timesteps)
         if not shift > 0:
             raise ValueError(f"`shift` must be > 0, got {shift}.")
-        return cls(FlowMatchEulerDiscreteScheduler(num_train_timesteps=num_train_timesteps, shift=float(shift)))
+        return cls(
+            FlowMatchEulerDiscreteScheduler(num_train_timesteps=num_train_timesteps, shift=float(shift))
+        )
 
     # ------------------------------------------------------------------ protocol
     @property
@@ -386,11 +393,15 @@ class NoiseSchedule:
         a_out, b_out = _coefficients(target, alpha, sigma)
         return a_out * x0 + b_out * eps
 
-    def to_x0(self, output: Tensor, x_t: Tensor, t: Tensor | int | float, prediction_type: str | None = None) -> Tensor:
+    def to_x0(
+        self, output: Tensor, x_t: Tensor, t: Tensor | int | float, prediction_type: str | None = None
+    ) -> Tensor:
         """:math:`\\hat x_0` from a model output (``prediction_type`` defaults to the schedule's); float32."""
         return self.convert(output, x_t, t, source=prediction_type, target="sample")
 
-    def to_eps(self, output: Tensor, x_t: Tensor, t: Tensor | int | float, prediction_type: str | None = None) -> Tensor:
+    def to_eps(
+        self, output: Tensor, x_t: Tensor, t: Tensor | int | float, prediction_type: str | None = None
+    ) -> Tensor:
         """:math:`\\hat\\varepsilon` from a model output (``prediction_type`` defaults to the schedule's); float32."""
         return self.convert(output, x_t, t, source=prediction_type, target="epsilon")
 
@@ -404,8 +415,8 @@ class NoiseSchedule:
         if self.kind == "flow":
             if isinstance(self.scheduler, FlowMatchEulerDiscreteScheduler):
                 return copy.deepcopy(self.scheduler)
-            return FlowMatchEulerDiscreteScheduler.from_config(self.scheduler.config)
-        return DDIMScheduler.from_config(self.scheduler.config)
+            return scheduler_from_config(FlowMatchEulerDiscreteScheduler, self.scheduler.config)
+        return scheduler_from_config(DDIMScheduler, self.scheduler.config)
 
     # ------------------------------------------------------------------ helpers
     def _table(self, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -426,7 +437,9 @@ class NoiseSchedule:
                 if self.kind == "vp"
                 else f"values in [0, {self.num_train_timesteps}] (sigma = t / T)"
             )
-            raise ValueError(f"Timesteps must be {allowed} for this {self.kind} schedule, got range [{lo}, {hi}].")
+            raise ValueError(
+                f"Timesteps must be {allowed} for this {self.kind} schedule, got range [{lo}, {hi}]."
+            )
 
     def _coefs_like(self, t: Tensor | int | float, like: Tensor) -> tuple[Tensor, Tensor]:
         t = _as_tensor(t, device=like.device)
@@ -443,6 +456,14 @@ class NoiseSchedule:
             f"{type(self).__name__}(kind={self.kind!r}, prediction_type={self.prediction_type!r}, "
             f"num_train_timesteps={self.num_train_timesteps}, scheduler={type(self.scheduler).__name__})"
         )
+
+
+def scheduler_from_config(cls: type[SchedulerMixin], config: Any, **overrides: Any) -> SchedulerMixin:
+    """``cls.from_config(config, **overrides)``, keeping only the entries ``cls`` accepts (no warnings about the rest)."""
+    accepted = set(inspect.signature(cls.__init__).parameters)
+    kept = {key: value for key, value in dict(config).items() if key in accepted}
+    kept.update(overrides)
+    return cls.from_config(kept)
 
 
 def _check_num_train_timesteps(value: object) -> None:

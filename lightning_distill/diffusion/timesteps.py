@@ -23,7 +23,9 @@ __all__ = ["evenly_spaced_timesteps", "shifted_timesteps", "subinterval_timestep
 
 def _to_index(name: str, value: object, num_train_timesteps: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"`{name}` must be an int (an index) or a float (a fraction of T), got {type(value).__name__}.")
+        raise TypeError(
+            f"`{name}` must be an int (an index) or a float (a fraction of T), got {type(value).__name__}."
+        )
     if isinstance(value, float):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"`{name}` given as a fraction of T must be in [0, 1], got {value}.")
@@ -36,7 +38,11 @@ def _to_index(name: str, value: object, num_train_timesteps: int) -> int:
 def _check_common(n: object, num_train_timesteps: object) -> None:
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ValueError(f"`n` must be an integer >= 0, got {n!r}.")
-    if isinstance(num_train_timesteps, bool) or not isinstance(num_train_timesteps, int) or num_train_timesteps < 1:
+    if (
+        isinstance(num_train_timesteps, bool)
+        or not isinstance(num_train_timesteps, int)
+        or num_train_timesteps < 1
+    ):
         raise ValueError(f"`num_train_timesteps` must be an integer >= 1, got {num_train_timesteps!r}.")
 
 
@@ -76,7 +82,9 @@ def uniform_timesteps(
     lo = _to_index("low", low, num_train_timesteps)
     hi = _to_index("high", high, num_train_timesteps)
     if lo >= hi:
-        raise ValueError(f"`low` must be below `high`; got the index interval [{lo}, {hi}) from low={low}, high={high}.")
+        raise ValueError(
+            f"`low` must be below `high`; got the index interval [{lo}, {hi}) from low={low}, high={high}."
+        )
     device = _device(generator, device)
     return torch.randint(lo, hi, (n,), generator=generator, device=device, dtype=torch.long)
 
@@ -195,9 +203,13 @@ def evenly_spaced_timesteps(num_steps: int, num_train_timesteps: int = 1000) -> 
         >>> evenly_spaced_timesteps(4, 1000)
         (999, 749, 499, 249)
     """
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or not 1 <= num_steps <= num_train_timesteps:
+    if (
+        isinstance(num_steps, bool)
+        or not isinstance(num_steps, int)
+        or not 1 <= num_steps <= num_train_timesteps
+    ):
         raise ValueError(f"`num_steps` must be an integer in [1, {num_train_timesteps}], got {num_steps!r}.")
-    return tuple(range(num_train_timesteps - 1, 0, -(num_train_timesteps // num_steps)))[:num_steps]
+    return tuple(range(num_train_timesteps - 1, -1, -(num_train_timesteps // num_steps)))[:num_steps]
 
 
 def _device(generator: torch.Generator | None, device: torch.device | str | None) -> torch.device:

@@ -1,0 +1,473 @@
+"""Evaluation by retraining, and the baselines every distilled set is compared with.
+
+A distilled set is judged by what a *fresh* model learns from it: train a newly initialised
+network on the set alone, then measure its accuracy on the real test split; repeat over seeds and
+report mean ± std. :func:`evaluate_synthetic` does this as a small Lightning loop
+(:class:`RetrainClassifier` + a ``Trainer`` without logger, progress bar or checkpoints), in two
+label modes:
+
+* hard labels: cross-entropy on the set's labels (DC/DM/DataDAM);
+* soft labels: ``T^2 KL(softmax(z_soft / T) || softmax(z / T))`` to stored logits (SRe2L/CDA's
+  relabelled sets, FTD/MTT's learned labels, "random real + teacher soft labels").
+
+The baselines of the dataset-distillation papers, as ``(images, labels)`` to evaluate the same way:
+
+* :func:`random_real_subset`: ``ipc`` random real training images per class;
+* :func:`herding_subset`: per class, the images whose features herd towards the class mean
+  (Welling 2009, as the DC papers use it) or a k-center cover, on features of a trained model;
+* :func:`teacher_soft_labels`: a teacher's logits for a set of images (random real + soft labels);
+* :func:`full_training_set`: all labelled training images (the upper bound).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import statistics
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import lightning.pytorch as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_distill.dataset.augment import SiameseAugment
+from lightning_distill.dataset.networks import ConvNet
+from lightning_distill.dataset.synthetic import EvalSpec
+from lightning_distill.losses import kd_loss
+
+__all__ = [
+    "EvalResult",
+    "RetrainClassifier",
+    "evaluate_spec",
+    "evaluate_synthetic",
+    "full_training_set",
+    "herding_subset",
+    "random_real_subset",
+    "teacher_soft_labels",
+]
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Test accuracies (fractions in [0, 1]) of models retrained with several seeds.
+
+    Example:
+        >>> r = EvalResult((0.9, 0.92, 0.94), (0, 1, 2))
+        >>> round(r.mean, 4), round(r.std, 4), str(r)
+        (0.92, 0.02, '92.00 ± 2.00')
+    """
+
+    accuracies: tuple[float, ...]
+    seeds: tuple[int, ...]
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.accuracies)
+
+    @property
+    def std(self) -> float:
+        """Sample standard deviation over seeds (0 for one seed)."""
+        return statistics.stdev(self.accuracies) if len(self.accuracies) > 1 else 0.0
+
+    def __str__(self) -> str:
+        return f"{100 * self.mean:.2f} ± {100 * self.std:.2f}"
+
+
+class RetrainClassifier(L.LightningModule):
+    """Trains ``model`` on a (small) set with SGD and a step decay; tests accuracy on real data.
+
+    Batches are ``(x, y)`` (hard labels) or ``(x, y, soft_logits)`` (soft labels). Each training
+    batch is augmented with ``augment`` (non-siamese: every image gets its own parameters), drawn
+    from a generator seeded by ``seed``. The learning rate is divided by 10 after half the epochs
+    (``evaluate_synset`` of the official code). Test metrics: ``test/acc``, ``test/ce``.
+
+    Args:
+        model: a classifier ``(B, C, H, W) -> (B, K)``.
+        epochs: training epochs (for the decay milestone).
+        lr: SGD learning rate.
+        momentum: SGD momentum.
+        weight_decay: SGD weight decay.
+        augment: a DSA strategy string, a :class:`SiameseAugment`, or ``None``.
+        temperature: temperature of the soft-label loss.
+        seed: seed of the augmentation parameters.
+
+    Raises:
+        ValueError: ``epochs < 1``, ``lr <= 0`` or ``temperature <= 0``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        epochs: int,
+        lr: float = 0.01,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        augment: str | SiameseAugment | None = None,
+        temperature: float = 1.0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if epochs < 1:
+            raise ValueError(f"`epochs` must be >= 1, got {epochs}.")
+        if not lr > 0 or not temperature > 0:
+            raise ValueError(f"`lr` and `temperature` must be > 0, got {lr} and {temperature}.")
+        self.model = model
+        self.epochs, self.lr, self.momentum, self.weight_decay = epochs, lr, momentum, weight_decay
+        self.augment = _as_augment(augment, siamese=False)
+        self.temperature = temperature
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+    def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor:
+        x, y = batch[0], batch[1]
+        if self.augment is not None:
+            x = self.augment(x, self.augment.sample(x, self.generator))
+        logits = self.model(x)
+        if len(batch) > 2:
+            return kd_loss(logits, batch[2], temperature=self.temperature)
+        return F.cross_entropy(logits, y)
+
+    def test_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
+        x, y = batch[0], batch[1]
+        logits = self.model(x)
+        self.log("test/acc", (logits.argmax(-1) == y).float().mean(), batch_size=y.numel())
+        self.log("test/ce", F.cross_entropy(logits, y), batch_size=y.numel())
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
+        )
+        milestone = max(1, self.epochs // 2)
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[milestone], gamma=0.1)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+
+def evaluate_synthetic(
+    images: Tensor,
+    labels: Tensor,
+    datamodule: L.LightningDataModule,
+    model_fn: Callable[[], nn.Module] | None = None,
+    *,
+    epochs: int = 300,
+    lr: float = 0.01,
+    seeds: Sequence[int] = (0, 1, 2),
+    soft_labels: Tensor | None = None,
+    temperature: float = 1.0,
+    augment: str | SiameseAugment | None = "color_crop_cutout_scale_rotate",
+    batch_size: int = 256,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    accelerator: str = "cpu",
+) -> EvalResult:
+    """Train a fresh model on ``(images, labels)`` per seed; its accuracy on the real test split.
+
+    Args:
+        images: the training set ``(N, C, H, W)`` (a distilled set or a baseline subset).
+        labels: hard labels ``(N,)``.
+        datamodule: supplies ``test_dataloader()`` with real ``(x, y)`` batches.
+        model_fn: builds a freshly initialised classifier; called once per seed after seeding
+            the global generator. Default: a :class:`ConvNet` (width 128, depth 3, instance norm)
+            for the images' shape and ``datamodule.num_classes`` (or ``labels.max() + 1``).
+        epochs: training epochs.
+        lr: SGD learning rate (divided by 10 after half the epochs).
+        seeds: one model per seed (initialisation, data order, augmentation).
+        soft_labels: logits ``(N, K)``; given, the loss is KL at ``temperature`` to them instead of
+            cross-entropy to ``labels`` (soft-label mode).
+        temperature: soft-label temperature.
+        augment: DSA strategy (or :class:`SiameseAugment`, or ``None``) applied to every batch.
+        batch_size: training batch size.
+        momentum: SGD momentum.
+        weight_decay: SGD weight decay.
+        accelerator: the Lightning accelerator of the retraining runs.
+
+    Returns:
+        The test accuracies per seed.
+
+    Raises:
+        ValueError: mismatched shapes, an empty seed list, or bad optimisation settings.
+
+    Example:
+        >>> from lightning_distill.data import DigitsDataModule
+        >>> dm = DigitsDataModule()
+        >>> x, y = random_real_subset(dm, ipc=1, seed=0)
+        >>> result = evaluate_synthetic(x, y, dm, lambda: ConvNet(1, 10, 8, width=8), epochs=2, seeds=(0,))
+        >>> 0.0 <= result.mean <= 1.0 and len(result.accuracies) == 1
+        True
+    """
+    if images.ndim != 4 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"`images` must be (N, C, H, W) and `labels` (N,), got {tuple(images.shape)} and {tuple(labels.shape)}."
+        )
+    if soft_labels is not None and (soft_labels.ndim != 2 or soft_labels.shape[0] != images.shape[0]):
+        raise ValueError(f"`soft_labels` must be (N, K) with N={images.shape[0]}, got {tuple(soft_labels.shape)}.")
+    seeds = tuple(int(s) for s in seeds)
+    if not seeds:
+        raise ValueError("`seeds` is empty: give at least one seed.")
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be >= 1, got {batch_size}.")
+    if model_fn is None:
+        num_classes = int(getattr(datamodule, "num_classes", int(labels.max()) + 1))
+        c, h, w = images.shape[1:]
+        model_fn = lambda: ConvNet(c, num_classes, (h, w))  # noqa: E731
+    images, labels = images.detach().cpu().float(), labels.detach().cpu().long()
+    tensors = [images, labels] + ([soft_labels.detach().cpu().float()] if soft_labels is not None else [])
+    datamodule.setup("test")
+    accuracies = []
+    for seed in seeds:
+        with torch.random.fork_rng(devices=[]), _quiet_lightning():
+            torch.manual_seed(seed)
+            model = model_fn()
+            module = RetrainClassifier(
+                model,
+                epochs=epochs,
+                lr=lr,
+                momentum=momentum,
+                weight_decay=weight_decay,
+                augment=augment,
+                temperature=temperature,
+                seed=seed,
+            )
+            loader = DataLoader(
+                TensorDataset(*tensors),
+                batch_size=min(batch_size, images.shape[0]),
+                shuffle=True,
+                generator=torch.Generator().manual_seed(seed),
+            )
+            trainer = _trainer(epochs, accelerator)
+            trainer.fit(module, train_dataloaders=loader)
+            metrics = trainer.test(module, dataloaders=datamodule.test_dataloader(), verbose=False)
+        accuracies.append(float(metrics[0]["test/acc"]))
+    return EvalResult(tuple(accuracies), seeds)
+
+
+def evaluate_spec(
+    images: Tensor,
+    labels: Tensor,
+    datamodule: L.LightningDataModule,
+    spec: EvalSpec,
+    *,
+    seeds: Sequence[int] = (0, 1, 2),
+    soft_labels: Tensor | None = None,
+    accelerator: str = "cpu",
+) -> EvalResult:
+    """:func:`evaluate_synthetic` with the settings of an :class:`EvalSpec`.
+
+    Raises:
+        ValueError: ``spec.label_type == "soft"`` without ``soft_labels``.
+    """
+    if spec.label_type == "soft" and soft_labels is None:
+        raise ValueError("The EvalSpec asks for soft labels (`label_type='soft'`) but `soft_labels` is None.")
+    return evaluate_synthetic(
+        images,
+        labels,
+        datamodule,
+        spec.build_model,
+        epochs=spec.epochs,
+        lr=spec.lr,
+        seeds=seeds,
+        soft_labels=soft_labels if spec.label_type == "soft" else None,
+        temperature=spec.temperature,
+        augment=spec.augment,
+        batch_size=spec.batch_size,
+        momentum=spec.momentum,
+        weight_decay=spec.weight_decay,
+        accelerator=accelerator,
+    )
+
+
+# ---------------------------------------------------------------------------- baselines
+def _labelled_train_images(datamodule: L.LightningDataModule) -> tuple[Tensor, Tensor]:
+    train_images = getattr(datamodule, "train_images", None)
+    if not callable(train_images):
+        raise TypeError(
+            f"The datamodule ({type(datamodule).__name__}) needs a `train_images()` method returning the "
+            "training images and labels, like lightning_distill.data.ArrayImageDataModule."
+        )
+    datamodule.setup("fit")
+    x, y = train_images()
+    keep = y >= 0
+    return x[keep], y[keep]
+
+
+def _num_classes(datamodule: L.LightningDataModule, labels: Tensor) -> int:
+    return int(getattr(datamodule, "num_classes", int(labels.max()) + 1))
+
+
+def full_training_set(datamodule: L.LightningDataModule) -> tuple[Tensor, Tensor]:
+    """All labelled training images ``(N, C, H, W)`` and labels ``(N,)`` (the upper bound).
+
+    Raises:
+        TypeError: the datamodule has no ``train_images()``.
+    """
+    return _labelled_train_images(datamodule)
+
+
+def random_real_subset(datamodule: L.LightningDataModule, ipc: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """``ipc`` random labelled training images per class, class-blocked, drawn from ``seed``.
+
+    Returns:
+        ``(images (K * ipc, C, H, W), labels (K * ipc,))``.
+
+    Raises:
+        ValueError: ``ipc < 1`` or a class with fewer than ``ipc`` images.
+
+    Example:
+        >>> from lightning_distill.data import DigitsDataModule
+        >>> x, y = random_real_subset(DigitsDataModule(), ipc=2, seed=0)
+        >>> tuple(x.shape), y.tolist()[:4]
+        ((20, 1, 8, 8), [0, 0, 1, 1])
+    """
+    if ipc < 1:
+        raise ValueError(f"`ipc` must be >= 1, got {ipc}.")
+    x, y = _labelled_train_images(datamodule)
+    generator = torch.Generator().manual_seed(seed)
+    picks = []
+    for c in range(_num_classes(datamodule, y)):
+        pool = torch.nonzero(y == c).flatten()
+        if pool.numel() < ipc:
+            raise ValueError(f"Class {c} has {pool.numel()} training images, fewer than `ipc`={ipc}.")
+        picks.append(pool[torch.randperm(pool.numel(), generator=generator)[:ipc]])
+    index = torch.cat(picks)
+    return x[index].clone(), y[index].clone()
+
+
+@torch.no_grad()
+def _features(feature_fn: Callable[[Tensor], Tensor], x: Tensor, batch_size: int) -> Tensor:
+    return torch.cat([feature_fn(chunk).flatten(1).float() for chunk in x.split(batch_size)])
+
+
+def herding_subset(
+    datamodule: L.LightningDataModule,
+    ipc: int,
+    feature_fn: Callable[[Tensor], Tensor],
+    *,
+    method: Literal["herding", "kcenter"] = "herding",
+    batch_size: int = 256,
+) -> tuple[Tensor, Tensor]:
+    """A coreset of ``ipc`` training images per class, chosen on features of a trained model.
+
+    ``"herding"`` (Welling 2009; the coreset baseline of DC/DSA/DM): greedily add the image that
+    brings the mean feature of the chosen images closest to the class mean. ``"kcenter"``: start
+    from the image closest to the class mean, then repeatedly add the image farthest from the
+    chosen ones (greedy k-center).
+
+    Args:
+        datamodule: provides ``train_images()``.
+        ipc: images per class.
+        feature_fn: images ``(B, C, H, W)`` -> features ``(B, D)``, e.g. the ``embed`` of a trained
+            :class:`ConvNet` in eval mode; called without gradient.
+        method: ``"herding"`` or ``"kcenter"``.
+        batch_size: images per ``feature_fn`` call.
+
+    Returns:
+        ``(images (K * ipc, C, H, W), labels (K * ipc,))``, class-blocked, in selection order.
+
+    Raises:
+        ValueError: ``ipc < 1``, an unknown method, or a class with fewer than ``ipc`` images.
+    """
+    if ipc < 1:
+        raise ValueError(f"`ipc` must be >= 1, got {ipc}.")
+    if method not in ("herding", "kcenter"):
+        raise ValueError(f"`method` must be 'herding' or 'kcenter', got {method!r}.")
+    x, y = _labelled_train_images(datamodule)
+    features = _features(feature_fn, x, batch_size)
+    picks = []
+    for c in range(_num_classes(datamodule, y)):
+        pool = torch.nonzero(y == c).flatten()
+        if pool.numel() < ipc:
+            raise ValueError(f"Class {c} has {pool.numel()} training images, fewer than `ipc`={ipc}.")
+        chosen = (_herding if method == "herding" else _kcenter)(features[pool], ipc)
+        picks.append(pool[torch.tensor(chosen)])
+    index = torch.cat(picks)
+    return x[index].clone(), y[index].clone()
+
+
+def _herding(features: Tensor, k: int) -> list[int]:
+    """Indices of ``k`` rows whose running mean follows the mean of ``features`` ``(n, D)``."""
+    mean = features.mean(0)
+    chosen: list[int] = []
+    total = torch.zeros_like(mean)
+    available = torch.ones(features.shape[0], dtype=torch.bool)
+    for step in range(1, k + 1):
+        distance = ((mean - (total + features) / step) ** 2).sum(1)
+        distance[~available] = math.inf
+        best = int(distance.argmin())
+        chosen.append(best)
+        available[best] = False
+        total += features[best]
+    return chosen
+
+
+def _kcenter(features: Tensor, k: int) -> list[int]:
+    """Greedy k-center: the row nearest the mean, then the row farthest from those chosen."""
+    first = int(((features - features.mean(0)) ** 2).sum(1).argmin())
+    chosen = [first]
+    nearest = ((features - features[first]) ** 2).sum(1)
+    for _ in range(k - 1):
+        nxt = int(nearest.argmax())
+        chosen.append(nxt)
+        nearest = torch.minimum(nearest, ((features - features[nxt]) ** 2).sum(1))
+    return chosen
+
+
+@torch.no_grad()
+def teacher_soft_labels(teacher: nn.Module, images: Tensor, *, batch_size: int = 256) -> Tensor:
+    """The teacher's logits ``(N, K)`` for ``images`` ``(N, C, H, W)``, in eval mode, without gradient.
+
+    With :func:`random_real_subset` this gives the "random real + the same soft labels" baseline:
+    evaluate the real subset with ``soft_labels=teacher_soft_labels(teacher, images)``. The
+    teacher's train/eval mode is restored afterwards.
+    """
+    was_training = teacher.training
+    teacher.eval()
+    try:
+        return torch.cat([teacher(chunk).float() for chunk in images.split(batch_size)])
+    finally:
+        teacher.train(was_training)
+
+
+# ---------------------------------------------------------------------------- helpers
+def _as_augment(augment: str | SiameseAugment | None, *, siamese: bool) -> SiameseAugment | None:
+    if augment is None or isinstance(augment, SiameseAugment):
+        return augment
+    if isinstance(augment, str):
+        return None if augment.lower() in ("", "none") else SiameseAugment(augment, siamese=siamese)
+    raise TypeError(f"`augment` must be a strategy string, a SiameseAugment or None, got {type(augment).__name__}.")
+
+
+def _trainer(epochs: int, accelerator: str) -> L.Trainer:
+    return L.Trainer(
+        max_epochs=epochs,
+        accelerator=accelerator,
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        log_every_n_steps=max(1, epochs),
+    )
+
+
+@contextlib.contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Silence Lightning's per-Trainer notices (device summary, tips) while retraining."""
+    names = ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda", "lightning.fabric")
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)

@@ -1,0 +1,282 @@
+"""`FakeScore`: the fake-score model of the DMD family, trained by denoising on detached generator samples.
+
+DMD, DMD2, SwiftBrush, Phased/Decoupled DMD and MSD keep a second diffusion model that tracks the
+*generator's* distribution: it is trained with the ordinary denoising loss on generator samples
+(detached, so no gradient reaches the generator), and its prediction minus the teacher's gives
+the distribution-matching gradient (:mod:`lightning_distill.losses.distribution_matching`).
+
+Two ways to build one from the teacher:
+
+* :meth:`FakeScore.copy_of`: a trainable deep copy of the whole teacher (DMD2).
+* :meth:`FakeScore.lora_on`: LoRA adapters (peft) on a frozen deep copy of the teacher (SwiftBrush:
+  rank 64, alpha 108 on ``to_q``/``to_v``). Only the adapters train. SwiftBrush puts the adapters
+  on the teacher UNet itself and gets the teacher by disabling them; here they go on a *copy*, so
+  the frozen teacher module of a ``DistillationModule`` is never modified, never holds trainable
+  parameters and stays out of checkpoints as the base class expects. The cost is one more frozen
+  copy of the weights in memory. :meth:`FakeScore.adapters_disabled` still gives SwiftBrush's
+  "adapters off = teacher" (bit-identical outputs), e.g. to check the fake score at reset.
+
+The fake score is called like the model it wraps (``fake(x_t, t, cond)``, see
+:func:`~lightning_distill.diffusion.guidance.model_output`) and predicts in the schedule's
+parameterisation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lightning_distill.diffusion.guidance import Cond, model_output
+from lightning_distill.diffusion.schedule import NoiseSchedule
+from lightning_distill.losses._checks import Reduction
+from lightning_distill.losses.distribution_matching import denoising_loss as _denoising_loss
+
+__all__ = ["FakeScore"]
+
+_LORA_KEY = "lora_"
+_BASE_LAYER = ".base_layer"
+
+
+class FakeScore(nn.Module):
+    """A trainable score model of the generator's distribution.
+
+    Build it with :meth:`copy_of` or :meth:`lora_on`; the constructor wraps a model you built
+    yourself (trained as given: every parameter with ``requires_grad``).
+
+    Args:
+        model: the denoiser, called with the diffusers convention.
+        schedule: the noise schedule; the model predicts ``schedule.prediction_type``.
+
+    Raises:
+        TypeError: if ``model`` is not an ``nn.Module`` or ``schedule`` not a ``NoiseSchedule``.
+
+    Example:
+        >>> from lightning_distill.diffusion import MLPDenoiser, NoiseSchedule
+        >>> teacher = MLPDenoiser(dim=2, hidden=16, depth=1).requires_grad_(False)
+        >>> fake = FakeScore.copy_of(teacher, NoiseSchedule.ddpm())
+        >>> x0 = torch.randn(8, 2)  # generator samples (detached inside)
+        >>> loss = fake.denoising_loss(x0, torch.randint(0, 1000, (8,)), torch.randn(8, 2))
+        >>> loss.backward()
+        >>> all(p.grad is not None for p in fake.trainable_parameters()), teacher.input.weight.grad is None
+        (True, True)
+    """
+
+    def __init__(self, model: nn.Module, schedule: NoiseSchedule) -> None:
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"`model` must be an nn.Module, got {type(model).__name__}.")
+        if not isinstance(schedule, NoiseSchedule):
+            raise TypeError(f"`schedule` must be a NoiseSchedule, got {type(schedule).__name__}.")
+        self.model = model
+        self.schedule = schedule
+        self.is_lora = False
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def copy_of(cls, teacher: nn.Module, schedule: NoiseSchedule) -> FakeScore:
+        """A trainable deep copy of ``teacher`` (all parameters train; the teacher is untouched).
+
+        Raises:
+            ValueError: if ``teacher`` has forward hooks registered (they would be copied and fire
+                for the fake score too): build the fake score before attaching ``FeatureHooks``.
+        """
+        model = _hook_free_copy(teacher)
+        model.requires_grad_(True).train()
+        return cls(model, schedule)
+
+    @classmethod
+    def lora_on(
+        cls,
+        teacher: nn.Module,
+        schedule: NoiseSchedule,
+        *,
+        rank: int = 64,
+        alpha: float = 108.0,
+        target_modules: Sequence[str] = ("to_q", "to_v"),
+        dropout: float = 0.0,
+    ) -> FakeScore:
+        """LoRA adapters (peft) on a frozen deep copy of ``teacher``; only the adapters train.
+
+        Defaults are SwiftBrush's (rank 64, alpha 108, ``to_q``/``to_v``, scaling alpha / rank).
+        The adapters start at ``B = 0``, so the fake score starts equal to the teacher.
+
+        Args:
+            teacher: the teacher denoiser (left unchanged).
+            schedule: the noise schedule.
+            rank: LoRA rank ``r``.
+            alpha: LoRA alpha (the update is scaled by ``alpha / rank``).
+            target_modules: module names (suffixes) to adapt, e.g. ``("to_q", "to_v")`` for diffusers
+                attention or ``("linear",)`` for :class:`~lightning_distill.diffusion.denoisers.MLPDenoiser`.
+            dropout: LoRA dropout (0 keeps "adapters off = teacher" exact in training mode too).
+
+        Raises:
+            ValueError: for a non-positive rank or alpha, no matching ``target_modules``, or hooks
+                on the teacher (see :meth:`copy_of`).
+        """
+        from peft import LoraConfig, inject_adapter_in_model
+
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise ValueError(f"`rank` must be an integer >= 1, got {rank!r}.")
+        if not alpha > 0:
+            raise ValueError(f"`alpha` must be > 0, got {alpha!r}.")
+        if isinstance(target_modules, str) or not target_modules:
+            raise ValueError(
+                f"`target_modules` must be a non-empty sequence of module names, got {target_modules!r}."
+            )
+        model = _hook_free_copy(teacher)
+        model.requires_grad_(False)
+        config = LoraConfig(
+            r=rank,
+            lora_alpha=alpha,
+            target_modules=list(target_modules),
+            lora_dropout=dropout,
+            init_lora_weights=True,
+        )
+        try:
+            model = inject_adapter_in_model(config, model)
+        except ValueError as error:
+            linears = [name for name, m in teacher.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))][
+                :8
+            ]
+            raise ValueError(
+                f"`target_modules`={list(target_modules)} matched no adaptable layer of {type(teacher).__name__} "
+                f"({error}). Some of its Linear/Conv2d layers: {linears}."
+            ) from error
+        for name, param in model.named_parameters():
+            param.requires_grad_(_LORA_KEY in name)
+        model.train()
+        fake = cls(model, schedule)
+        fake.is_lora = True
+        return fake
+
+    # ------------------------------------------------------------------ use
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the wrapped model with the same arguments (``fake(x_t, t)``, ``fake(x_t, t, cond)``, ...)."""
+        return self.model(*args, **kwargs)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The parameters the fake-score optimizer should hold (the adapters only, for LoRA)."""
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def denoising_loss(
+        self,
+        x0: Tensor,
+        t: Tensor,
+        noise: Tensor,
+        cond: Cond = None,
+        *,
+        weighting: Tensor | float | None = None,
+        reduction: Reduction = "mean",
+    ) -> Tensor:
+        """The fake score's denoising loss on (detached) generator samples.
+
+        :math:`x_t = \\alpha_t \\operatorname{sg}(x_0) + \\sigma_t \\varepsilon`, loss
+        :math:`w(t)\\lVert f_\\phi(x_t, t, c) - y \\rVert^2` with ``y`` the schedule's target (ε for
+        ε-prediction as in DMD2, x₀, v, or the flow velocity ε − x₀).
+
+        Args:
+            x0: generator samples ``(B, ...)``; detached here, so no gradient reaches the generator.
+            t: timesteps ``(B,)`` (DMD2: ``U[0, T)``).
+            noise: ε, shape of ``x0``.
+            cond: the condition (drop it to the null condition for a share of samples to keep the
+                fake score usable under CFG, as SwiftBrush does with 10 %).
+            weighting: ``w(t)`` per sample ``(B,)`` or a number (SwiftBrush: ``alpha**2``).
+            reduction: ``"none"``, ``"mean"`` or ``"sum"`` over the batch.
+
+        Returns:
+            The loss in float32.
+        """
+        x0 = x0.detach()
+        x_t = self.schedule.add_noise(x0, noise, t)
+        pred = model_output(self, x_t, t, cond)
+        target = self.schedule.target(x0, noise, t)
+        return _denoising_loss(pred, target, weighting=weighting, reduction=reduction)
+
+    @contextlib.contextmanager
+    def adapters_disabled(self) -> Iterator[FakeScore]:
+        """Inside this block a LoRA fake score computes its base model, i.e. the teacher it was copied from.
+
+        Raises:
+            RuntimeError: if the fake score has no adapters.
+        """
+        if not self.is_lora:
+            raise RuntimeError(
+                "`adapters_disabled()` needs a LoRA fake score (built with `FakeScore.lora_on`)."
+            )
+        layers = _tuner_layers(self.model)
+        flags = [(p, p.requires_grad) for p in self.model.parameters()]
+        for layer in layers:
+            layer.enable_adapters(False)
+        try:
+            yield self
+        finally:
+            for layer in layers:
+                layer.enable_adapters(True)
+            for param, flag in flags:
+                param.requires_grad_(flag)
+
+    @torch.no_grad()
+    def reset_from(self, teacher: nn.Module, *, generator: torch.Generator | None = None) -> None:
+        """Re-initialise from ``teacher`` in place, so the fake score equals the teacher again (Phased DMD).
+
+        A full copy takes every weight of ``teacher``; a LoRA fake score takes the teacher's base
+        weights and re-initialises its adapters (A: Kaiming-uniform as peft does, drawn from
+        ``generator``; B: 0). Parameters keep their identity, so an optimizer keeps working; its
+        state (e.g. Adam moments) is not touched: clear it too if the phase should start fresh
+        (``optimizer.state.clear()``).
+
+        Args:
+            teacher: a model with the same architecture as the one this fake score was built from.
+            generator: random source for the LoRA ``A`` matrices (``None``: the global RNG).
+
+        Raises:
+            ValueError: if ``teacher``'s parameters and buffers do not match this fake score's.
+        """
+        source = teacher.state_dict()
+        own = self.model.state_dict(keep_vars=True)
+        base_keys = {key.replace(_BASE_LAYER, ""): key for key in own if _LORA_KEY not in key}
+        missing = sorted(set(base_keys) - set(source))
+        unexpected = sorted(set(source) - set(base_keys))
+        if missing or unexpected:
+            raise ValueError(
+                f"`teacher` does not match this fake score: missing {missing[:5]}, unexpected {unexpected[:5]}."
+            )
+        for key, own_key in base_keys.items():
+            target, value = own[own_key], source[key]
+            if target.shape != value.shape:
+                raise ValueError(
+                    f"`teacher` entry {key!r} has shape {tuple(value.shape)}, the fake score's {tuple(target.shape)}."
+                )
+            target.copy_(value)
+        for layer in _tuner_layers(self.model):
+            for adapter in layer.lora_A:
+                nn.init.kaiming_uniform_(layer.lora_A[adapter].weight, a=math.sqrt(5), generator=generator)
+                nn.init.zeros_(layer.lora_B[adapter].weight)
+                if getattr(layer.lora_B[adapter], "bias", None) is not None:
+                    nn.init.zeros_(layer.lora_B[adapter].bias)
+
+
+def _hook_free_copy(teacher: nn.Module) -> nn.Module:
+    if not isinstance(teacher, nn.Module):
+        raise TypeError(f"`teacher` must be an nn.Module, got {type(teacher).__name__}.")
+    hooked = [
+        name or "<root>" for name, m in teacher.named_modules() if m._forward_hooks or m._forward_pre_hooks
+    ]
+    if hooked:
+        raise ValueError(
+            f"`teacher` has forward hooks on {hooked[:5]}; a copy would carry them. Build the fake score before "
+            "attaching hooks (FeatureHooks attaches in `setup`, after the recipe's constructor)."
+        )
+    return copy.deepcopy(teacher)
+
+
+def _tuner_layers(model: nn.Module) -> list[nn.Module]:
+    from peft.tuners.lora import LoraLayer
+
+    return [m for m in model.modules() if isinstance(m, LoraLayer)]
