@@ -10,6 +10,7 @@
 
 from lightning_distill.dataset.augment import DSA_OPS, AugmentParams, SiameseAugment
 from lightning_distill.dataset.data import ClassBalancedBatches, ClassBalancedDataModule
+from lightning_distill.dataset.matching import attention_map, attention_matching_loss, classwise_mean_discrepancy
 from lightning_distill.dataset.evaluate import (
     EvalResult,
     RetrainClassifier,
@@ -18,7 +19,9 @@ from lightning_distill.dataset.evaluate import (
     full_training_set,
     herding_subset,
     random_real_subset,
+    retrain_model,
     teacher_soft_labels,
+    test_accuracy,
 )
 from lightning_distill.dataset.networks import ConvNet, ConvNetSpec, random_network, reset_parameters
 from lightning_distill.dataset.synthetic import EvalSpec, SyntheticSet
@@ -35,6 +38,9 @@ __all__ = [
     "RetrainClassifier",
     "SiameseAugment",
     "SyntheticSet",
+    "attention_map",
+    "attention_matching_loss",
+    "classwise_mean_discrepancy",
     "evaluate_spec",
     "evaluate_synthetic",
     "full_training_set",
@@ -42,5 +48,7 @@ __all__ = [
     "random_network",
     "random_real_subset",
     "reset_parameters",
+    "retrain_model",
     "teacher_soft_labels",
+    "test_accuracy",
 ]

@@ -25,7 +25,8 @@ import contextlib
 import logging
 import math
 import statistics
-from collections.abc import Callable, Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -48,7 +49,9 @@ __all__ = [
     "full_training_set",
     "herding_subset",
     "random_real_subset",
+    "retrain_model",
     "teacher_soft_labels",
+    "test_accuracy",
 ]
 
 
@@ -217,35 +220,112 @@ def evaluate_synthetic(
         num_classes = int(getattr(datamodule, "num_classes", int(labels.max()) + 1))
         c, h, w = images.shape[1:]
         model_fn = lambda: ConvNet(c, num_classes, (h, w))  # noqa: E731
-    images, labels = images.detach().cpu().float(), labels.detach().cpu().long()
-    tensors = [images, labels] + ([soft_labels.detach().cpu().float()] if soft_labels is not None else [])
     datamodule.setup("test")
     accuracies = []
     for seed in seeds:
-        with torch.random.fork_rng(devices=[]), _quiet_lightning():
-            torch.manual_seed(seed)
-            model = model_fn()
-            module = RetrainClassifier(
-                model,
-                epochs=epochs,
-                lr=lr,
-                momentum=momentum,
-                weight_decay=weight_decay,
-                augment=augment,
-                temperature=temperature,
-                seed=seed,
-            )
-            loader = DataLoader(
-                TensorDataset(*tensors),
-                batch_size=min(batch_size, images.shape[0]),
-                shuffle=True,
-                generator=torch.Generator().manual_seed(seed),
-            )
-            trainer = _trainer(epochs, accelerator)
-            trainer.fit(module, train_dataloaders=loader)
-            metrics = trainer.test(module, dataloaders=datamodule.test_dataloader(), verbose=False)
-        accuracies.append(float(metrics[0]["test/acc"]))
+        model = retrain_model(
+            images,
+            labels,
+            model_fn,
+            epochs=epochs,
+            lr=lr,
+            seed=seed,
+            soft_labels=soft_labels,
+            temperature=temperature,
+            augment=augment,
+            batch_size=batch_size,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            accelerator=accelerator,
+        )
+        accuracies.append(test_accuracy(model, datamodule.test_dataloader()))
     return EvalResult(tuple(accuracies), seeds)
+
+
+def retrain_model(
+    images: Tensor,
+    labels: Tensor,
+    model_fn: Callable[[], nn.Module],
+    *,
+    epochs: int,
+    lr: float = 0.01,
+    seed: int = 0,
+    soft_labels: Tensor | None = None,
+    temperature: float = 1.0,
+    augment: str | SiameseAugment | None = "color_crop_cutout_scale_rotate",
+    batch_size: int = 256,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    accelerator: str = "cpu",
+    devices: int | list[int] = 1,
+) -> nn.Module:
+    """Train one fresh model on ``(images, labels)`` with a Lightning ``Trainer``; return it (eval mode).
+
+    The global random state is seeded with ``seed`` before ``model_fn()`` and restored afterwards;
+    the data order and the augmentation come from generators seeded with ``seed``. Safe to call
+    from inside another ``Trainer``'s hooks (a recipe's validation): gradients are enabled for
+    the run whatever the caller's grad mode. Arguments as in :func:`evaluate_synthetic`.
+
+    Returns:
+        The trained model, on the CPU, in eval mode.
+
+    Raises:
+        ValueError: mismatched shapes or bad optimisation settings.
+    """
+    if images.ndim != 4 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"`images` must be (N, C, H, W) and `labels` (N,), got {tuple(images.shape)} and {tuple(labels.shape)}."
+        )
+    if soft_labels is not None and (soft_labels.ndim != 2 or soft_labels.shape[0] != images.shape[0]):
+        raise ValueError(f"`soft_labels` must be (N, K) with N={images.shape[0]}, got {tuple(soft_labels.shape)}.")
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be >= 1, got {batch_size}.")
+    tensors = [images.detach().cpu().float().clone(), labels.detach().cpu().long().clone()]
+    if soft_labels is not None:
+        tensors.append(soft_labels.detach().cpu().float().clone())
+    with torch.inference_mode(False), torch.enable_grad(), torch.random.fork_rng(devices=[]), _quiet_lightning():
+        torch.manual_seed(seed)
+        model = model_fn()
+        module = RetrainClassifier(
+            model,
+            epochs=epochs,
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            augment=augment,
+            temperature=temperature,
+            seed=seed,
+        )
+        loader = DataLoader(
+            TensorDataset(*tensors),
+            batch_size=min(batch_size, tensors[0].shape[0]),
+            shuffle=True,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        trainer = _trainer(epochs, accelerator, devices)
+        trainer.fit(module, train_dataloaders=loader)
+    return model.cpu().eval()
+
+
+@torch.no_grad()
+def test_accuracy(model: nn.Module, loader: Iterable[Sequence[Tensor]]) -> float:
+    """Top-1 accuracy of ``model`` (eval mode, on its own device) over ``(x, y, ...)`` batches.
+
+    Raises:
+        ValueError: the loader yields no sample.
+    """
+    device = next(model.parameters()).device
+    correct = seen = 0
+    was_training = model.training
+    model.eval()
+    for batch in loader:
+        x, y = batch[0].to(device), batch[1].to(device)
+        correct += int((model(x).argmax(-1) == y).sum())
+        seen += y.numel()
+    model.train(was_training)
+    if seen == 0:
+        raise ValueError("The test loader yielded no sample.")
+    return correct / seen
 
 
 def evaluate_spec(
@@ -443,11 +523,11 @@ def _as_augment(augment: str | SiameseAugment | None, *, siamese: bool) -> Siame
     raise TypeError(f"`augment` must be a strategy string, a SiameseAugment or None, got {type(augment).__name__}.")
 
 
-def _trainer(epochs: int, accelerator: str) -> L.Trainer:
+def _trainer(epochs: int, accelerator: str, devices: int | list[int]) -> L.Trainer:
     return L.Trainer(
         max_epochs=epochs,
         accelerator=accelerator,
-        devices=1,
+        devices=devices,
         logger=False,
         enable_progress_bar=False,
         enable_checkpointing=False,
@@ -460,14 +540,17 @@ def _trainer(epochs: int, accelerator: str) -> L.Trainer:
 
 @contextlib.contextmanager
 def _quiet_lightning() -> Iterator[None]:
-    """Silence Lightning's per-Trainer notices (device summary, tips) while retraining."""
+    """Silence Lightning's per-Trainer notices (device summary, tips, worker hints) while retraining."""
     names = ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda", "lightning.fabric")
     loggers = [logging.getLogger(name) for name in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.WARNING)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
+            yield
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)

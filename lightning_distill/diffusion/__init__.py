@@ -25,6 +25,8 @@ from lightning_distill.diffusion.schedule import (
     NoiseSchedule,
     PredictionType,
     broadcast_to,
+    ddpm_schedule,
+    flow_schedule,
     scheduler_from_config,
 )
 from lightning_distill.diffusion.timesteps import (
@@ -45,6 +47,8 @@ __all__ = [
     "PretrainedStudent",
     "backward_simulation",
     "broadcast_to",
+    "ddpm_schedule",
+    "flow_schedule",
     "cfg",
     "discriminator_logits",
     "drop_condition",

@@ -171,7 +171,7 @@ def drop_condition(
         cond: the condition, a tensor ``(B, ...)`` or a mapping of such tensors.
         null_cond: the null condition, same structure, batch ``B`` or 1.
         p: the drop probability in ``[0, 1]``.
-        generator: random source (``None``: the global RNG); its device must be ``cond``'s.
+        generator: random source (``None``: the global RNG); drawn on its device, moved to ``cond``'s.
 
     Returns:
         A new condition with the same structure; sample ``b`` is null where a uniform draw is ``< p``.
@@ -190,7 +190,8 @@ def drop_condition(
         raise ValueError(f"`p` must be a probability in [0, 1], got {p!r}.")
     first = _first_tensor(cond)
     batch = first.shape[0]
-    drop = torch.rand((batch,), generator=generator, device=first.device) < p
+    draw_device = generator.device if generator is not None else first.device
+    drop = (torch.rand((batch,), generator=generator, device=draw_device) < p).to(first.device)
     return _select(cond, null_cond, drop, batch)
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor, nn
 
 from lightning_distill.diffusion.guidance import Cond, guided_output, model_output
@@ -83,7 +84,7 @@ def sample(
                 "schedule with `use_dynamic_shifting=False` and a fixed `shift`."
             )
     scheduler.set_timesteps(num_steps, device=noise.device)
-    x = noise * scheduler.init_noise_sigma
+    x = noise * getattr(scheduler, "init_noise_sigma", 1.0)  # 1 for DDIM; flow schedulers have none
     batch = noise.shape[0]
     for t in scheduler.timesteps:
         t_batch = t.expand(batch)
@@ -144,8 +145,8 @@ def few_step_sample(
     """DMD2's few-step generation: predict x₀ at each timestep, re-noise it to the next.
 
     Keeps the caller's grad mode (wrap in ``torch.no_grad()`` for inference). Fresh noise is drawn
-    between steps with ``torch.randn(..., generator=generator)``, in the order diffusers'
-    ``LCMScheduler.step`` draws it, so the exported student samples identically with diffusers.
+    between steps with diffusers' ``randn_tensor`` (on the generator's device, then moved), in the
+    order ``LCMScheduler.step`` draws it, so the exported student samples identically with diffusers.
 
     Args:
         generator_model: the student.
@@ -168,7 +169,7 @@ def few_step_sample(
     for k, t in enumerate(steps):
         x0 = one_step_generate(generator_model, schedule, x, t, cond, prediction_type=prediction_type)
         if k + 1 < len(steps):
-            fresh = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+            fresh = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
             x = schedule.add_noise(x0, fresh, _timesteps(steps[k + 1], x0)).to(noise.dtype)
     return x0
 
@@ -224,7 +225,7 @@ def backward_simulation(
         step = int(torch.randint(0, len(steps), (1,), generator=generator, device=device).item())
     elif isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < len(steps):
         raise ValueError(f"`step` must be None or an integer in [0, {len(steps)}), got {step!r}.")
-    t = _timesteps(steps[step], noise).expand(noise.shape[0])
+    t = _timesteps(steps[step], noise).reshape(1).repeat(noise.shape[0])
     if step == 0:
         return noise, t
     x0 = few_step_sample(
@@ -236,7 +237,7 @@ def backward_simulation(
         generator=generator,
         prediction_type=prediction_type,
     )
-    fresh = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    fresh = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     return schedule.add_noise(x0, fresh, t).to(noise.dtype), t
 
 

@@ -52,7 +52,15 @@ from diffusers import (
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import Tensor
 
-__all__ = ["PREDICTION_TYPES", "NoiseSchedule", "PredictionType", "broadcast_to", "scheduler_from_config"]
+__all__ = [
+    "PREDICTION_TYPES",
+    "NoiseSchedule",
+    "PredictionType",
+    "broadcast_to",
+    "ddpm_schedule",
+    "flow_schedule",
+    "scheduler_from_config",
+]
 
 PredictionType = Literal["epsilon", "sample", "v_prediction", "flow"]
 #: Every parameterisation :meth:`NoiseSchedule.convert` knows.
@@ -489,3 +497,27 @@ def _check_pair(name_a: str, a: object, name_b: str, b: object) -> None:
         raise ValueError(
             f"`{name_a}` and `{name_b}` must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}."  # type: ignore[union-attr]
         )
+
+
+def ddpm_schedule(
+    num_train_timesteps: int = 1000,
+    beta_schedule: Literal["scaled_linear", "linear", "squaredcos_cap_v2"] = "scaled_linear",
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon",
+) -> NoiseSchedule:
+    """:meth:`NoiseSchedule.ddpm` as a function, so configs can build it with ``class_path``.
+
+    Example:
+        >>> ddpm_schedule(prediction_type="v_prediction").prediction_type
+        'v_prediction'
+    """
+    return NoiseSchedule.ddpm(num_train_timesteps, beta_schedule, prediction_type)
+
+
+def flow_schedule(num_train_timesteps: int = 1000, shift: float = 1.0) -> NoiseSchedule:
+    """:meth:`NoiseSchedule.flow` as a function, so configs can build it with ``class_path``.
+
+    Example:
+        >>> flow_schedule().kind
+        'flow'
+    """
+    return NoiseSchedule.flow(num_train_timesteps, shift)

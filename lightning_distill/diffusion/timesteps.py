@@ -62,7 +62,8 @@ def uniform_timesteps(
         low: first allowed timestep: an index, or a fraction of ``T`` (float).
         high: end of the interval (excluded): an index, or a fraction of ``T``.
         num_train_timesteps: ``T``.
-        generator: the random source (``None``: the global RNG). Its device must match ``device``.
+        generator: the random source (``None``: the global RNG); draws happen on its device and
+            move to ``device``, so a CPU generator gives the same timesteps on every device.
         device: where the result lives (defaults to the generator's device, else CPU).
 
     Returns:
@@ -85,8 +86,9 @@ def uniform_timesteps(
         raise ValueError(
             f"`low` must be below `high`; got the index interval [{lo}, {hi}) from low={low}, high={high}."
         )
-    device = _device(generator, device)
-    return torch.randint(lo, hi, (n,), generator=generator, device=device, dtype=torch.long)
+    return torch.randint(lo, hi, (n,), generator=generator, device=_draw_device(generator, device)).to(
+        _device(generator, device)
+    )
 
 
 def subinterval_timesteps(
@@ -180,14 +182,17 @@ def shifted_timesteps(
     _check_common(n, num_train_timesteps)
     if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not shift > 0:
         raise ValueError(f"`shift` must be a number > 0, got {shift!r}.")
-    device = _device(generator, device)
-    u = torch.rand((n,), generator=generator, device=device, dtype=torch.float32)
+    u = torch.rand((n,), generator=generator, device=_draw_device(generator, device), dtype=torch.float32)
+    u = u.to(_device(generator, device))
     sigma = shift * u / (1.0 + (shift - 1.0) * u)
     return sigma * num_train_timesteps
 
 
 def evenly_spaced_timesteps(num_steps: int, num_train_timesteps: int = 1000) -> tuple[int, ...]:
-    """The timesteps of DMD2's ``num_steps``-step generator: ``range(T - 1, 0, -(T // num_steps))``.
+    """The timesteps of DMD2's ``num_steps``-step generator: ``T - 1, T - 1 - T // K, ...`` (``K`` of them).
+
+    This is DMD2's ``range(T - 1, 0, -(T // K))`` whenever that range has ``K`` entries (K = 1, 2,
+    4, 8 for T = 1000); where it has more or fewer (K = 7, or K = T) this keeps exactly ``K``.
 
     Args:
         num_steps: number of generator steps ``K >= 1``.
@@ -210,6 +215,11 @@ def evenly_spaced_timesteps(num_steps: int, num_train_timesteps: int = 1000) -> 
     ):
         raise ValueError(f"`num_steps` must be an integer in [1, {num_train_timesteps}], got {num_steps!r}.")
     return tuple(range(num_train_timesteps - 1, -1, -(num_train_timesteps // num_steps)))[:num_steps]
+
+
+def _draw_device(generator: torch.Generator | None, device: torch.device | str | None) -> torch.device:
+    """Where to draw: the generator's device (a generator only draws there), else the target device."""
+    return generator.device if generator is not None else _device(None, device)
 
 
 def _device(generator: torch.Generator | None, device: torch.device | str | None) -> torch.device:

@@ -1,5 +1,13 @@
 """Loss functions: pure functions of tensors, no Lightning."""
 
+from lightning_distill.losses.distribution_matching import (
+    denoising_loss,
+    dmd_gradient,
+    gan_discriminator_loss,
+    gan_generator_loss,
+    pseudo_target_loss,
+    vsd_gradient,
+)
 from lightning_distill.losses.feature import (
     attention_transfer_loss,
     cwd_loss,
@@ -12,6 +20,12 @@ from lightning_distill.losses.kd import dkd_loss, js_divergence, kd_loss, soft_c
 from lightning_distill.losses.pointset import chamfer_distance
 
 __all__ = [
+    "denoising_loss",
+    "dmd_gradient",
+    "gan_discriminator_loss",
+    "gan_generator_loss",
+    "pseudo_target_loss",
+    "vsd_gradient",
     "attention_transfer_loss",
     "chamfer_distance",
     "cwd_loss",

@@ -38,6 +38,30 @@ RECIPES: dict[str, RecipeInfo] = {
         "Beyond Self-Supervision: A Simple Yet Effective Network Distillation Alternative to Improve Backbones",
         "2103.05959",
     ),
+    "dmd2": RecipeInfo(
+        "diffusion",
+        "lightning_distill.recipes.dmd2.DMD2",
+        "Improved Distribution Matching Distillation for Fast Image Synthesis",
+        "2405.14867",
+    ),
+    "swiftbrush": RecipeInfo(
+        "diffusion",
+        "lightning_distill.recipes.swiftbrush.SwiftBrush",
+        "SwiftBrush: One-Step Text-to-Image Diffusion Model with Variational Score Distillation",
+        "2312.05239",
+    ),
+    "decoupled_dmd": RecipeInfo(
+        "diffusion",
+        "lightning_distill.recipes.decoupled_dmd.DecoupledDMD",
+        "Decoupled DMD: CFG Augmentation as the Spear, Distribution Matching as the Shield",
+        "2511.22677",
+    ),
+    "phased_dmd": RecipeInfo(
+        "diffusion",
+        "lightning_distill.recipes.phased_dmd.PhasedDMD",
+        "Phased DMD: Few-step Distribution Matching Distillation via Score Matching within Subintervals",
+        "2510.27684",
+    ),
 }
 
 

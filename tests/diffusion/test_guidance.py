@@ -73,7 +73,12 @@ def test_model_output_unwraps_tuples_and_checks_the_shape() -> None:
 def test_guided_output_batches_cond_and_uncond_in_one_forward() -> None:
     torch.manual_seed(0)
     unet = _Counting(tiny_unet(sample_size=8, in_channels=4, cross_attention_dim=16).eval())
-    x, t, e, null = torch.randn(3, 4, 8, 8), torch.tensor([5, 300, 999]), torch.randn(3, 3, 16), torch.randn(1, 3, 16)
+    x, t, e, null = (
+        torch.randn(3, 4, 8, 8),
+        torch.tensor([5, 300, 999]),
+        torch.randn(3, 3, 16),
+        torch.randn(1, 3, 16),
+    )
     guided = guided_output(unet, x, t, e, null, 3.0)
     assert unet.batches == [6]
     cond_out = unet(x, t, e).sample

@@ -51,7 +51,11 @@ def test_ddpm_constructor_uses_the_standard_betas_of_each_schedule() -> None:
 def test_from_diffusers_reads_alphas_cumprod_and_prediction_type(scheduler_cls: type) -> None:
     scheduler = scheduler_cls(beta_schedule="scaled_linear", prediction_type="v_prediction")
     schedule = NoiseSchedule.from_diffusers(scheduler)
-    assert (schedule.kind, schedule.prediction_type, schedule.num_train_timesteps) == ("vp", "v_prediction", 1000)
+    assert (schedule.kind, schedule.prediction_type, schedule.num_train_timesteps) == (
+        "vp",
+        "v_prediction",
+        1000,
+    )
     alpha, sigma = schedule.alpha_sigma(VP_T)
     assert_close(alpha**2, scheduler.alphas_cumprod[VP_T])
     assert_close(sigma**2, 1 - scheduler.alphas_cumprod[VP_T])
@@ -89,7 +93,9 @@ def test_alpha_sigma_accepts_numbers_and_keeps_device_and_shape() -> None:
 def test_add_noise_equals_ddpm_scheduler_add_noise() -> None:
     schedule = NoiseSchedule.ddpm(beta_schedule="scaled_linear")
     x0, eps = _data()
-    assert_close(schedule.add_noise(x0, eps, VP_T), schedule.scheduler.add_noise(x0, eps, VP_T), rtol=0, atol=1e-6)
+    assert_close(
+        schedule.add_noise(x0, eps, VP_T), schedule.scheduler.add_noise(x0, eps, VP_T), rtol=0, atol=1e-6
+    )
 
 
 def test_add_noise_equals_flow_scale_noise() -> None:
@@ -105,7 +111,12 @@ def test_add_noise_returns_the_dtype_of_x0() -> None:
     x0, eps = _data()
     out = schedule.add_noise(x0.bfloat16(), eps.bfloat16(), VP_T)
     assert out.dtype == torch.bfloat16
-    assert_close(out.float(), schedule.add_noise(x0.bfloat16().float(), eps.bfloat16().float(), VP_T), atol=2e-2, rtol=0)
+    assert_close(
+        out.float(),
+        schedule.add_noise(x0.bfloat16().float(), eps.bfloat16().float(), VP_T),
+        atol=2e-2,
+        rtol=0,
+    )
 
 
 @pytest.mark.parametrize("kind", ["vp", "flow"])
@@ -124,7 +135,11 @@ def test_target_matches_hand_formulas(kind: str, prediction_type: str) -> None:
 def test_convert_between_every_pair_matches_hand_formulas(kind: str, source: str, target: str) -> None:
     schedule = NoiseSchedule.ddpm(beta_schedule="linear") if kind == "vp" else NoiseSchedule.flow()
     # Timesteps where every conversion is defined (alpha > 0 and sigma > 0).
-    t = torch.tensor([1, 100, 500, 900, 990]) if kind == "vp" else torch.tensor([1.0, 100.0, 500.0, 900.0, 990.0])
+    t = (
+        torch.tensor([1, 100, 500, 900, 990])
+        if kind == "vp"
+        else torch.tensor([1.0, 100.0, 500.0, 900.0, 990.0])
+    )
     x0, eps = _data(2)
     alpha, sigma = schedule.alpha_sigma(t)
     x_t = alpha.reshape(-1, 1, 1, 1) * x0 + sigma.reshape(-1, 1, 1, 1) * eps
@@ -139,7 +154,12 @@ def test_round_trip_x0_eps_v_flow_x0() -> None:
     t = torch.tensor([5, 50, 500, 700, 950])
     x_t = schedule.add_noise(x0, eps, t)
     out = x0
-    for source, target in [("sample", "epsilon"), ("epsilon", "v_prediction"), ("v_prediction", "flow"), ("flow", "sample")]:
+    for source, target in [
+        ("sample", "epsilon"),
+        ("epsilon", "v_prediction"),
+        ("v_prediction", "flow"),
+        ("flow", "sample"),
+    ]:
         out = schedule.convert(out, x_t, t, source=source, target=target)
     assert_close(out, x0, atol=1e-4, rtol=1e-4)
     # Defaults: the schedule's own parameterisation.
@@ -150,7 +170,9 @@ def test_round_trip_x0_eps_v_flow_x0() -> None:
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
 def test_to_x0_matches_diffusers_ddim_pred_original_sample(prediction_type: str) -> None:
-    scheduler = DDIMScheduler(beta_schedule="scaled_linear", prediction_type=prediction_type, clip_sample=False)
+    scheduler = DDIMScheduler(
+        beta_schedule="scaled_linear", prediction_type=prediction_type, clip_sample=False
+    )
     scheduler.set_timesteps(10)
     schedule = NoiseSchedule.from_diffusers(scheduler)
     x_t, output = _data(4, (2, 3, 4, 4))

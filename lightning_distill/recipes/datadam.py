@@ -1,0 +1,359 @@
+"""DataDAM: dataset distillation by attention matching in random networks.
+
+Sajedi, Khaki, Amjadian, Liu, Lawryshyn, Plataniotis, "DataDAM: Efficient Dataset Distillation
+with Attention Matching", ICCV 2023, arXiv 2310.00093. Official code: DataDistillation/DataDAM
+(``main_DataDAM.py``, ``utils.py``).
+
+What learns is a small synthetic set ``S`` (``ipc`` images per class, here a
+:class:`~lightning_distill.dataset.SyntheticSet`); there is no teacher. Every iteration:
+
+1. Draw a fresh randomly initialised ConvNet ``phi`` (frozen: only the images learn).
+2. For every class ``c``: a batch of real images ``T_c`` and the synthetic images ``S_c``, both
+   augmented with the *same* random DSA parameters.
+3. Run ``phi`` on the real batch (no gradient) and on the synthetic images, tapping the output
+   ``f_l`` of every ReLU (FeatureHooks) and the final embedding ``e`` (flattened last block).
+4. Spatial attention ``a_l = v_l / ||v_l||_2`` with ``v_l = vec(sum_channels |f_l|^p)``.
+5. ``L_SAM = sum_l sum_c || mean_{T_c} a_l - mean_{S_c} a_l ||^2`` over the layers but the last
+   (whose pooled output is ``e``), and ``L_MMD = sum_c || mean_{T_c} e - mean_{S_c} e ||^2``.
+6. One SGD step on the images for ``w_sam L_SAM + w_mmd L_MMD``.
+
+Total loss: ``100 L_SAM + 100 * 0.01 L_MMD`` (official ``100 * error`` and ``task_balance`` 0.01).
+
+Hyper-parameters -> config keys (``model.init_args.*``):
+
+=============================  ==========================  =====================================
+paper / official code          key                         default
+=============================  ==========================  =====================================
+attention exponent p           ``power``                   4 (paper; the official code uses 1)
+layers of L_SAM                ``attention_layers``        ``all_but_last`` (official)
+loss weights                   ``loss_weights``            {sam: 100, mmd: 1} (= 100 * 0.01)
+random network                 ``network``                 ConvNet-3, width 128, instance norm
+DSA strategy                   ``augment``                 color_crop_cutout_flip_scale_rotate
+image optimizer                ``optimizer``               SGD(lr 1, momentum 0.5)
+real images per class          ``data.init_args.per_class``  64 (``batch_real``)
+images per class               ``synthetic.init_args.ipc``   (config)
+initialisation                 ``synthetic.init_args.init``  real
+=============================  ==========================  =====================================
+
+The random network is a frozen submodule (``register_frozen``) whose weights are re-drawn in place
+at every step from a generator seeded by ``(seed, global_step)``, so the FeatureHooks registered on
+its ReLUs stay valid, no optimizer ever holds it, and it is left out of checkpoints: step ``k``'s
+network is a function of ``(seed, k)``, so a resumed run draws the same networks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import lightning.pytorch as L
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from torch import Tensor, nn
+
+from lightning_distill.callbacks import FeatureHooks
+from lightning_distill.dataset import (
+    ConvNet,
+    ConvNetSpec,
+    SiameseAugment,
+    SyntheticSet,
+    attention_matching_loss,
+    classwise_mean_discrepancy,
+    reset_parameters,
+    retrain_model,
+    test_accuracy,
+)
+from lightning_distill.module import DistillationModule
+
+__all__ = ["DataDAM", "image_sgd"]
+
+
+def image_sgd(params: Any) -> torch.optim.Optimizer:
+    """The official optimizer of the synthetic images: SGD, lr 1, momentum 0.5."""
+    return torch.optim.SGD(params, lr=1.0, momentum=0.5)
+
+
+class DataDAM(DistillationModule):
+    """DataDAM recipe. See the module docstring for the algorithm.
+
+    Args:
+        synthetic: the set being distilled; its images are the trainable parameters.
+        network: architecture of the random networks (default: ConvNet-3, width 128, instance
+            norm, for the set's image shape and classes).
+        power: attention exponent ``p``.
+        attention_layers: ``"all_but_last"`` (the official code: the last ReLU feeds the embedding
+            of ``L_MMD``) or ``"all"``.
+        augment: DSA strategy applied siamese-wise to each class's real and synthetic images
+            (``"none"`` to switch it off). Leave ``flip`` out for digits.
+        seed: seed of the random networks and augmentation; ``None`` takes it from
+            ``seed_everything`` at setup.
+        val_epochs: epochs of the cheap evaluation by retraining that validation runs
+            (``val/syn_acc``).
+        val_seeds: models trained per validation (their mean accuracy is logged).
+        save_path: where the final set is saved (with its EvalSpec) when fit ends; default
+            ``<log dir>/synthetic_set.pt``. Not saved under ``fast_dev_run`` unless given.
+        loss_weights: ``{"sam": ..., "mmd": ...}``.
+        optimizer: optimizer of the images (default :func:`image_sgd`).
+        lr_scheduler: optional scheduler.
+
+    Raises:
+        TypeError: ``synthetic`` is not a :class:`SyntheticSet`.
+        ValueError: ``power <= 0``, an unknown ``attention_layers``, a network that does not fit
+            the set, ``val_epochs < 1`` or no ``val_seeds``.
+    """
+
+    loss_terms: ClassVar[tuple[str, ...]] = ("sam", "mmd")
+    default_loss_weights: ClassVar[dict[str, float]] = {"sam": 100.0, "mmd": 1.0}
+    requires_teacher: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        synthetic: SyntheticSet,
+        network: ConvNetSpec | None = None,
+        power: float = 4.0,
+        attention_layers: Literal["all_but_last", "all"] = "all_but_last",
+        augment: str = "color_crop_cutout_flip_scale_rotate",
+        seed: int | None = None,
+        val_epochs: int = 300,
+        val_seeds: Sequence[int] = (0,),
+        save_path: str | None = None,
+        loss_weights: dict[str, float] | None = None,
+        optimizer: OptimizerCallable = image_sgd,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        if not isinstance(synthetic, SyntheticSet):
+            raise TypeError(
+                f"`synthetic` must be a lightning_distill.dataset.SyntheticSet, got {type(synthetic).__name__}; "
+                "set `model.init_args.synthetic.class_path`."
+            )
+        super().__init__(synthetic, loss_weights=loss_weights, optimizer=optimizer, lr_scheduler=lr_scheduler)
+        if not power > 0:
+            raise ValueError(f"`power` must be > 0, got {power}; set `model.init_args.power`.")
+        if attention_layers not in ("all_but_last", "all"):
+            raise ValueError(
+                f"`attention_layers` must be 'all_but_last' or 'all', got {attention_layers!r}; "
+                "set `model.init_args.attention_layers`."
+            )
+        if val_epochs < 1 or not val_seeds:
+            raise ValueError(
+                f"`val_epochs` must be >= 1 and `val_seeds` non-empty, got {val_epochs} and {list(val_seeds)}."
+            )
+        c, h, w = synthetic.image_shape
+        if network is None:
+            network = ConvNetSpec(in_channels=c, num_classes=synthetic.num_classes, image_size=(h, w))
+        if (network.in_channels, *network.image_size) != (c, h, w):
+            raise ValueError(
+                f"`network` takes images {(network.in_channels, *network.image_size)} but the synthetic set holds "
+                f"{synthetic.image_shape}; fix `model.init_args.network`."
+            )
+        self.save_hyperparameters(ignore=["synthetic", "network", "optimizer", "lr_scheduler"])
+        self.hparams["network"] = network.to_dict()
+        self.power = power
+        self.attention_layers = attention_layers
+        self.augment = SiameseAugment(augment, siamese=True)
+        self.seed = seed
+        self.val_epochs, self.val_seeds = val_epochs, tuple(val_seeds)
+        self.save_path = save_path
+        # The random network: frozen, re-drawn in place every step (see the module docstring).
+        self.network_spec = network
+        self.register_frozen("network", ConvNet.from_spec(network))
+        paths = self.network.activation_paths
+        self.tap_names = tuple(f"act{k}" for k in range(len(paths)))
+        self.hooks = FeatureHooks(
+            {name: {"path": f"network.{path}", "detach": False} for name, path in zip(self.tap_names, paths)}
+        )
+        self._eval_models: list[nn.Module] = []
+        self._fit_start: float | None = None
+
+    @property
+    def synthetic(self) -> SyntheticSet:
+        """The synthetic set (the recipe's ``student``)."""
+        return self.student
+
+    # ---------------------------------------------------------------- the paper
+    def sample_network(self, generator: torch.Generator) -> ConvNet:
+        """Step 1: re-draw the random network's weights in place (PyTorch's default init)."""
+        reset_parameters(self.network, generator)
+        # Batch norm (if chosen) normalises with the batch's statistics, as the official net.train().
+        return self.network.train()
+
+    def augment_pair(self, real: Tensor, synthetic: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Step 2: per class, the same DSA parameters for the real and the synthetic images.
+
+        Args:
+            real: class-blocked real images ``(K * n, C, H, W)``.
+            synthetic: class-blocked synthetic images ``(K * m, C, H, W)``.
+            generator: source of the augmentation parameters.
+
+        Returns:
+            The augmented ``(real, synthetic)``, still class-blocked.
+        """
+        k = self.synthetic.num_classes
+        real_out, syn_out = [], []
+        for r, s in zip(real.chunk(k), synthetic.chunk(k)):
+            params = self.augment.sample(r, generator)
+            real_out.append(self.augment(r, params))
+            syn_out.append(self.augment(s, params))
+        return torch.cat(real_out), torch.cat(syn_out)
+
+    def features(self, images: Tensor) -> tuple[list[Tensor], Tensor]:
+        """Step 3: the tapped ReLU outputs used by ``L_SAM`` and the final embedding ``(B, D)``."""
+        embedding = self.network.embed(images)
+        taps = [self.hooks[name] for name in self.tap_names]
+        if self.attention_layers == "all_but_last":
+            taps = taps[:-1]
+        return taps, embedding
+
+    def attention_loss(self, real_features: Sequence[Tensor], syn_features: Sequence[Tensor]) -> Tensor:
+        """Steps 4-5: ``L_SAM = sum_l sum_c || mean_real a_l - mean_syn a_l ||^2``, ``a = norm(sum |f|^p)``."""
+        return attention_matching_loss(real_features, syn_features, self.synthetic.num_classes, power=self.power)
+
+    def embedding_loss(self, real_embedding: Tensor, syn_embedding: Tensor) -> Tensor:
+        """Step 5: ``L_MMD = sum_c || mean_real e - mean_syn e ||^2`` on the final embeddings."""
+        return classwise_mean_discrepancy(real_embedding, syn_embedding, self.synthetic.num_classes)
+
+    def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
+        real = batch[0]
+        self._check_batch(real, batch[1])
+        generator = torch.Generator().manual_seed(self._step_seed(self.global_step))
+        # 1. A fresh random network for this step.
+        self.sample_network(generator)
+        # 2. Siamese augmentation, class by class.
+        real, syn = self.augment_pair(real, self.synthetic.images, generator)
+        # 3. Features: real without gradient, synthetic with (through the frozen network to the images).
+        with torch.no_grad():
+            real_taps, real_embedding = self.features(real)
+        syn_taps, syn_embedding = self.features(syn)
+        # 4.-5. Attention matching and the final-embedding term.
+        terms = {
+            "sam": self.attention_loss(real_taps, syn_taps),
+            "mmd": self.embedding_loss(real_embedding, syn_embedding),
+        }
+        # 6. The base weighs and sums the terms; the optimizer updates the images.
+        return self.log_losses(terms)
+
+    # ------------------------------------------------------------- evaluation
+    def on_validation_epoch_start(self) -> None:
+        self._eval_models = [] if self.trainer.sanity_checking else self._retrain(self.val_epochs, self.val_seeds)
+
+    def on_test_epoch_start(self) -> None:
+        spec = self.synthetic.eval_spec
+        self._eval_models = self._retrain(spec.epochs, self.val_seeds)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._log_eval_models(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._log_eval_models(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_models = []
+        super().on_validation_epoch_end()
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_models = []
+        super().on_test_epoch_end()
+
+    def _retrain(self, epochs: int, seeds: Sequence[int]) -> list[nn.Module]:
+        """Evaluation by retraining: fresh models trained on the current set with its EvalSpec."""
+        spec = self.synthetic.eval_spec
+        if self.trainer.fast_dev_run:
+            epochs = 1
+        on_gpu = self.device.type == "cuda"
+        return [
+            retrain_model(
+                self.synthetic.images.detach(),
+                self.synthetic.labels,
+                spec.build_model,
+                epochs=epochs,
+                lr=spec.lr,
+                seed=seed,
+                augment=spec.augment,
+                batch_size=spec.batch_size,
+                momentum=spec.momentum,
+                weight_decay=spec.weight_decay,
+                accelerator="gpu" if on_gpu else "cpu",
+                devices=[self.device.index or 0] if on_gpu else 1,
+            ).to(self.device)
+            for seed in seeds
+        ]
+
+    def _log_eval_models(self, batch: Any, stage: str) -> None:
+        if not self._eval_models:
+            return
+        x, y = batch[0], batch[1]
+        accuracy = sum(test_accuracy(model, [(x, y)]) for model in self._eval_models) / len(self._eval_models)
+        self.log(f"{stage}/syn_acc", accuracy, on_epoch=True, batch_size=y.numel(), prog_bar=True, sync_dist=True)
+
+    # ------------------------------------------------------------- lifecycle
+    def setup(self, stage: str) -> None:
+        """Fill the set from real images of the datamodule (``init="real"``) and fix the seed."""
+        if self.seed is None:
+            self.seed = int(torch.initial_seed()) & 0x7FFF_FFFF
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        train_images = getattr(datamodule, "train_images", None)
+        if stage == "fit" and callable(train_images):
+            datamodule.setup("fit")
+            x, y = train_images()
+            self.synthetic.initialize_from(x, y)
+        elif stage == "fit" and self.synthetic.init == "real" and not bool(self.synthetic.initialized):
+            raise ValueError(
+                "`synthetic.init='real'` needs real images: use a datamodule with `train_images()` (e.g. "
+                "lightning_distill.dataset.ClassBalancedDataModule), or `init: noise`."
+            )
+
+    def configure_callbacks(self) -> Sequence[L.Callback]:
+        return [self.hooks]
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        self._fit_start = time.perf_counter()
+
+    def on_train_end(self) -> None:
+        if self.trainer.fast_dev_run and self.save_path is None:
+            return
+        self._save_artifact()
+
+    @rank_zero_only
+    def _save_artifact(self) -> None:
+        path = Path(self.save_path) if self.save_path else Path(self.trainer.log_dir or ".") / "synthetic_set.pt"
+        seconds = time.perf_counter() - self._fit_start if self._fit_start is not None else None
+        self.synthetic.save(
+            path, metadata={"method": "datadam", "steps": int(self.global_step), "fit_seconds": seconds}
+        )
+        rank_zero_info(f"Saved the distilled set and its EvalSpec to {path}")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        state = checkpoint.get("state_dict")
+        if isinstance(state, dict):  # the random network is re-drawn from (seed, step): not worth saving
+            checkpoint["state_dict"] = {k: v for k, v in state.items() if not k.startswith("network.")}
+        checkpoint.setdefault("lightning_distill", {})["datadam_seed"] = self.seed
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint.get("state_dict")
+        if isinstance(state, dict):
+            for key, value in self.network.state_dict(prefix="network.").items():
+                state.setdefault(key, value)
+        seed = checkpoint.get("lightning_distill", {}).get("datadam_seed")
+        if seed is not None:
+            self.seed = int(seed)
+
+    # ------------------------------------------------------------- helpers
+    def _step_seed(self, step: int) -> int:
+        return (int(self.seed or 0) * 1_000_003 + step) & 0x7FFF_FFFF_FFFF
+
+    def _check_batch(self, real: Tensor, labels: Tensor) -> None:
+        k = self.synthetic.num_classes
+        n = real.shape[0] // k
+        expected = torch.arange(k, device=labels.device).repeat_interleave(n)
+        if real.shape[0] % k or not torch.equal(labels, expected):
+            raise ValueError(
+                f"DataDAM needs class-blocked real batches with the same number of images per class for all "
+                f"{k} classes (labels 0,..,0,1,..,1,...); got labels {labels[:12].tolist()}... of a batch of "
+                f"{real.shape[0]}. Wrap the data in lightning_distill.dataset.ClassBalancedDataModule."
+            )
