@@ -23,6 +23,7 @@ from lightning_distill.callbacks.progressive_schedule import (
     StepSchedule,
     build_schedule,
 )
+from lightning_distill.callbacks.sample_logging import SampleLogger
 from lightning_distill.callbacks.teacher_cache import (
     IndexedDataset,
     RandomResizedCropFlip,
@@ -36,6 +37,7 @@ from lightning_distill.callbacks.teacher_cache import (
 )
 
 __all__ = [
+    "SampleLogger",
     "ChamferScorer",
     "ClassifierScorer",
     "ConstantSchedule",

@@ -1,5 +1,6 @@
 """LightningDataModules for data that ships inside Python packages."""
 
+from lightning_distill.data.gmm import GMMDataModule, PointDataset
 from lightning_distill.data.images import (
     UNLABELLED,
     ArrayImageDataModule,
@@ -11,6 +12,8 @@ from lightning_distill.data.images import (
 )
 
 __all__ = [
+    "GMMDataModule",
+    "PointDataset",
     "UNLABELLED",
     "ArrayImageDataModule",
     "DigitsDataModule",

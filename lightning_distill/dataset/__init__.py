@@ -10,7 +10,6 @@
 
 from lightning_distill.dataset.augment import DSA_OPS, AugmentParams, SiameseAugment
 from lightning_distill.dataset.data import ClassBalancedBatches, ClassBalancedDataModule
-from lightning_distill.dataset.matching import attention_map, attention_matching_loss, classwise_mean_discrepancy
 from lightning_distill.dataset.evaluate import (
     EvalResult,
     RetrainClassifier,
@@ -22,6 +21,11 @@ from lightning_distill.dataset.evaluate import (
     retrain_model,
     teacher_soft_labels,
     test_accuracy,
+)
+from lightning_distill.dataset.matching import (
+    attention_map,
+    attention_matching_loss,
+    classwise_mean_discrepancy,
 )
 from lightning_distill.dataset.networks import ConvNet, ConvNetSpec, random_network, reset_parameters
 from lightning_distill.dataset.synthetic import EvalSpec, SyntheticSet

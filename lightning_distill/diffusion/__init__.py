@@ -13,7 +13,20 @@ from lightning_distill.diffusion.export import (
 )
 from lightning_distill.diffusion.fake_score import FakeScore
 from lightning_distill.diffusion.gan_head import GANHead, discriminator_logits
+from lightning_distill.diffusion.gmm import AnalyticTeacher, GaussianMixture, make_mixture
 from lightning_distill.diffusion.guidance import Cond, cfg, drop_condition, guided_output, model_output
+from lightning_distill.diffusion.metrics import (
+    RBFMMD,
+    FrechetClassifierDistance,
+    ModeCoverage,
+    ModeWeightTV,
+    SlicedWasserstein,
+    mode_coverage,
+    mode_weight_tv,
+    noise_floor,
+    rbf_mmd2,
+    sliced_wasserstein,
+)
 from lightning_distill.diffusion.sampling import (
     backward_simulation,
     few_step_sample,
@@ -37,6 +50,19 @@ from lightning_distill.diffusion.timesteps import (
 )
 
 __all__ = [
+    "AnalyticTeacher",
+    "FrechetClassifierDistance",
+    "GaussianMixture",
+    "ModeCoverage",
+    "ModeWeightTV",
+    "RBFMMD",
+    "SlicedWasserstein",
+    "make_mixture",
+    "mode_coverage",
+    "mode_weight_tv",
+    "noise_floor",
+    "rbf_mmd2",
+    "sliced_wasserstein",
     "PREDICTION_TYPES",
     "Cond",
     "FakeScore",

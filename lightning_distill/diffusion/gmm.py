@@ -43,13 +43,13 @@ _PREDICTION_TYPES = ("epsilon", "v_prediction", "sample", "flow")
 
 
 class AlphaSigmaSchedule(Protocol):
-    """What :class:`AnalyticTeacher` needs from a noise schedule (``lightning_distill.diffusion.NoiseSchedule``)."""
+    """What :class:`AnalyticTeacher` needs from a noise schedule (``lightning_distill.diffusion.NoiseSchedule``).
 
-    kind: str
-    num_train_timesteps: int
-    prediction_type: str
+    ``alpha_sigma(t)`` gives ``(alpha_t, sigma_t)`` of the timesteps a model receives; the
+    teacher also reads the ``prediction_type`` attribute unless it is given one.
+    """
 
-    def alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]: ...
+    def alpha_sigma(self, t): ...
 
 
 def _as_float_tensor(value: Any, name: str) -> Tensor:
@@ -114,7 +114,7 @@ class GaussianMixture(nn.Module):
                 raise ValueError(
                     f"`covs` must be positive definite; smallest eigenvalue per mode: {eigvals[:, 0].tolist()}."
                 )
-            self.isotropic_axes = False
+            self.axis_aligned = False
         else:
             sd = _as_float_tensor(stds, "stds")
             if sd.ndim == 0:
@@ -129,7 +129,7 @@ class GaussianMixture(nn.Module):
                 raise ValueError(f"`stds` must be > 0, got {sd.tolist()}.")
             eigvals = sd.square().contiguous()
             eigvecs = torch.eye(d, dtype=torch.float64).expand(k, d, d).contiguous()
-            self.isotropic_axes = True  # covariances diagonal in the standard basis
+            self.axis_aligned = True  # covariances diagonal in the standard basis
         if weights is None:
             w = torch.full((k,), 1.0 / k, dtype=torch.float64)
         else:
@@ -237,7 +237,7 @@ class GaussianMixture(nn.Module):
 
         Example:
             >>> gmm = GaussianMixture.blobs(dim=8, k=4)
-            >>> gmm.means.shape, gmm.isotropic_axes
+            >>> gmm.means.shape, gmm.axis_aligned
             (torch.Size([4, 8]), False)
         """
         _check_count(dim, "dim")
@@ -382,7 +382,7 @@ class GaussianMixture(nn.Module):
         white = z / var  # (B, K, D)
         score_axes = -(resp * white)  # (B, K, D)
         shift_axes = resp * (a[:, None, None] * self.eigvals[None] * white)  # (B, K, D)
-        if self.isotropic_axes:
+        if self.axis_aligned:
             score = score_axes.sum(1)
             mean = (resp * self.means[None]).sum(1) + shift_axes.sum(1)
         else:
@@ -425,9 +425,9 @@ class GaussianMixture(nn.Module):
 
     def mahalanobis(self, x: Tensor) -> Tensor:
         """Distance of points ``(B, D)`` to each mode in units of that mode's covariance, ``(B, K)``."""
-        x, a, s = self._prepare(x, 1.0, 0.0)
+        x, _, _ = self._prepare(x, 1.0, 0.0)
         diff = x[:, None, :] - self.means[None]  # (B, K, D)
-        z = diff if self.isotropic_axes else torch.einsum("kde,bkd->bke", self.eigvecs, diff)
+        z = diff if self.axis_aligned else torch.einsum("kde,bkd->bke", self.eigvecs, diff)
         return (z.square() / self.eigvals[None]).sum(-1).sqrt()
 
     # ------------------------------------------------------------------------------------------
@@ -490,7 +490,7 @@ class GaussianMixture(nn.Module):
         """Log joint ``log w_k + log N_k(x_t)`` ``(B, K)``, the residual in each mode's axes ``(B, K, D)``
         and the noised variances along those axes ``(B, K, D)``."""
         diff = x[:, None, :] - a[:, None, None] * self.means[None]  # (B, K, D)
-        z = diff if self.isotropic_axes else torch.einsum("kde,bkd->bke", self.eigvecs, diff)
+        z = diff if self.axis_aligned else torch.einsum("kde,bkd->bke", self.eigvecs, diff)
         var = a[:, None, None].square() * self.eigvals[None] + s[:, None, None].square()  # (B, K, D)
         log_norm = -0.5 * (z.square() / var + var.log() + math.log(2 * math.pi)).sum(-1)  # (B, K)
         return self._log_weights(labels, x.shape[0]) + log_norm, z, var

@@ -366,3 +366,36 @@ def test_teacher_moves_with_its_owner_and_has_no_parameters() -> None:
     assert list(teacher.parameters()) == []
     assert "gmm.means" in teacher.state_dict()
     assert teacher.gmm.means.dtype == torch.float64
+
+
+def test_a_config_builds_the_teacher_and_the_data_from_one_preset() -> None:
+    from jsonargparse import ArgumentParser
+    from lightning.pytorch import LightningDataModule
+    from torch import nn
+
+    config = {
+        "teacher": {
+            "class_path": "lightning_distill.diffusion.gmm.AnalyticTeacher",
+            "init_args": {
+                "gmm": {
+                    "class_path": "lightning_distill.diffusion.gmm.make_mixture",
+                    "init_args": {"preset": "ring", "num_classes": 8, "options": {"std": 0.2}},
+                },
+                "schedule": {
+                    "class_path": "lightning_distill.diffusion.NoiseSchedule",
+                    "init_args": {"scheduler": {"class_path": "diffusers.DDPMScheduler"}},
+                },
+            },
+        },
+        "data": {
+            "class_path": "lightning_distill.data.gmm.GMMDataModule",
+            "init_args": {"preset": "ring", "num_classes": 8, "options": {"std": 0.2}, "conditional": True},
+        },
+    }
+    parser = ArgumentParser()
+    parser.add_argument("--teacher", type=nn.Module)
+    parser.add_argument("--data", type=LightningDataModule)
+    built = parser.instantiate(parser.parse_object(config))
+    assert isinstance(built.teacher, AnalyticTeacher) and built.teacher.prediction_type == "epsilon"
+    assert_close(built.teacher.gmm.means, built.data.mixture.means)
+    assert_close(built.teacher.gmm.eigvals, torch.full((8, 2), 0.04, dtype=torch.float64))
