@@ -2,96 +2,125 @@
 
 Shared by the diffusion-distillation recipes (DMD2, SwiftBrush, Decoupled/Phased/Flash DMD, MSD)
 and usable on its own; built on diffusers schedulers and models.
+
+Names are imported on first use, so the parts that do not need diffusers (the Gaussian-mixture
+bench, the metrics) import without it.
 """
 
-from lightning_distill.diffusion.denoisers import MLPDenoiser, feature_path, sinusoidal_embedding, tiny_unet
-from lightning_distill.diffusion.export import (
-    PretrainedStudent,
-    load_student,
-    sample_from_pretrained,
-    save_student,
-)
-from lightning_distill.diffusion.fake_score import FakeScore
-from lightning_distill.diffusion.gan_head import GANHead, discriminator_logits
-from lightning_distill.diffusion.gmm import AnalyticTeacher, GaussianMixture, make_mixture
-from lightning_distill.diffusion.guidance import Cond, cfg, drop_condition, guided_output, model_output
-from lightning_distill.diffusion.metrics import (
-    RBFMMD,
-    FrechetClassifierDistance,
-    ModeCoverage,
-    ModeWeightTV,
-    SlicedWasserstein,
-    mode_coverage,
-    mode_weight_tv,
-    noise_floor,
-    rbf_mmd2,
-    sliced_wasserstein,
-)
-from lightning_distill.diffusion.sampling import (
-    backward_simulation,
-    few_step_sample,
-    one_step_generate,
-    sample,
-)
-from lightning_distill.diffusion.schedule import (
-    PREDICTION_TYPES,
-    NoiseSchedule,
-    PredictionType,
-    broadcast_to,
-    ddpm_schedule,
-    flow_schedule,
-    scheduler_from_config,
-)
-from lightning_distill.diffusion.timesteps import (
-    evenly_spaced_timesteps,
-    shifted_timesteps,
-    subinterval_timesteps,
-    uniform_timesteps,
-)
+from __future__ import annotations
 
-__all__ = [
-    "AnalyticTeacher",
-    "FrechetClassifierDistance",
-    "GaussianMixture",
-    "ModeCoverage",
-    "ModeWeightTV",
-    "RBFMMD",
-    "SlicedWasserstein",
-    "make_mixture",
-    "mode_coverage",
-    "mode_weight_tv",
-    "noise_floor",
-    "rbf_mmd2",
-    "sliced_wasserstein",
-    "PREDICTION_TYPES",
-    "Cond",
-    "FakeScore",
-    "GANHead",
-    "MLPDenoiser",
-    "NoiseSchedule",
-    "PredictionType",
-    "PretrainedStudent",
-    "backward_simulation",
-    "broadcast_to",
-    "ddpm_schedule",
-    "flow_schedule",
-    "cfg",
-    "discriminator_logits",
-    "drop_condition",
-    "evenly_spaced_timesteps",
-    "feature_path",
-    "few_step_sample",
-    "guided_output",
-    "load_student",
-    "model_output",
-    "one_step_generate",
-    "sample",
-    "sample_from_pretrained",
-    "save_student",
-    "scheduler_from_config",
-    "shifted_timesteps",
-    "sinusoidal_embedding",
-    "subinterval_timesteps",
-    "tiny_unet",
-    "uniform_timesteps",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_LAZY: dict[str, str] = {
+    "AnalyticTeacher": "lightning_distill.diffusion.gmm",
+    "Cond": "lightning_distill.diffusion.guidance",
+    "FakeScore": "lightning_distill.diffusion.fake_score",
+    "FrechetClassifierDistance": "lightning_distill.diffusion.metrics",
+    "GANHead": "lightning_distill.diffusion.gan_head",
+    "GaussianMixture": "lightning_distill.diffusion.gmm",
+    "MLPDenoiser": "lightning_distill.diffusion.denoisers",
+    "ModeCoverage": "lightning_distill.diffusion.metrics",
+    "ModeWeightTV": "lightning_distill.diffusion.metrics",
+    "NoiseSchedule": "lightning_distill.diffusion.schedule",
+    "PREDICTION_TYPES": "lightning_distill.diffusion.schedule",
+    "PredictionType": "lightning_distill.diffusion.schedule",
+    "PretrainedStudent": "lightning_distill.diffusion.export",
+    "RBFMMD": "lightning_distill.diffusion.metrics",
+    "SlicedWasserstein": "lightning_distill.diffusion.metrics",
+    "backward_simulation": "lightning_distill.diffusion.sampling",
+    "broadcast_to": "lightning_distill.diffusion.schedule",
+    "cfg": "lightning_distill.diffusion.guidance",
+    "ddpm_schedule": "lightning_distill.diffusion.schedule",
+    "discriminator_logits": "lightning_distill.diffusion.gan_head",
+    "drop_condition": "lightning_distill.diffusion.guidance",
+    "evenly_spaced_timesteps": "lightning_distill.diffusion.timesteps",
+    "feature_path": "lightning_distill.diffusion.denoisers",
+    "few_step_sample": "lightning_distill.diffusion.sampling",
+    "flow_schedule": "lightning_distill.diffusion.schedule",
+    "guided_output": "lightning_distill.diffusion.guidance",
+    "load_student": "lightning_distill.diffusion.export",
+    "make_mixture": "lightning_distill.diffusion.gmm",
+    "mode_coverage": "lightning_distill.diffusion.metrics",
+    "mode_weight_tv": "lightning_distill.diffusion.metrics",
+    "model_output": "lightning_distill.diffusion.guidance",
+    "noise_floor": "lightning_distill.diffusion.metrics",
+    "one_step_generate": "lightning_distill.diffusion.sampling",
+    "rbf_mmd2": "lightning_distill.diffusion.metrics",
+    "sample": "lightning_distill.diffusion.sampling",
+    "sample_from_pretrained": "lightning_distill.diffusion.export",
+    "save_student": "lightning_distill.diffusion.export",
+    "scheduler_from_config": "lightning_distill.diffusion.schedule",
+    "shifted_timesteps": "lightning_distill.diffusion.timesteps",
+    "sinusoidal_embedding": "lightning_distill.diffusion.denoisers",
+    "sliced_wasserstein": "lightning_distill.diffusion.metrics",
+    "subinterval_timesteps": "lightning_distill.diffusion.timesteps",
+    "tiny_unet": "lightning_distill.diffusion.denoisers",
+    "uniform_timesteps": "lightning_distill.diffusion.timesteps",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
+    from lightning_distill.diffusion.denoisers import (  # noqa: F401
+        MLPDenoiser,
+        feature_path,
+        sinusoidal_embedding,
+        tiny_unet,
+    )
+    from lightning_distill.diffusion.export import (  # noqa: F401
+        PretrainedStudent,
+        load_student,
+        sample_from_pretrained,
+        save_student,
+    )
+    from lightning_distill.diffusion.fake_score import FakeScore  # noqa: F401
+    from lightning_distill.diffusion.gan_head import GANHead, discriminator_logits  # noqa: F401
+    from lightning_distill.diffusion.gmm import AnalyticTeacher, GaussianMixture, make_mixture  # noqa: F401
+    from lightning_distill.diffusion.guidance import Cond, cfg, drop_condition, guided_output, model_output  # noqa: F401
+    from lightning_distill.diffusion.metrics import (  # noqa: F401
+        RBFMMD,
+        FrechetClassifierDistance,
+        ModeCoverage,
+        ModeWeightTV,
+        SlicedWasserstein,
+        mode_coverage,
+        mode_weight_tv,
+        noise_floor,
+        rbf_mmd2,
+        sliced_wasserstein,
+    )
+    from lightning_distill.diffusion.sampling import (  # noqa: F401
+        backward_simulation,
+        few_step_sample,
+        one_step_generate,
+        sample,
+    )
+    from lightning_distill.diffusion.schedule import (  # noqa: F401
+        PREDICTION_TYPES,
+        NoiseSchedule,
+        PredictionType,
+        broadcast_to,
+        ddpm_schedule,
+        flow_schedule,
+        scheduler_from_config,
+    )
+    from lightning_distill.diffusion.timesteps import (  # noqa: F401
+        evenly_spaced_timesteps,
+        shifted_timesteps,
+        subinterval_timesteps,
+        uniform_timesteps,
+    )
