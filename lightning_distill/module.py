@@ -216,7 +216,9 @@ class DistillationModule(L.LightningModule):
             weights[term] = float(value)
         return weights
 
-    def log_losses(self, terms: Mapping[str, torch.Tensor], *, stage: str = "train") -> dict[str, torch.Tensor]:
+    def log_losses(
+        self, terms: Mapping[str, torch.Tensor], *, stage: str = "train"
+    ) -> dict[str, torch.Tensor]:
         """Weigh, sum and log named loss terms; return ``{"loss": total, **detached terms}``.
 
         Each term is logged per optimizer step as ``<stage>/<term>`` and the weighted sum as
@@ -241,14 +243,37 @@ class DistillationModule(L.LightningModule):
             if weight != 0.0:
                 total = value * weight if total is None else total + value * weight
         if total is None:
-            raise ValueError("Every loss term has weight 0; nothing would be optimised. Check `loss_weights`.")
-        self.log(f"{stage}/loss", total.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
+            raise ValueError(
+                "Every loss term has weight 0; nothing would be optimised. Check `loss_weights`."
+            )
+        self.log(
+            f"{stage}/loss",
+            total.detach(),
+            on_step=True,
+            on_epoch=False,
+            prog_bar=True,
+            batch_size=batch_size,
+        )
         return {"loss": total, **{k: v.detach() for k, v in terms.items()}}
 
     _batch_size_hint: int | None = None
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._batch_size_hint = _infer_batch_size(batch)
+
+    @staticmethod
+    def check_output_shapes(student_output: torch.Tensor, teacher_output: torch.Tensor) -> None:
+        """Raise a clear error when the student's and the teacher's outputs differ in shape.
+
+        Raises:
+            ValueError: naming both shapes and the student argument to change.
+        """
+        if student_output.shape != teacher_output.shape:
+            raise ValueError(
+                f"Student output {tuple(student_output.shape)} does not match the teacher's "
+                f"{tuple(teacher_output.shape)}; build the student with `num_classes`={teacher_output.shape[-1]} "
+                "(`model.init_args.student.init_args.num_classes`)."
+            )
 
     # -------------------------------------------------------------- evaluation
     def evaluate(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:

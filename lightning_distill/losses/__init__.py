@@ -16,7 +16,14 @@ from lightning_distill.losses.feature import (
     rkd_distance_loss,
     similarity_preserving_loss,
 )
-from lightning_distill.losses.kd import dkd_loss, js_divergence, kd_loss, soft_cross_entropy, symmetric_kl
+from lightning_distill.losses.kd import (
+    dkd_loss,
+    js_divergence,
+    kd_loss,
+    labelled_cross_entropy,
+    soft_cross_entropy,
+    symmetric_kl,
+)
 from lightning_distill.losses.pointset import chamfer_distance
 
 __all__ = [
@@ -33,6 +40,7 @@ __all__ = [
     "hint_loss",
     "js_divergence",
     "kd_loss",
+    "labelled_cross_entropy",
     "rkd_angle_loss",
     "rkd_distance_loss",
     "similarity_preserving_loss",

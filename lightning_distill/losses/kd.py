@@ -380,3 +380,47 @@ def _check_labels(labels: object, logits: Tensor) -> None:
                 f"`labels` must lie in [0, {logits.shape[1]}) for {logits.shape[1]} classes, "
                 f"got values from {low} to {high}."
             )
+
+
+def labelled_cross_entropy(
+    logits: Tensor,
+    labels: Tensor,
+    *,
+    ignore_index: int = -1,
+    label_smoothing: float = 0.0,
+) -> Tensor:
+    r"""Cross-entropy averaged over the labelled samples only; 0 (with a graph) when none is labelled.
+
+    Semi-supervised and label-free recipes mark unlabelled samples with ``-1``. Unlike
+    ``F.cross_entropy(..., ignore_index=-1)``, a batch without any label gives 0 instead of NaN:
+
+    .. math::
+        L = \frac{\sum_i m_i \, \mathrm{CE}(z_i, y_i)}{\max(1, \sum_i m_i)}, \quad m_i = [y_i \ne -1]
+
+    Args:
+        logits: ``(B, C)`` logits.
+        labels: ``(B,)`` class indices, ``ignore_index`` for unlabelled samples.
+        ignore_index: the label of unlabelled samples.
+        label_smoothing: as in ``F.cross_entropy``.
+
+    Returns:
+        A float32 scalar.
+
+    Raises:
+        ValueError: ``logits`` is not 2-D or ``labels`` is not ``(B,)``.
+
+    Example:
+        >>> import torch
+        >>> round(labelled_cross_entropy(torch.zeros(2, 4), torch.tensor([1, -1])).item(), 4)  # log 4
+        1.3863
+        >>> labelled_cross_entropy(torch.zeros(2, 4), torch.tensor([-1, -1])).item()
+        0.0
+    """
+    if logits.ndim != 2 or labels.shape != logits.shape[:1]:
+        raise ValueError(
+            f"`logits` must be (B, C) and `labels` (B,), got {tuple(logits.shape)} and {tuple(labels.shape)}."
+        )
+    labelled = (labels != ignore_index).float()
+    safe = torch.where(labels == ignore_index, torch.zeros_like(labels), labels)
+    per_sample = F.cross_entropy(logits.float(), safe, reduction="none", label_smoothing=label_smoothing)
+    return (per_sample * labelled).sum() / labelled.sum().clamp_min(1.0)

@@ -36,11 +36,10 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal
 
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from lightning_distill.losses import js_divergence, symmetric_kl
+from lightning_distill.losses import js_divergence, labelled_cross_entropy, symmetric_kl
 from lightning_distill.module import DistillationModule
 
 __all__ = ["BeyondSSL"]
@@ -85,7 +84,11 @@ class BeyondSSL(DistillationModule):
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         super().__init__(
-            student, teacher=teacher, loss_weights=loss_weights, optimizer=optimizer, lr_scheduler=lr_scheduler
+            student,
+            teacher=teacher,
+            loss_weights=loss_weights,
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
         )
         if divergence not in ("js", "symmetric_kl"):
             raise ValueError(
@@ -93,7 +96,9 @@ class BeyondSSL(DistillationModule):
                 "set `model.init_args.divergence`."
             )
         if temperature <= 0:
-            raise ValueError(f"`temperature` must be > 0, got {temperature}; set `model.init_args.temperature`.")
+            raise ValueError(
+                f"`temperature` must be > 0, got {temperature}; set `model.init_args.temperature`."
+            )
         if not 0.0 <= min_teacher_confidence <= 1.0:
             raise ValueError(
                 f"`min_teacher_confidence` must be in [0, 1], got {min_teacher_confidence}; "
@@ -133,9 +138,7 @@ class BeyondSSL(DistillationModule):
     @staticmethod
     def supervised_loss(student_logits: Tensor, labels: Tensor) -> Tensor:
         """Cross-entropy on the labelled samples only (weight 0 by default: SSLD is label-free)."""
-        labelled = (labels >= 0).float()
-        per_sample = F.cross_entropy(student_logits.float(), labels.clamp_min(0), reduction="none")
-        return (per_sample * labelled).sum() / labelled.sum().clamp_min(1.0)
+        return labelled_cross_entropy(student_logits, labels)
 
     @property
     def in_finetune_stage(self) -> bool:
@@ -143,7 +146,11 @@ class BeyondSSL(DistillationModule):
         if self.finetune_epochs == 0 or self._trainer is None:
             return False
         max_epochs = self.trainer.max_epochs
-        return max_epochs is not None and max_epochs > 0 and self.current_epoch >= max_epochs - self.finetune_epochs
+        return (
+            max_epochs is not None
+            and max_epochs > 0
+            and self.current_epoch >= max_epochs - self.finetune_epochs
+        )
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         x, y = batch[0], batch[1]
@@ -151,11 +158,7 @@ class BeyondSSL(DistillationModule):
             teacher_logits = self.teacher(x)
         keep = self.select(y, teacher_logits)
         student_logits = self.student(x)
-        if student_logits.shape != teacher_logits.shape:
-            raise ValueError(
-                f"Student output {tuple(student_logits.shape)} does not match the teacher's "
-                f"{tuple(teacher_logits.shape)}; give the student `num_classes`={teacher_logits.shape[-1]}."
-            )
+        self.check_output_shapes(student_logits, teacher_logits)
         self.log("train/kept_fraction", keep.float().mean(), on_step=False, on_epoch=True)
         terms = {
             "dist": self.distillation_loss(student_logits, teacher_logits, keep),

@@ -180,7 +180,9 @@ class DataDAM(DistillationModule):
         # Batch norm (if chosen) normalises with the batch's statistics, as the official net.train().
         return self.network.train()
 
-    def augment_pair(self, real: Tensor, synthetic: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    def augment_pair(
+        self, real: Tensor, synthetic: Tensor, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor]:
         """Step 2: per class, the same DSA parameters for the real and the synthetic images.
 
         Args:
@@ -209,7 +211,9 @@ class DataDAM(DistillationModule):
 
     def attention_loss(self, real_features: Sequence[Tensor], syn_features: Sequence[Tensor]) -> Tensor:
         """Steps 4-5: ``L_SAM = sum_l sum_c || mean_real a_l - mean_syn a_l ||^2``, ``a = norm(sum |f|^p)``."""
-        return attention_matching_loss(real_features, syn_features, self.synthetic.num_classes, power=self.power)
+        return attention_matching_loss(
+            real_features, syn_features, self.synthetic.num_classes, power=self.power
+        )
 
     def embedding_loss(self, real_embedding: Tensor, syn_embedding: Tensor) -> Tensor:
         """Step 5: ``L_MMD = sum_c || mean_real e - mean_syn e ||^2`` on the final embeddings."""
@@ -237,7 +241,9 @@ class DataDAM(DistillationModule):
 
     # ------------------------------------------------------------- evaluation
     def on_validation_epoch_start(self) -> None:
-        self._eval_models = [] if self.trainer.sanity_checking else self._retrain(self.val_epochs, self.val_seeds)
+        self._eval_models = (
+            [] if self.trainer.sanity_checking else self._retrain(self.val_epochs, self.val_seeds)
+        )
 
     def on_test_epoch_start(self) -> None:
         spec = self.synthetic.eval_spec
@@ -286,7 +292,9 @@ class DataDAM(DistillationModule):
             return
         x, y = batch[0], batch[1]
         accuracy = sum(test_accuracy(model, [(x, y)]) for model in self._eval_models) / len(self._eval_models)
-        self.log(f"{stage}/syn_acc", accuracy, on_epoch=True, batch_size=y.numel(), prog_bar=True, sync_dist=True)
+        self.log(
+            f"{stage}/syn_acc", accuracy, on_epoch=True, batch_size=y.numel(), prog_bar=True, sync_dist=True
+        )
 
     # ------------------------------------------------------------- lifecycle
     def setup(self, stage: str) -> None:
@@ -319,7 +327,9 @@ class DataDAM(DistillationModule):
 
     @rank_zero_only
     def _save_artifact(self) -> None:
-        path = Path(self.save_path) if self.save_path else Path(self.trainer.log_dir or ".") / "synthetic_set.pt"
+        path = (
+            Path(self.save_path) if self.save_path else Path(self.trainer.log_dir or ".") / "synthetic_set.pt"
+        )
         seconds = time.perf_counter() - self._fit_start if self._fit_start is not None else None
         self.synthetic.save(
             path, metadata={"method": "datadam", "steps": int(self.global_step), "fit_seconds": seconds}

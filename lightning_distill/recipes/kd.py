@@ -37,12 +37,17 @@ from typing import Any, ClassVar, Literal
 
 import lightning.pytorch as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lightning_distill.callbacks import FeatureHooks, TeacherCacheCallback
-from lightning_distill.losses import attention_transfer_loss, cwd_loss, hint_loss, kd_loss
+from lightning_distill.losses import (
+    attention_transfer_loss,
+    cwd_loss,
+    hint_loss,
+    kd_loss,
+    labelled_cross_entropy,
+)
 from lightning_distill.module import DistillationModule
 
 __all__ = ["KnowledgeDistillation"]
@@ -95,7 +100,11 @@ class KnowledgeDistillation(DistillationModule):
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         super().__init__(
-            student, teacher=teacher, loss_weights=loss_weights, optimizer=optimizer, lr_scheduler=lr_scheduler
+            student,
+            teacher=teacher,
+            loss_weights=loss_weights,
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
         )
         for name, value in (("temperature", temperature), ("feature_temperature", feature_temperature)):
             if value <= 0:
@@ -115,7 +124,9 @@ class KnowledgeDistillation(DistillationModule):
                 "`cache` skips the teacher forward, so there are no teacher features for `feature_loss`; "
                 "use one or the other."
             )
-        self.save_hyperparameters(ignore=["student", "teacher", "adapter", "cache", "optimizer", "lr_scheduler"])
+        self.save_hyperparameters(
+            ignore=["student", "teacher", "adapter", "cache", "optimizer", "lr_scheduler"]
+        )
         self.temperature = temperature
         self.feature_loss = feature_loss
         self.feature_temperature = feature_temperature
@@ -123,7 +134,9 @@ class KnowledgeDistillation(DistillationModule):
         self.cache = cache
         self.hooks: FeatureHooks | None = None
         if feature_loss is not None:
-            self.hooks = FeatureHooks({"student": f"student.{student_layer}", "teacher": f"teacher.{teacher_layer}"})
+            self.hooks = FeatureHooks(
+                {"student": f"student.{student_layer}", "teacher": f"teacher.{teacher_layer}"}
+            )
 
     # ---------------------------------------------------------------- the paper
     def teacher_logits(self, x: Tensor, index: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -145,9 +158,7 @@ class KnowledgeDistillation(DistillationModule):
     @staticmethod
     def hard_target_loss(student_logits: Tensor, labels: Tensor) -> Tensor:
         """Step 3: cross-entropy on the labelled samples (label -1 marks unlabelled ones)."""
-        labelled = (labels >= 0).float()
-        per_sample = F.cross_entropy(student_logits.float(), labels.clamp_min(0), reduction="none")
-        return (per_sample * labelled).sum() / labelled.sum().clamp_min(1.0)
+        return labelled_cross_entropy(student_logits, labels)
 
     def feature_term(self, student_feature: Tensor, teacher_feature: Tensor) -> Tensor:
         """Step 4: the feature loss between the tapped student and teacher features."""
@@ -164,11 +175,7 @@ class KnowledgeDistillation(DistillationModule):
         # 1. Teacher logits (frozen teacher, or the cache), and the student on the same images.
         x, teacher_logits = self.teacher_logits(x, index)
         student_logits = self.student(x)
-        if student_logits.shape != teacher_logits.shape:
-            raise ValueError(
-                f"Student output {tuple(student_logits.shape)} does not match the teacher's "
-                f"{tuple(teacher_logits.shape)}; give the student `num_classes`={teacher_logits.shape[-1]}."
-            )
+        self.check_output_shapes(student_logits, teacher_logits)
         # 2.-3. Soft and hard targets.
         terms = {
             "kd": self.soft_target_loss(student_logits, teacher_logits),

@@ -100,7 +100,11 @@ def discriminator_loss(scores_student: Tensor, scores_teacher: Tensor) -> Tensor
     Raises:
         ValueError: shapes differ or are not ``(B, 2)``.
     """
-    if scores_student.shape != scores_teacher.shape or scores_student.ndim != 2 or scores_student.shape[1] != 2:
+    if (
+        scores_student.shape != scores_teacher.shape
+        or scores_student.ndim != 2
+        or scores_student.shape[1] != 2
+    ):
         raise ValueError(
             f"Discriminator scores must both be (B, 2), got {tuple(scores_student.shape)} and "
             f"{tuple(scores_teacher.shape)}."
@@ -215,11 +219,7 @@ class MEALV2(DistillationModule):
         teacher_probs, teacher_logits = self.ensemble_targets(x)
         # 2.-3. Student forward and the two losses.
         student_logits = self.student(x)
-        if student_logits.shape != teacher_probs.shape:
-            raise ValueError(
-                f"Student output {tuple(student_logits.shape)} does not match the teachers' "
-                f"{tuple(teacher_probs.shape)}; give the student `num_classes`={teacher_probs.shape[-1]}."
-            )
+        self.check_output_shapes(student_logits, teacher_probs)
         terms = {
             "sim": self.similarity_loss(student_logits, teacher_probs),
             "disc": self.adversarial_loss(student_logits, teacher_logits),

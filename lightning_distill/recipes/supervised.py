@@ -22,10 +22,10 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
+from lightning_distill.losses import labelled_cross_entropy
 from lightning_distill.module import DistillationModule
 
 __all__ = ["Supervised"]
@@ -70,11 +70,7 @@ class Supervised(DistillationModule):
 
         A batch without labelled samples gives 0 (still connected to the graph).
         """
-        labelled = (labels >= 0).float()
-        per_sample = F.cross_entropy(
-            logits.float(), labels.clamp_min(0), reduction="none", label_smoothing=self.label_smoothing
-        )
-        return (per_sample * labelled).sum() / labelled.sum().clamp_min(1.0)
+        return labelled_cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         x, y = batch[0], batch[1]

@@ -361,3 +361,18 @@ def test_dkd_loss_rejects_negative_weights_and_one_class() -> None:
         dkd_loss(s, t, labels, beta=-0.5)
     with pytest.raises(ValueError, match="at least 2 classes"):
         dkd_loss(torch.zeros(2, 1), torch.zeros(2, 1), torch.zeros(2, dtype=torch.long))
+
+
+def test_labelled_cross_entropy_averages_over_labelled_samples_only():
+    from lightning_distill.losses import labelled_cross_entropy
+
+    logits = torch.randn(5, 3, requires_grad=True)
+    labels = torch.tensor([0, -1, 2, -1, 1])
+    keep = labels >= 0
+    expected = F.cross_entropy(logits[keep], labels[keep])
+    torch.testing.assert_close(labelled_cross_entropy(logits, labels), expected)
+    none = labelled_cross_entropy(logits, torch.full((5,), -1))
+    none.backward()
+    assert none.item() == 0.0 and torch.equal(logits.grad, torch.zeros_like(logits))
+    with pytest.raises(ValueError, match=r"\(B, C\)"):
+        labelled_cross_entropy(logits[0], labels)

@@ -105,7 +105,7 @@ def test_mismatched_student_output_is_reported_with_both_shapes():
         num_classes=10, discriminator_reduction=2,
     )
     recipe.log = lambda *a, **k: None
-    with pytest.raises(ValueError, match=r"\(2, 7\) does not match the teachers' \(2, 10\)"):
+    with pytest.raises(ValueError, match=r"\(2, 7\) does not match the teacher's \(2, 10\)"):
         recipe.training_step((torch.randn(2, 1, 8, 8), torch.zeros(2, dtype=torch.long)), 0)
 
 

@@ -1,0 +1,685 @@
+"""DMD2: distribution matching, a fake score trained faster than the generator, and a GAN on real data.
+
+"Improved Distribution Matching Distillation for Fast Image Synthesis" (Yin, Gharbi, Park, Zhang,
+Shechtman, Durand, Freeman; arXiv 2405.14867). Official code: tianweiy/DMD2 (``main/sd_guidance.py``,
+``main/sd_unified_model.py``, ``main/train_sd.py``, ``main/edm/edm_guidance.py``).
+
+Algorithm (one iteration; the generator updates on every ``dfake_gen_update_ratio``-th one):
+
+1. Generator input: pure noise at ``T - 1`` (one step), or the student's own sample after ``k``
+   of its steps re-noised to ``t_k`` (backward simulation, few steps); x̂₀ = G(x_t, t).
+2. Generator turn: noise x̂₀ at t ~ U[0.02 T, 0.98 T]; real x̂₀ from the frozen teacher with CFG,
+   fake x̂₀ from the fake score without CFG; g = (x̂_fake − x̂_real) / mean|x̂₀ − x̂_real|;
+   L_DM = ½‖x̂₀ − sg(x̂₀ − g)‖²; plus L_G = softplus(−D(x̂₀ noised)) through the fake score.
+3. Fake-score turn (every iteration, on the same detached x̂₀): denoising loss at t ~ U[0, T),
+   plus the discriminator loss softplus(D(fake)) + softplus(−D(real)) on real data.
+
+Losses: generator ``w_dm L_DM + w_gen_cls L_G``; fake score ``L_fake + w_guidance_cls L_D``.
+
+=========================================  ==============================  ======================
+paper / official code                      config key (``model.init_args``)  default (SD1.5)
+=========================================  ==============================  ======================
+``real_guidance_scale``                    ``real_guidance_scale``         1.75 (SDXL 8)
+``min_step_percent``/``max_step_percent``  same names                      0.02 / 0.98
+``dfake_gen_update_ratio``                 same name                       10 (SDXL, ImageNet 5)
+``gen_cls_loss_weight``                    same name                       1e-3 (SDXL 5e-3)
+``guidance_cls_loss_weight``               same name                       1e-2
+``dm_loss_weight``                         same name                       1.0
+``cls_on_clean_image``                     ``gan``                         true
+``diffusion_gan_max_timestep``             ``gan_max_timestep``            T (0: clean at t = 0)
+``num_denoising_step``/backsim             ``denoising_timesteps``/        None (one step at T-1),
+                                           ``backward_simulation``         true
+``max_grad_norm``                          same name                       10.0
+AdamW, betas (0.9, 0.999), wd 0.01         ``optimizer`` (both networks)   torch's AdamW
+=========================================  ==============================  ======================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from diffusers import UNet2DConditionModel, UNet2DModel
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from lightning_distill.callbacks.feature_hooks import FeatureHooks
+from lightning_distill.diffusion import (
+    Cond,
+    FakeScore,
+    GANHead,
+    MLPDenoiser,
+    NoiseSchedule,
+    backward_simulation,
+    discriminator_logits,
+    evenly_spaced_timesteps,
+    feature_path,
+    few_step_sample,
+    guided_output,
+    model_output,
+    one_step_generate,
+    sample,
+    uniform_timesteps,
+)
+from lightning_distill.diffusion.gmm import AnalyticTeacher, GaussianMixture
+from lightning_distill.diffusion.metrics import mode_coverage, mode_weight_tv, rbf_mmd2, sliced_wasserstein
+from lightning_distill.losses.distribution_matching import (
+    dmd_gradient,
+    gan_discriminator_loss,
+    gan_generator_loss,
+    pseudo_target_loss,
+)
+from lightning_distill.module import DistillationModule
+
+__all__ = ["DMD2"]
+
+_CKPT_KEY = "dmd2"
+_TAP = "bottleneck"
+
+
+class DMD2(DistillationModule):
+    """DMD2 recipe (manual optimization, two optimizers). See the module docstring for the algorithm.
+
+    Args:
+        student: the generator, a denoiser called ``student(x_t, t[, cond])``.
+        teacher: the frozen real score (diffusers UNet, :class:`AnalyticTeacher`, ...), predicting
+            ``schedule.prediction_type``.
+        schedule: the noise schedule; ``None`` takes ``teacher.schedule`` when the teacher has one,
+            else Stable Diffusion's (``NoiseSchedule.ddpm()``: scaled-linear betas, ε).
+        fake_score: the fake score's network; ``None`` is a trainable copy of the teacher (the paper).
+        student_init: ``"teacher"`` loads the teacher's weights into the student (the paper);
+            ``"random"`` keeps the student as given.
+        student_prediction_type: what the student predicts; ``None`` is the schedule's.
+        real_guidance_scale: CFG scale of the real (teacher) score; the fake score has none.
+        min_step_percent: lowest timestep of the DM loss, as a fraction of ``T``.
+        max_step_percent: highest timestep of the DM loss (included), as a fraction of ``T``.
+        normalise_dmd_gradient: divide g by mean|x̂₀ − x̂_real| per sample (DMD2); False: raw difference.
+        dfake_gen_update_ratio: fake-score updates per generator update (the two time-scale rule).
+        denoising_timesteps: the student's timesteps, e.g. ``[999, 749, 499, 249]``; ``None`` is one
+            step at ``schedule.max_timestep``; a single value is a one-step generator conditioned on it.
+        num_denoising_steps: shortcut for ``denoising_timesteps``: DMD2's evenly spaced ``K`` steps.
+        backward_simulation: few-step training inputs come from the student's own ``k``-step
+            samples (True, the paper) or from noised real data (False).
+        gan: train the discriminator head on fake-score features with real data (DMD2's GAN term).
+        gen_cls_loss_weight: weight of the generator's GAN loss.
+        guidance_cls_loss_weight: weight of the discriminator loss.
+        dm_loss_weight: weight of the distribution-matching loss.
+        gan_max_timestep: the discriminator sees inputs noised at t ~ U[0, gan_max_timestep);
+            ``None`` is ``T``; 0 shows clean inputs at t = 0.
+        gan_feature_path: module path of the tapped features (default: the fake score's bottleneck).
+        gan_channels: channels of those features (default: read from the fake score's architecture).
+        null_label: the unconditional class label for CFG (default: the teacher's ``num_classes``).
+        max_grad_norm: gradient-norm clipping of both networks; ``None`` disables it.
+        sample_shape: shape of one sample, e.g. ``(4, 64, 64)``; default from the data or teacher.
+        seed: seed of the training noise (per iteration and rank); ``None`` is ``torch.initial_seed()``.
+        eval_teacher_steps: DDIM/Euler steps of the teacher's validation samples (bench only).
+        optimizer: optimizer of the generator, and of the fake score unless ``fake_score_optimizer``.
+        fake_score_optimizer: optimizer of the fake score and discriminator head.
+        lr_scheduler: optional scheduler for each optimizer, stepped every iteration.
+
+    Raises:
+        ValueError: an argument outside its range (the message names the config key), or a teacher
+            whose prediction type differs from the schedule's.
+    """
+
+    loss_terms: ClassVar[tuple[str, ...]] = ("dm", "gen_cls", "fake", "guidance_cls")
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        schedule: NoiseSchedule | None = None,
+        fake_score: nn.Module | None = None,
+        student_init: Literal["teacher", "random"] = "teacher",
+        student_prediction_type: Literal["epsilon", "sample", "v_prediction", "flow"] | None = None,
+        real_guidance_scale: float = 1.75,
+        min_step_percent: float = 0.02,
+        max_step_percent: float = 0.98,
+        normalise_dmd_gradient: bool = True,
+        dfake_gen_update_ratio: int = 10,
+        denoising_timesteps: Sequence[int] | None = None,
+        num_denoising_steps: int | None = None,
+        backward_simulation: bool = True,
+        gan: bool = True,
+        gen_cls_loss_weight: float = 1e-3,
+        guidance_cls_loss_weight: float = 1e-2,
+        dm_loss_weight: float = 1.0,
+        gan_max_timestep: int | None = None,
+        gan_feature_path: str | None = None,
+        gan_channels: int | None = None,
+        null_label: int | None = None,
+        max_grad_norm: float | None = 10.0,
+        sample_shape: Sequence[int] | None = None,
+        seed: int | None = None,
+        eval_teacher_steps: int = 50,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        fake_score_optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        weights = {
+            "dm": dm_loss_weight,
+            "gen_cls": gen_cls_loss_weight,
+            "guidance_cls": guidance_cls_loss_weight,
+        }
+        for name, value in weights.items():
+            _check(value >= 0, f"{name}_loss_weight" if name != "dm" else "dm_loss_weight", value, ">= 0")
+        super().__init__(
+            student, teacher=teacher, loss_weights=weights, optimizer=optimizer, lr_scheduler=lr_scheduler
+        )
+        self.save_hyperparameters(
+            ignore=[
+                "student",
+                "teacher",
+                "schedule",
+                "fake_score",
+                "optimizer",
+                "fake_score_optimizer",
+                "lr_scheduler",
+            ]
+        )
+        self.automatic_optimization = False
+        if schedule is None:
+            own = getattr(teacher, "schedule", None)
+            schedule = own if isinstance(own, NoiseSchedule) else NoiseSchedule.ddpm()
+        if not isinstance(schedule, NoiseSchedule):
+            raise TypeError(
+                f"`schedule` must be a NoiseSchedule, got {type(schedule).__name__}; set `model.init_args.schedule`."
+            )
+        self.schedule = schedule
+        T = schedule.num_train_timesteps
+        teacher_type = getattr(teacher, "prediction_type", schedule.prediction_type)
+        _check(
+            teacher_type == schedule.prediction_type,
+            "schedule",
+            schedule.prediction_type,
+            f"the teacher's prediction type {teacher_type!r}",
+        )
+        _check(student_init in ("teacher", "random"), "student_init", student_init, "'teacher' or 'random'")
+        _check(
+            0.0 <= min_step_percent < max_step_percent <= 1.0,
+            "min_step_percent/max_step_percent",
+            (min_step_percent, max_step_percent),
+            "0 <= min < max <= 1",
+        )
+        _check(
+            isinstance(dfake_gen_update_ratio, int) and dfake_gen_update_ratio >= 1,
+            "dfake_gen_update_ratio",
+            dfake_gen_update_ratio,
+            "an integer >= 1",
+        )
+        _check(max_grad_norm is None or max_grad_norm > 0, "max_grad_norm", max_grad_norm, "> 0 or null")
+        _check(
+            gan_max_timestep is None or 0 <= gan_max_timestep <= T,
+            "gan_max_timestep",
+            gan_max_timestep,
+            f"in [0, {T}]",
+        )
+        if num_denoising_steps is not None:
+            _check(
+                denoising_timesteps is None,
+                "num_denoising_steps",
+                num_denoising_steps,
+                "unset when `denoising_timesteps` is given",
+            )
+            denoising_timesteps = evenly_spaced_timesteps(num_denoising_steps, T)
+        steps = tuple(int(t) for t in (denoising_timesteps or (schedule.max_timestep,)))
+        _check(
+            all(0 <= t <= schedule.max_timestep for t in steps)
+            and list(steps) == sorted(set(steps), reverse=True),
+            "denoising_timesteps",
+            list(steps),
+            f"strictly decreasing values in [0, {schedule.max_timestep}]",
+        )
+        self.denoising_timesteps = steps
+
+        if student_init == "teacher":
+            try:
+                student.load_state_dict(teacher.state_dict())
+            except RuntimeError as error:
+                raise ValueError(
+                    "`student_init='teacher'` needs a student with the teacher's architecture (the analytic teacher "
+                    "has no weights); set `model.init_args.student_init: random`."
+                ) from error
+        if fake_score is None:
+            if not any(True for _ in teacher.parameters()):
+                raise ValueError("The teacher has no parameters to copy; give `model.init_args.fake_score`.")
+            fake_score = FakeScore.copy_of(teacher, schedule)
+        self.fake_score = fake_score if isinstance(fake_score, FakeScore) else FakeScore(fake_score, schedule)
+        self.fake_score.requires_grad_(True).train()
+
+        self.gan_hooks: FeatureHooks | None = None
+        self.gan_head: GANHead | None = None
+        if gan:
+            path = gan_feature_path or f"fake_score.{feature_path(self.fake_score)}"
+            self.gan_hooks = FeatureHooks({_TAP: path})
+            self.gan_head = GANHead(gan_channels or _bottleneck_channels(self.fake_score.model))
+
+        self.student_prediction_type = student_prediction_type
+        self.real_guidance_scale = float(real_guidance_scale)
+        self.dm_steps = (int(min_step_percent * T), min(int(max_step_percent * T) + 1, T))  # [low, high)
+        self.normalise_dmd_gradient = normalise_dmd_gradient
+        self.dfake_gen_update_ratio = dfake_gen_update_ratio
+        self.backward_simulation = backward_simulation
+        self.gan_max_timestep = T if gan_max_timestep is None else gan_max_timestep
+        self.null_label = null_label
+        self.max_grad_norm = max_grad_norm
+        self.sample_shape = tuple(sample_shape) if sample_shape is not None else None
+        self.seed = int(torch.initial_seed() if seed is None else seed) % 2**63
+        self.eval_teacher_steps = eval_teacher_steps
+        self.fake_score_optimizer = fake_score_optimizer
+        self.iteration = 0  # persistent: the update ratio and the training noise depend on it
+        self._val_points: list[Tensor] = []
+        self._floors_logged = False
+
+    # ------------------------------------------------------------------ the paper, one method per equation
+    def generate(self, x_t: Tensor, t: Tensor, cond: Cond = None) -> Tensor:
+        """x̂₀ = G(x_t, t, c) in float32, converted from what the student predicts; keeps the grad mode."""
+        return one_step_generate(
+            self.student, self.schedule, x_t, t, cond, prediction_type=self.student_prediction_type
+        )
+
+    @torch.no_grad()
+    def generator_input(self, real: Tensor, cond: Cond, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Step 1: the student's input ``(x_t (B, ...), t (B,))`` for this iteration.
+
+        One step: pure noise at ``denoising_timesteps[0]``. Few steps with backward simulation:
+        the student's own sample after ``k`` steps (``k`` uniform, one per batch, drawn from the
+        rank-independent stream) re-noised to ``t_k``. Without it (the official ``denoising`` mode):
+        real data noised to a random ``t_k`` per sample, pure noise where ``t_k = T - 1``.
+        """
+        noise = torch.randn(real.shape, generator=generator, device=real.device, dtype=real.dtype)
+        steps = self.denoising_timesteps
+        if len(steps) == 1:
+            return noise, torch.full((real.shape[0],), steps[0], device=real.device, dtype=torch.long)
+        if self.backward_simulation:
+            k = int(torch.randint(len(steps), (1,), generator=self._shared_generator()).item())
+            return backward_simulation(
+                self.student,
+                self.schedule,
+                noise,
+                steps,
+                cond,
+                step=k,
+                generator=generator,
+                prediction_type=self.student_prediction_type,
+            )
+        index = torch.randint(len(steps), (real.shape[0],), generator=generator, device=real.device)
+        t = torch.tensor(steps, device=real.device)[index]
+        x_t = self.schedule.add_noise(real, noise, t)
+        pure = (t == self.schedule.num_train_timesteps - 1).reshape(-1, *[1] * (real.ndim - 1))
+        return torch.where(pure, noise, x_t), t
+
+    @torch.no_grad()
+    def distribution_matching_gradient(
+        self, x0: Tensor, cond: Cond, null_cond: Cond, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """g = (x̂_fake − x̂_real) / mean|x̂₀ − x̂_real| at x_t = α_t x̂₀ + σ_t ε, t ~ U[0.02T, 0.98T]; ``(B, ...)``.
+
+        The real prediction carries CFG (``real_guidance_scale``), the fake one none (the official
+        ``fake_guidance_scale`` must be 1). Non-finite entries are 0 (the NaN guard).
+        """
+        t = uniform_timesteps(
+            x0.shape[0],
+            *self.dm_steps,
+            num_train_timesteps=self.schedule.num_train_timesteps,
+            generator=generator,
+            device=x0.device,
+        )
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        x_t = self.schedule.add_noise(x0.detach(), noise, t)
+        fake_x0 = self.schedule.to_x0(model_output(self.fake_score, x_t, t, cond), x_t, t)
+        real_out = guided_output(self.teacher, x_t, t, cond, null_cond, self.real_guidance_scale)
+        real_x0 = self.schedule.to_x0(real_out, x_t, t)
+        return dmd_gradient(fake_x0, real_x0, x0, normalise=self.normalise_dmd_gradient)
+
+    def distribution_matching_loss(
+        self, x0: Tensor, cond: Cond, null_cond: Cond, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """L_DM = ½ mean (x̂₀ − sg(x̂₀ − g))²; its gradient w.r.t. x̂₀ is ``g / x0.numel()``."""
+        return pseudo_target_loss(x0, self.distribution_matching_gradient(x0, cond, null_cond, generator))
+
+    def discriminator_logits(self, x: Tensor, cond: Cond, generator: torch.Generator | None = None) -> Tensor:
+        """D(x): the GAN head on the fake score's tapped features at x noised to t ~ U[0, gan_max_timestep); ``(B,)``."""
+        if self.gan_hooks is None or self.gan_head is None:
+            raise RuntimeError("The GAN branch is off (`gan: false`); there is no discriminator.")
+        if (
+            not self.gan_hooks.is_attached
+        ):  # outside a Trainer (inside one, the callback attached it in setup)
+            self.gan_hooks.attach(self)
+        if self.gan_max_timestep > 0:
+            t = uniform_timesteps(
+                x.shape[0],
+                0,
+                self.gan_max_timestep,
+                num_train_timesteps=self.schedule.num_train_timesteps,
+                generator=generator,
+                device=x.device,
+            )
+            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = self.schedule.add_noise(x, noise, t)
+        else:
+            t = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        return discriminator_logits(self.fake_score, self.gan_head, self.gan_hooks, _TAP, x, t, cond)
+
+    def generator_gan_loss(self, x0: Tensor, cond: Cond, generator: torch.Generator | None = None) -> Tensor:
+        """L_G = mean softplus(−D(x̂₀)), differentiated through the (frozen for this turn) fake score into x̂₀."""
+        return gan_generator_loss(self.discriminator_logits(x0, cond, generator))
+
+    def fake_score_loss(self, x0: Tensor, cond: Cond, generator: torch.Generator | None = None) -> Tensor:
+        """L_fake = mean ‖f_φ(x_t, t) − y‖², x_t = α_t sg(x̂₀) + σ_t ε, t ~ U[0, T), y the schedule's target (ε)."""
+        t = uniform_timesteps(
+            x0.shape[0],
+            0,
+            self.schedule.num_train_timesteps,
+            num_train_timesteps=self.schedule.num_train_timesteps,
+            generator=generator,
+            device=x0.device,
+        )
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        return self.fake_score.denoising_loss(x0.detach(), t, noise, cond)
+
+    def guidance_cls_loss(
+        self,
+        real: Tensor,
+        fake: Tensor,
+        real_cond: Cond,
+        fake_cond: Cond,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """L_D = mean softplus(−D(real)) + mean softplus(D(sg(fake))); also returns both logits ``(B,)``."""
+        real_logits = self.discriminator_logits(real.detach(), real_cond, generator)
+        fake_logits = self.discriminator_logits(fake.detach(), fake_cond, generator)
+        return gan_discriminator_loss(real_logits, fake_logits), real_logits, fake_logits
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        opt_gen, opt_fake = self.optimizers()
+        real, cond = self.split_batch(batch)
+        null_cond = self.null_condition(cond)
+        self._record_shape(real)
+        rng = self._step_generator(self.iteration)
+        generator_turn = self.is_update_step(self.iteration, self.dfake_gen_update_ratio)
+        terms: dict[str, Tensor] = {}
+        # 1. The generator's samples (with grad only on its turns); the fake-score turn reuses them.
+        x_t, t = self.generator_input(real, cond, rng)
+        with torch.set_grad_enabled(generator_turn):
+            x0 = self.generate(x_t, t, cond)
+        # 2. Generator turn: distribution matching + GAN through the fake score, which is frozen here.
+        if generator_turn:
+            self.toggle_optimizer(opt_gen)
+            terms["dm"] = self.distribution_matching_loss(x0, cond, null_cond, rng)
+            if self.gan_head is not None:
+                terms["gen_cls"] = self.generator_gan_loss(x0, cond, rng)
+            self.manual_update(self._weighted(terms), opt_gen, clip_grad_norm=self.max_grad_norm)
+            self.untoggle_optimizer(opt_gen)
+        # 3. Fake-score turn (every iteration): denoising on detached samples + discriminator on real vs fake.
+        fake_terms = {"fake": self.fake_score_loss(x0, cond, rng)}
+        if self.gan_head is not None:
+            fake_terms["guidance_cls"], real_logits, fake_logits = self.guidance_cls_loss(
+                real, x0, cond, cond, rng
+            )
+            self.log(
+                "train/pred_realism_real",
+                torch.sigmoid(real_logits).mean().detach(),
+                on_step=True,
+                on_epoch=False,
+            )
+            self.log(
+                "train/pred_realism_fake",
+                torch.sigmoid(fake_logits).mean().detach(),
+                on_step=True,
+                on_epoch=False,
+            )
+        self.toggle_optimizer(opt_fake)
+        self.manual_update(self._weighted(fake_terms), opt_fake, clip_grad_norm=self.max_grad_norm)
+        self.untoggle_optimizer(opt_fake)
+        # 4. Schedulers step every iteration (as the official constant-with-warmup ones do).
+        for scheduler in self._schedulers():
+            scheduler.step()
+        self.iteration += 1
+        self._log_terms({**terms, **fake_terms})
+
+    def configure_optimizers(self) -> Any:
+        gen = [p for p in self.student.parameters() if p.requires_grad]
+        fake = self.fake_score.trainable_parameters()
+        if self.gan_head is not None:
+            fake += list(self.gan_head.parameters())
+        opt_gen = self.optimizer(gen)
+        opt_fake = (self.fake_score_optimizer or self.optimizer)(fake)
+        if self.lr_scheduler is None:
+            return [opt_gen, opt_fake]
+        return [opt_gen, opt_fake], [self.lr_scheduler(opt_gen), self.lr_scheduler(opt_fake)]
+
+    def configure_callbacks(self) -> list[Any]:
+        return [] if self.gan_hooks is None else [self.gan_hooks]
+
+    # ------------------------------------------------------------------ conditions (override for other batches)
+    def split_batch(self, batch: Any) -> tuple[Tensor, Cond]:
+        """``(real (B, ...), cond)`` from a batch: a tensor, ``(x, y, ...)`` or ``{"x": ..., "cond": ...}``.
+
+        ``y`` of integer labels is the condition, except all ``-1`` (unlabelled: no condition); a
+        floating ``y`` of shape ``(B, L, D)`` is a text embedding (``encoder_hidden_states``).
+
+        Raises:
+            ValueError: labels that mix ``-1`` and classes, or a batch of another structure.
+        """
+        if isinstance(batch, Tensor):
+            return batch, None
+        if isinstance(batch, Mapping) and "x" in batch:
+            return batch["x"], batch.get("cond")
+        if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], Tensor):
+            if len(batch) == 1 or not isinstance(batch[1], Tensor):
+                return batch[0], None
+            y = batch[1]
+            if y.is_floating_point():
+                return batch[0], y
+            if bool((y < 0).all()):
+                return batch[0], None
+            if bool((y < 0).any()):
+                raise ValueError(
+                    "The batch mixes unlabelled (-1) and labelled samples; DMD2 needs one or the other."
+                )
+            return batch[0], y
+        raise ValueError(f"Cannot read a batch of type {type(batch).__name__}; override `DMD2.split_batch`.")
+
+    def null_condition(self, cond: Cond) -> Cond:
+        """The unconditional counterpart of ``cond`` for CFG (``None`` when no CFG is needed).
+
+        Labels become ``null_label`` (default: the teacher's ``num_classes``); embeddings become zeros
+        (SDXL's convention; SD1.5 uses the empty prompt's embedding: override this method).
+
+        Raises:
+            ValueError: CFG asked for (scale != 1) without a condition or a known null label.
+        """
+        if self.real_guidance_scale == 1.0:
+            return None
+        if cond is None:
+            raise ValueError(
+                f"`real_guidance_scale`={self.real_guidance_scale} needs conditioned batches; the data has no labels. "
+                "Set `model.init_args.real_guidance_scale: 1.0`."
+            )
+        if isinstance(cond, Tensor) and cond.is_floating_point():
+            return torch.zeros_like(cond)
+        if isinstance(cond, Tensor):
+            null = self.null_label if self.null_label is not None else _teacher_null_label(self.teacher)
+            if null is None:
+                raise ValueError("Cannot tell the teacher's null label; set `model.init_args.null_label`.")
+            return torch.full_like(cond, null)
+        raise ValueError("No default null condition for a mapping condition; override `DMD2.null_condition`.")
+
+    # ------------------------------------------------------------------ sampling and evaluation
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator, cond: Cond = None) -> Tensor:
+        """``n`` samples ``(n, *sample_shape)`` by the inference path: :func:`few_step_sample` on ``denoising_timesteps``."""
+        noise = torch.randn((n, *self._shape()), generator=generator, device=generator.device).to(self.device)
+        return few_step_sample(
+            self.student,
+            self.schedule,
+            noise,
+            self.denoising_timesteps,
+            cond,
+            generator=generator,
+            prediction_type=self.student_prediction_type,
+        )
+
+    @property
+    def reference_mixture(self) -> GaussianMixture | None:
+        """The data's Gaussian mixture (exact bench) from the teacher or the datamodule, else ``None``."""
+        if isinstance(self.teacher, AnalyticTeacher):
+            return self.teacher.gmm
+        gmm = getattr(getattr(self._trainer, "datamodule", None), "mixture", None) if self._trainer else None
+        return gmm if isinstance(gmm, GaussianMixture) else None
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        if self.reference_mixture is not None:
+            self._val_points.append(self.split_batch(batch)[0].detach().float())
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_sample_metrics("val")
+        super().on_validation_epoch_end()
+
+    def on_test_epoch_end(self) -> None:
+        self._log_sample_metrics("test")
+        super().on_test_epoch_end()
+
+    def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
+        real, cond = self.split_batch(batch)
+        self._record_shape(real)
+        generator = torch.Generator(device=self.device).manual_seed(self.seed + batch_idx)
+        return self.sample(real.shape[0], generator, cond)
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[_CKPT_KEY] = {
+            "iteration": self.iteration,
+            "seed": self.seed,
+            "sample_shape": self.sample_shape,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint.get(_CKPT_KEY, {})
+        self.iteration = int(state.get("iteration", 0))
+        self.seed = int(state.get("seed", self.seed))
+        if state.get("sample_shape") is not None:
+            self.sample_shape = tuple(state["sample_shape"])
+
+    # ------------------------------------------------------------------ helpers
+    def _weighted(self, terms: dict[str, Tensor]) -> Tensor:
+        return sum(self.loss_weights[name] * value for name, value in terms.items())
+
+    def _log_terms(self, terms: dict[str, Tensor]) -> None:
+        for name, value in terms.items():
+            self.log(
+                f"train/{name}", value.detach(), on_step=True, on_epoch=False, prog_bar=name in ("dm", "fake")
+            )
+
+    def _schedulers(self) -> list[Any]:
+        schedulers = self.lr_schedulers()
+        if schedulers is None:
+            return []
+        return list(schedulers) if isinstance(schedulers, (list, tuple)) else [schedulers]
+
+    def _step_generator(self, iteration: int) -> torch.Generator:
+        """Training noise of one iteration: a pure function of (seed, iteration, rank), so resume is exact."""
+        rank = self.global_rank if self._trainer is not None else 0
+        state = np.random.SeedSequence([self.seed, iteration, rank]).generate_state(2, dtype=np.uint32)
+        return torch.Generator(device=self.device).manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
+
+    def _shared_generator(self) -> torch.Generator:
+        """The same on every rank (DMD2 broadcasts the backward-simulation step from rank 0)."""
+        state = np.random.SeedSequence([self.seed, self.iteration, 2**31]).generate_state(1, dtype=np.uint32)
+        return torch.Generator().manual_seed(int(state[0]))
+
+    def _record_shape(self, real: Tensor) -> None:
+        if self.sample_shape is None:
+            self.sample_shape = tuple(real.shape[1:])
+
+    def _shape(self) -> tuple[int, ...]:
+        if self.sample_shape is not None:
+            return self.sample_shape
+        shape = _teacher_sample_shape(self.teacher)
+        if shape is None:
+            raise ValueError(
+                "Cannot tell the sample shape before training; set `model.init_args.sample_shape`."
+            )
+        return shape
+
+    @torch.no_grad()
+    def _log_sample_metrics(self, stage: str) -> None:
+        """SWD, MMD², mode coverage and mode-weight TV of ``n`` samples against the ``n`` evaluation points.
+
+        Logged as ``<stage>/<metric>``; once per run also the teacher's ``eval_teacher_steps``-step
+        sampler (``<stage>/teacher_<metric>``) and the data-vs-data noise floor (``<stage>/<metric>_floor``).
+        """
+        gmm, points, self._val_points = self.reference_mixture, self._val_points, []
+        if gmm is None or not points or self.trainer.sanity_checking:
+            return
+        device = gmm.means.device  # the metrics run where the mixture lives
+        real = torch.cat(points).float().to(device).reshape(sum(p.shape[0] for p in points), -1)
+        n = real.shape[0]
+        generator = torch.Generator(device=self.device).manual_seed(self.seed)
+        rows = [("", self.sample(n, generator), "")]
+        if self._teacher_metrics_pending.get(stage, False):
+            noise = torch.randn((n, *self._shape()), generator=generator, device=generator.device).to(
+                self.device
+            )
+            rows.append(("teacher_", sample(self.teacher, self.schedule, noise, self.eval_teacher_steps), ""))
+        if not self._floors_logged:
+            rows.append(("", gmm.sample(n, torch.Generator().manual_seed(self.seed + 1)), "_floor"))
+            self._floors_logged = True
+        for prefix, x, suffix in rows:
+            x = x.detach().float().to(device).reshape(n, -1)
+            metrics = {
+                "swd": sliced_wasserstein(x, real),
+                "mmd": rbf_mmd2(x, real),
+                "mode_coverage": mode_coverage(x, gmm),
+                "mode_tv": mode_weight_tv(x, gmm),
+            }
+            for name, value in metrics.items():
+                self.log(f"{stage}/{prefix}{name}{suffix}", float(value), on_epoch=True, sync_dist=True)
+
+
+def _check(ok: bool, key: str, value: object, allowed: str) -> None:
+    if not ok:
+        raise ValueError(
+            f"`{key}` must be {allowed}, got {value!r}; set `model.init_args.{key.split('/')[0]}`."
+        )
+
+
+def _bottleneck_channels(model: nn.Module) -> int:
+    """Channels of :func:`feature_path`'s bottleneck for the known denoisers."""
+    if isinstance(model, (UNet2DModel, UNet2DConditionModel)):
+        return int(model.config.block_out_channels[-1])
+    if isinstance(model, MLPDenoiser):
+        return model.blocks[-1].linear.out_features
+    raise ValueError(
+        f"Cannot tell the feature channels of {type(model).__name__}; set `model.init_args.gan_channels` "
+        "(and `gan_feature_path`)."
+    )
+
+
+def _teacher_null_label(teacher: nn.Module) -> int | None:
+    if isinstance(teacher, (AnalyticTeacher, MLPDenoiser)) and teacher.num_classes:
+        return int(teacher.num_classes)
+    if isinstance(teacher, UNet2DModel) and teacher.config.num_class_embeds:
+        return int(teacher.config.num_class_embeds) - 1
+    return None
+
+
+def _teacher_sample_shape(teacher: nn.Module) -> tuple[int, ...] | None:
+    if isinstance(teacher, AnalyticTeacher):
+        return (teacher.gmm.dim,)
+    if isinstance(teacher, MLPDenoiser):
+        return (teacher.dim,)
+    if isinstance(teacher, (UNet2DModel, UNet2DConditionModel)):
+        size = teacher.config.sample_size
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        return (int(teacher.config.in_channels), *size)
+    return None

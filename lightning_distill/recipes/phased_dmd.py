@@ -1,0 +1,552 @@
+"""Phased DMD: few-step distribution matching by SNR phases (Fan et al., arXiv 2510.27684).
+
+"Phased DMD: Few-step Distribution Matching Distillation via Score Matching within
+Subintervals". No official code; written from the paper. The timestep range is split at
+``T = t_0 > t_1 > ... > t_K = 0``; the few-step generator is a mixture of experts, expert ``k``
+mapping ``x_{t_k}`` to ``x_{t_{k+1}}`` (one step each, the last one to ``x_0``). Phases train
+one expert after the other:
+
+1. Backward simulation: noise -> experts ``0..k-1`` (frozen, no grad) -> ``x_{t_k}``; expert ``k``
+   predicts x̂₀ and a DDIM/Euler step gives its sample ``x_s``, ``s = t_{k+1}``.
+2. Noise it *within the subinterval*: ``t ~ U(s, T]``, ``x_t = a x_s + b ε`` with ``a = α_t/α_s``
+   and ``b² = σ_t² - a² σ_s²`` (the forward process restarted at ``s``).
+3. Fake-score step (5 of every 6 iterations): regress the fake score on the *unbiased subinterval
+   target* (:func:`subinterval_target`; its denoising target is ``x_s``, not ``x_0``) with the
+   weight ``1 / min(σ_t²/b², clamp)``.
+4. Generator step: ``g = (a/σ_t)(ε_real - ε_fake) = a (s_fake - s_real)`` (the exact KL gradient
+   w.r.t. ``x_s``) through the pseudo-target loss ``½‖x_s - sg(x_s - g)‖²``.
+5. At each phase boundary (``ProgressiveSchedule`` stages call :meth:`PhasedDMD.on_stage_change`)
+   the fake score is re-initialised from the teacher and its optimizer state cleared.
+
+Total loss: ``fake`` on fake-score iterations, ``dm`` on generator iterations (never summed).
+The last phase (``s = 0``) is plain DMD: the target and weight reduce to the standard ones.
+
+=================================== =============================== ===================
+paper                               config key (model.init_args.*)  default
+=================================== =============================== ===================
+phase boundaries t_k / T            ``phase_boundaries``            (1.0, 0.5, 0.0)
+iterations at which phases advance  ``phase_steps``                 None (set ``phase``)
+fake updates per generator update   ``fake_updates_per_generator``  5
+t for phase k: (t_k, T] or own      ``timestep_range``              "to_noise"
+subinterval target (ablation)       ``subinterval_target``          "unbiased"
+clamp of the fake-loss weight       ``fake_loss_clamp``             10.0
+DMD2 normaliser instead of KL w     ``normalise_gradient``          False
+generator / fake-score lr           ``generator_lr`` / ``fake_lr``  5e-5 / 4e-7
+expert / fake-score initialisation  ``expert_init`` / ``fake_reset`` "teacher" / "teacher"
+=================================== =============================== ===================
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from torch import Tensor, nn
+
+from lightning_distill.callbacks.progressive_schedule import ProgressiveSchedule
+from lightning_distill.diffusion import FakeScore, NoiseSchedule, guided_output, model_output, sample
+from lightning_distill.diffusion.gmm import GaussianMixture
+from lightning_distill.diffusion.metrics import mode_coverage, rbf_mmd2, sliced_wasserstein
+from lightning_distill.losses.distribution_matching import denoising_loss, dmd_gradient, pseudo_target_loss
+from lightning_distill.module import DistillationModule
+
+__all__ = [
+    "PhasedDMD",
+    "PhasedGenerator",
+    "subinterval_coefficients",
+    "subinterval_noise",
+    "subinterval_target",
+]
+
+
+def subinterval_coefficients(
+    alpha_s: Tensor, sigma_s: Tensor, alpha_t: Tensor, sigma_t: Tensor
+) -> tuple[Tensor, Tensor]:
+    """``(α_{t|s}, σ_{t|s})`` of the forward process restarted at ``s < t``: ``x_t = α_{t|s} x_s + σ_{t|s} ε``.
+
+    ``α_{t|s} = α_t / α_s`` and ``σ_{t|s}² = σ_t² - α_{t|s}² σ_s²``, so that ``x_t`` has the marginal
+    of the full process whenever ``x_s`` does. Inputs are scalars or ``(B,)``; float32 out.
+
+    Example:
+        >>> a, b = subinterval_coefficients(*map(torch.tensor, (0.8, 0.6, 0.6, 0.8)))
+        >>> round(a.item(), 4), round(b.item(), 4)  # 0.75 and sqrt(0.64 - 0.5625 * 0.36)
+        (0.75, 0.6614)
+    """
+    alpha_ts = alpha_t.float() / alpha_s.float()
+    sigma_ts = (sigma_t.float() ** 2 - alpha_ts**2 * sigma_s.float() ** 2).clamp_min(1e-12).sqrt()
+    return alpha_ts, sigma_ts
+
+
+def subinterval_noise(
+    x_s: Tensor, noise: Tensor, alpha_s: Tensor, sigma_s: Tensor, alpha_t: Tensor, sigma_t: Tensor
+) -> Tensor:
+    """``x_t = α_{t|s} x_s + σ_{t|s} ε`` for samples ``x_s`` ``(B, ...)`` at time ``s`` (float32)."""
+    a, b = (_per_sample(c, x_s) for c in subinterval_coefficients(alpha_s, sigma_s, alpha_t, sigma_t))
+    return a * x_s.float() + b * noise.float()
+
+
+def subinterval_target(
+    x_s: Tensor, noise: Tensor, alpha_s: Tensor, sigma_s: Tensor, alpha_t: Tensor, sigma_t: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The unbiased ``(x̂₀, ε̂)`` regression pair for ``x_t = subinterval_noise(x_s, noise, ...)``.
+
+    A model of the *full* process predicting ``(x̂₀, ε̂)`` at ``x_t`` has the score
+    ``-ε̂/σ_t``. The score of the subinterval marginal is ``E[-(x_t - α_{t|s} x_s)/σ_{t|s}² | x_t]``,
+    so the unbiased targets are ``ε* = (σ_t/σ_{t|s}) ε`` and ``x₀* = (x_t - σ_t ε*)/α_t``
+    ``= x_s/α_s - α_t σ_s²/(α_s² σ_{t|s}) ε`` (affine in ``x_s``: the denoising target is ``x_s``).
+    Feed them to ``NoiseSchedule.target(x0, eps, t)`` for any parameterisation; for flow this is
+    the paper's Eq. 13. At ``(α_s, σ_s) = (1, 0)`` they are ``(x_s, ε)``: plain denoising.
+
+    Returns:
+        ``(x0_target, eps_target)``, float32, shape of ``x_s``.
+    """
+    a_ts, s_ts = (_per_sample(c, x_s) for c in subinterval_coefficients(alpha_s, sigma_s, alpha_t, sigma_t))
+    a_s, s_s, a_t, s_t = (_per_sample(c.float(), x_s) for c in (alpha_s, sigma_s, alpha_t, sigma_t))
+    eps_target = (s_t / s_ts) * noise.float()
+    x0_target = x_s.float() / a_s - (a_t * s_s**2 / (a_s**2 * s_ts)) * noise.float()
+    return x0_target, eps_target
+
+
+class PhasedGenerator(nn.Module):
+    """A few-step mixture-of-experts generator: expert ``k`` steps from ``timesteps[k]`` to ``timesteps[k+1]``.
+
+    Each expert is a denoiser (diffusers call convention) predicting ``schedule.prediction_type``;
+    a step is deterministic DDIM (Euler for flow): ``x_next = α_next x̂₀ + σ_next ε̂``, and the
+    last expert returns x̂₀. Called as ``generator(x_t, t)`` it routes each sample to the expert
+    whose phase ``(t_{k+1}, t_k]`` holds ``t`` (for export and diffusers-style use).
+
+    Args:
+        experts: ``K`` modules.
+        schedule: the noise schedule.
+        timesteps: the ``K`` decreasing timesteps the experts receive (``t_0 .. t_{K-1}``).
+    """
+
+    def __init__(
+        self, experts: Sequence[nn.Module], schedule: NoiseSchedule, timesteps: Sequence[int | float]
+    ) -> None:
+        super().__init__()
+        if len(experts) != len(timesteps) or not experts:
+            raise ValueError(
+                f"Need one expert per timestep, got {len(experts)} experts and timesteps {list(timesteps)}."
+            )
+        self.experts = nn.ModuleList(experts)
+        self.schedule = schedule
+        self.timesteps = list(timesteps)
+
+    def step(self, k: int, x: Tensor, cond: Any = None) -> Tensor:
+        """Expert ``k`` on ``x`` ``(B, ...)`` at ``timesteps[k]``: the sample at ``timesteps[k+1]`` (x̂₀ for the last)."""
+        t = torch.full((x.shape[0],), self.timesteps[k], device=x.device)
+        t = t.long() if isinstance(self.timesteps[k], int) else t
+        out = model_output(self.experts[k], x, t, cond)
+        x0 = self.schedule.to_x0(out, x, t)
+        if k + 1 == len(self.experts):
+            return x0
+        alpha, sigma = self.schedule.alpha_sigma(torch.tensor(self.timesteps[k + 1], device=x.device))
+        return alpha * x0 + sigma * self.schedule.to_eps(out, x, t)
+
+    def generate(
+        self, noise: Tensor, cond: Any = None, *, last: int | None = None, grad: bool = False
+    ) -> Tensor:
+        """Run experts ``0..last`` from ``noise`` (all by default); only expert ``last`` may keep grad."""
+        last = len(self.experts) - 1 if last is None else last
+        x = noise
+        with torch.no_grad():
+            for k in range(last):
+                x = self.step(k, x, cond).to(noise.dtype)
+        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            return self.step(last, x, cond)
+
+    def forward(self, sample: Tensor, timestep: Tensor | int | float, *args: Any, **kwargs: Any) -> Tensor:
+        t = torch.as_tensor(timestep, device=sample.device).expand(sample.shape[0])
+        bounds = torch.tensor(self.timesteps[1:], device=sample.device, dtype=torch.float32)
+        owner = (bounds[None, :] >= t.float()[:, None]).sum(1)  # (B,): the phase of each sample
+        out = torch.empty_like(sample)
+        for k in owner.unique().tolist():
+            rows = owner == k
+            cut = [a[rows] if isinstance(a, Tensor) and a.shape[:1] == sample.shape[:1] else a for a in args]
+            out[rows] = model_output(self.experts[k], sample[rows], t[rows], *cut[:1], **kwargs).to(out.dtype)
+        return out
+
+
+class PhasedDMD(DistillationModule):
+    """Phased DMD (see the module docstring); the student is the template of every expert.
+
+    Args:
+        student: the expert architecture (diffusers call convention); copied once per phase.
+        teacher: the frozen real score, predicting ``schedule.prediction_type``.
+        schedule: the noise schedule of teacher, experts and fake score.
+        fake_score: the fake-score network; ``None`` copies the teacher.
+        phase_boundaries: ``t_k / T`` from 1.0 down to 0.0, strictly decreasing (``K`` phases).
+        phase_steps: the ``K - 1`` training iterations at which the phase advances; the recipe
+            then adds a ``ProgressiveSchedule`` for ``phase``. ``None``: drive ``phase`` yourself.
+        fake_updates_per_generator: fake-score iterations per generator iteration (each iteration
+            takes exactly one optimizer step, so ``global_step`` counts iterations).
+        subinterval_target: ``"unbiased"`` (the paper) or ``"biased"`` (``x_s`` treated as clean data).
+        timestep_range: ``"to_noise"``: ``t ~ U(t_{k+1}, T]`` (the paper); ``"phase"``: ``U(t_{k+1}, t_k]``.
+        timestep_limits: fractions of ``T`` that bound every draw of ``t`` (DMD2's 0.02 and 0.98).
+        fake_loss_clamp: the cap ``c`` of the fake-loss weight ``1 / min(σ_t²/σ_{t|s}², c)``.
+        normalise_gradient: divide the gradient by ``mean|x_s - x̂_s^real|`` (DMD2's normaliser
+            moved to ``s``) instead of the exact KL weight.
+        expert_init: ``"teacher"`` (copy the teacher's weights), ``"student"`` (copies of
+            ``student``), ``"previous"`` (expert ``k`` starts from expert ``k-1`` at its phase).
+        fake_reset: at a phase change, reload the fake score from ``"teacher"`` or from its
+            ``"initial"`` weights (for parameter-free teachers such as ``AnalyticTeacher``).
+        generator_lr, fake_lr: learning rates of the two optimizers.
+        conditional: pass ``batch[1]`` as the condition to every network.
+        guidance_scale: CFG scale of the teacher (real score) only.
+        null_label: the null condition for CFG (an int label; ``None``: zeros like the condition).
+        clip_grad_norm: gradient clipping of both updates (``None``: off).
+        seed: seed of the training noise (``None``: ``torch.initial_seed()`` at setup).
+        optimizer: ``params -> Optimizer``, used for both optimizers with their own lr.
+        loss_weights: weights of ``dm`` and ``fake``.
+
+    Raises:
+        ValueError: for invalid arguments; the message names the config key.
+    """
+
+    loss_terms = ("dm", "fake")
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        schedule: NoiseSchedule,
+        fake_score: nn.Module | None = None,
+        phase_boundaries: Sequence[float] = (1.0, 0.5, 0.0),
+        phase_steps: Sequence[int] | None = None,
+        fake_updates_per_generator: int = 5,
+        subinterval_target: Literal["unbiased", "biased"] = "unbiased",
+        timestep_range: Literal["to_noise", "phase"] = "to_noise",
+        timestep_limits: tuple[float, float] = (0.02, 0.98),
+        fake_loss_clamp: float = 10.0,
+        normalise_gradient: bool = False,
+        expert_init: Literal["teacher", "student", "previous"] = "teacher",
+        fake_reset: Literal["teacher", "initial"] = "teacher",
+        generator_lr: float = 5e-5,
+        fake_lr: float = 4e-7,
+        conditional: bool = False,
+        guidance_scale: float = 1.0,
+        null_label: int | None = None,
+        clip_grad_norm: float | None = None,
+        seed: int | None = None,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        loss_weights: dict[str, float] | None = None,
+    ) -> None:
+        super().__init__(student=student, teacher=teacher, loss_weights=loss_weights, optimizer=optimizer)
+        self.automatic_optimization = False
+        if not isinstance(schedule, NoiseSchedule):
+            raise TypeError(
+                f"`schedule` must be a NoiseSchedule, got {type(schedule).__name__}; set `model.init_args.schedule`."
+            )
+        bounds = [float(b) for b in phase_boundaries]
+        if (
+            len(bounds) < 2
+            or bounds[0] != 1.0
+            or bounds[-1] != 0.0
+            or any(a <= b for a, b in zip(bounds, bounds[1:]))
+        ):
+            raise ValueError(
+                f"`phase_boundaries` must decrease strictly from 1.0 to 0.0, got {list(phase_boundaries)}; set `model.init_args.phase_boundaries`."
+            )
+        self.num_phases = len(bounds) - 1
+        if phase_steps is not None and (
+            len(phase_steps) != self.num_phases - 1
+            or any(not isinstance(s, int) or s < 1 for s in phase_steps)
+            or list(phase_steps) != sorted(set(phase_steps))
+        ):
+            raise ValueError(
+                f"`phase_steps` must be {self.num_phases - 1} increasing positive ints, got {phase_steps!r}; set `model.init_args.phase_steps`."
+            )
+        choices = {
+            "subinterval_target": (subinterval_target, ("unbiased", "biased")),
+            "timestep_range": (timestep_range, ("to_noise", "phase")),
+            "expert_init": (expert_init, ("teacher", "student", "previous")),
+            "fake_reset": (fake_reset, ("teacher", "initial")),
+        }
+        for key, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ValueError(
+                    f"`{key}` must be one of {allowed}, got {value!r}; set `model.init_args.{key}`."
+                )
+        if (
+            isinstance(fake_updates_per_generator, bool)
+            or not isinstance(fake_updates_per_generator, int)
+            or fake_updates_per_generator < 0
+        ):
+            raise ValueError(
+                f"`fake_updates_per_generator` must be an int >= 0, got {fake_updates_per_generator!r}."
+            )
+        if not 0.0 <= timestep_limits[0] < timestep_limits[1] <= 1.0 or not fake_loss_clamp >= 1.0:
+            raise ValueError(
+                f"Need 0 <= timestep_limits[0] < timestep_limits[1] <= 1 and fake_loss_clamp >= 1, got {timestep_limits} and {fake_loss_clamp}."
+            )
+        self.save_hyperparameters(ignore=["student", "teacher", "fake_score", "schedule", "optimizer"])
+        self.schedule = schedule
+        self.phase_boundaries, self.phase_steps = bounds, None if phase_steps is None else list(phase_steps)
+        self.fake_updates_per_generator, self.subinterval_target = (
+            fake_updates_per_generator,
+            subinterval_target,
+        )
+        self.timestep_range, self.timestep_limits, self.fake_loss_clamp = (
+            timestep_range,
+            tuple(timestep_limits),
+            float(fake_loss_clamp),
+        )
+        self.normalise_gradient, self.expert_init, self.fake_reset = (
+            normalise_gradient,
+            expert_init,
+            fake_reset,
+        )
+        self.generator_lr, self.fake_lr, self.clip_grad_norm = generator_lr, fake_lr, clip_grad_norm
+        self.conditional, self.guidance_scale, self.null_label = conditional, guidance_scale, null_label
+        self.phase, self.seed, self._iteration = 0, seed, 0
+        self.timesteps = [self._to_timestep(b) for b in bounds]
+        for k in range(self.num_phases):
+            self._timestep_bounds(k)  # raises for an empty range
+        if fake_score is None and not any(True for _ in teacher.parameters()):
+            raise ValueError(
+                "The teacher has no parameters to copy into a fake score; set `model.init_args.fake_score`."
+            )
+        fake = fake_score if fake_score is not None else FakeScore.copy_of(teacher, schedule)
+        self.fake_score = (
+            fake if isinstance(fake, FakeScore) else FakeScore(fake.requires_grad_(True).train(), schedule)
+        )
+        if fake_reset == "initial":
+            self.register_frozen("fake_initial", copy.deepcopy(self.fake_score.model))
+        elif not self.fake_score.is_lora:
+            _check_loadable(self.fake_score.model, teacher, "fake_reset")
+        experts = [copy.deepcopy(student) for _ in range(self.num_phases)]
+        for expert in experts:
+            if expert_init == "teacher":
+                _check_loadable(expert, teacher, "expert_init")
+                expert.load_state_dict(teacher.state_dict())
+            expert.requires_grad_(True).train()
+        self.student = PhasedGenerator(experts, schedule, self.timesteps[:-1])
+
+    # ------------------------------------------------------------------ the paper's equations
+    def fake_score_loss(self, x_s: Tensor, phase: int, cond: Any, gen: torch.Generator) -> Tensor:
+        """Subinterval score matching: ``w ‖F(x_t, t) - target(x_s, ε)‖²`` with ``w = 1/min(σ_t²/σ_{t|s}², c)``."""
+        t, (a_s, s_s), (a_t, s_t), noise = self._draw(x_s, phase, gen)
+        x_t = subinterval_noise(x_s.detach(), noise, a_s, s_s, a_t, s_t).to(x_s.dtype)
+        x0_target, eps_target = subinterval_target(x_s.detach(), noise, a_s, s_s, a_t, s_t)
+        target = self.schedule.target(x0_target, eps_target, t)
+        sigma_ts = subinterval_coefficients(a_s, s_s, a_t, s_t)[1]
+        weight = 1.0 / torch.clamp(s_t.float() ** 2 / sigma_ts**2, max=self.fake_loss_clamp)
+        return denoising_loss(model_output(self.fake_score, x_t, t, cond), target, weighting=weight)
+
+    def distribution_matching_loss(self, x_s: Tensor, phase: int, cond: Any, gen: torch.Generator) -> Tensor:
+        """``½‖x_s - sg(x_s - g)‖²`` with ``g = (α_{t|s}/σ_t)(ε_real - ε_fake)``, or DMD2-normalised at ``s``."""
+        t, (a_s, s_s), (a_t, s_t), noise = self._draw(x_s, phase, gen)
+        x_t = subinterval_noise(x_s.detach(), noise, a_s, s_s, a_t, s_t).to(x_s.dtype)
+        with torch.no_grad():
+            eps_real = self.schedule.to_eps(self._real_output(x_t, t, cond), x_t, t)
+            eps_fake = self.schedule.to_eps(model_output(self.fake_score, x_t, t, cond), x_t, t)
+        a_ts, s_ts = (_per_sample(c, x_s) for c in subinterval_coefficients(a_s, s_s, a_t, s_t))
+        s_t = _per_sample(s_t, x_s)
+        if self.normalise_gradient:  # x̂_s = E[x_s | x_t] under each score, compared as DMD2 compares x̂₀
+            x_s_real, x_s_fake = ((x_t.float() - s_ts**2 / s_t * e) / a_ts for e in (eps_real, eps_fake))
+            grad = dmd_gradient(x_s_fake, x_s_real, x_s)
+        else:
+            grad = a_ts / s_t * (eps_real - eps_fake)
+        return pseudo_target_loss(x_s, grad)
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        opt_generator, opt_fake = self.optimizers()
+        phase = self._check_phase()
+        x, cond = self._unpack(batch)
+        gen = self._iteration_generator(x.device)
+        # 1. Backward simulation to x_{t_phase}, then expert `phase` (with grad on generator steps only).
+        noise = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+        generator_step = self._is_generator_step(self._iteration)
+        x_s = self.student.generate(noise, cond, last=phase, grad=generator_step)
+        # 2-4. One update: the fake score on subinterval targets, or the generator on the DM gradient.
+        if generator_step:
+            terms, optimizer = {"dm": self.distribution_matching_loss(x_s, phase, cond, gen)}, opt_generator
+        else:
+            terms, optimizer = {"fake": self.fake_score_loss(x_s.detach(), phase, cond, gen)}, opt_fake
+        self.manual_update(self.log_losses(terms)["loss"], optimizer, clip_grad_norm=self.clip_grad_norm)
+        self._iteration += 1
+
+    def on_stage_change(self, name: str, old: Any, new: Any) -> None:
+        """5. A new phase: reset the fake score (and its optimizer state); ``"previous"`` experts start from the last one."""
+        if name != "phase":
+            return
+        with torch.no_grad():
+            if self.fake_reset == "teacher":
+                self.fake_score.reset_from(self.teacher)
+            else:
+                self.fake_score.model.load_state_dict(self.fake_initial.state_dict())
+            if self.expert_init == "previous":
+                for k in range(int(old) + 1, int(new) + 1):
+                    self.student.experts[k].load_state_dict(self.student.experts[k - 1].state_dict())
+        if self._trainer is not None and len(self.trainer.optimizers) == 2:
+            self.trainer.optimizers[1].state.clear()
+
+    def configure_optimizers(self) -> Any:
+        generator = self.optimizer([{"params": list(self.student.parameters()), "lr": self.generator_lr}])
+        fake = self.optimizer([{"params": self.fake_score.trainable_parameters(), "lr": self.fake_lr}])
+        return generator, fake
+
+    def configure_callbacks(self) -> list:
+        if self.phase_steps is None:
+            return []
+        stages = {"kind": "stages", "boundaries": self.phase_steps, "values": list(range(self.num_phases))}
+        return [ProgressiveSchedule({"phase": stages})]
+
+    # ------------------------------------------------------------------ sampling and evaluation
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator, cond: Any = None) -> Tensor:
+        """``n`` samples of the full K-step generator from noise drawn with ``generator``."""
+        shape = getattr(self, "_sample_shape", None) or self._mixture_shape()
+        noise = torch.randn((n, *shape), generator=generator, device=generator.device).to(self.device)
+        return self.student.generate(noise, cond)
+
+    @property
+    def reference_mixture(self) -> GaussianMixture | None:
+        """The data mixture when known: the analytic teacher's, else the datamodule's."""
+        gmm = getattr(self.teacher, "gmm", None)
+        if gmm is None and self._trainer is not None:
+            gmm = getattr(getattr(self.trainer, "datamodule", None), "mixture", None)
+        return gmm if isinstance(gmm, GaussianMixture) else None
+
+    def _evaluation_step(self, batch: Any, stage: str) -> None:
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        self._sample_shape = tuple(x.shape[1:])
+        gmm = self.reference_mixture
+        if gmm is None or x.ndim != 2:
+            return
+        n, gen = x.shape[0], torch.Generator(device=self.device).manual_seed(0)
+        metrics = {"": self.sample(n, gen)}
+        if self._teacher_metrics_pending.get(stage, False) and not self.trainer.sanity_checking:
+            noise = torch.randn(x.shape, generator=gen, device=self.device)
+            metrics["teacher_"] = sample(self.teacher, self.schedule, noise, num_steps=50)
+            metrics["floor_"] = gmm.sample(n, torch.Generator().manual_seed(1)).to(x)
+        for prefix, points in metrics.items():
+            values = {
+                "swd": sliced_wasserstein(points, x),
+                "mmd": rbf_mmd2(points, x),
+                "mode_coverage": mode_coverage(points, gmm),
+            }
+            self.log_dict(
+                {f"{stage}/{prefix}{k}": v.float() for k, v in values.items()}, on_epoch=True, batch_size=n
+            )
+
+    # ------------------------------------------------------------------ checkpoints
+    def setup(self, stage: str) -> None:
+        if self.seed is None:
+            self.seed = int(torch.initial_seed())
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["phased_dmd"] = {"iteration": self._iteration, "seed": self.seed, "phase": self.phase}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint.get("phased_dmd", {})
+        self._iteration, self.seed, self.phase = (
+            state.get("iteration", 0),
+            state.get("seed", self.seed),
+            state.get("phase", 0),
+        )
+
+    # ------------------------------------------------------------------ helpers
+    def _is_generator_step(self, iteration: int) -> bool:
+        return self.is_update_step(
+            iteration, self.fake_updates_per_generator + 1, offset=self.fake_updates_per_generator
+        )
+
+    def _check_phase(self) -> int:
+        if (
+            isinstance(self.phase, bool)
+            or not isinstance(self.phase, int)
+            or not 0 <= self.phase < self.num_phases
+        ):
+            raise ValueError(
+                f"`phase` must be an int in [0, {self.num_phases}), got {self.phase!r}; check `model.init_args.phase_steps` or the schedule that sets `phase`."
+            )
+        return self.phase
+
+    def _to_timestep(self, fraction: float) -> int | float:
+        if fraction == 1.0:
+            return self.schedule.max_timestep
+        return (
+            int(fraction * self.schedule.num_train_timesteps)
+            if self.schedule.kind == "vp"
+            else fraction * self.schedule.num_train_timesteps
+        )
+
+    def _timestep_bounds(self, phase: int) -> tuple[float, float]:
+        T = self.schedule.num_train_timesteps
+        low = max(float(self.timesteps[phase + 1]), self.timestep_limits[0] * T)
+        high = min(
+            float(self.timesteps[0 if self.timestep_range == "to_noise" else phase]),
+            self.timestep_limits[1] * T,
+        )
+        if self.schedule.kind == "vp":
+            low, high = int(low), int(high)
+        if low >= high:
+            raise ValueError(
+                f"Phase {phase} leaves no timesteps in ({low}, {high}]; widen `model.init_args.timestep_limits` or move `phase_boundaries`."
+            )
+        return low, high
+
+    def _draw(
+        self, x_s: Tensor, phase: int, gen: torch.Generator
+    ) -> tuple[Tensor, tuple[Tensor, Tensor], tuple[Tensor, Tensor], Tensor]:
+        """``t ~ U(low, high]`` per sample, ``(α_s, σ_s)`` of the phase end (``(1, 0)`` when clean or biased), ``(α_t, σ_t)``, ε."""
+        low, high = self._timestep_bounds(phase)
+        n, device = x_s.shape[0], x_s.device
+        if self.schedule.kind == "vp":
+            t = torch.randint(int(low) + 1, int(high) + 1, (n,), generator=gen, device=device)
+        else:
+            t = low + (high - low) * (1.0 - torch.rand((n,), generator=gen, device=device))
+        noise = torch.randn(x_s.shape, generator=gen, device=device, dtype=x_s.dtype)
+        if phase + 1 == self.num_phases or self.subinterval_target == "biased":
+            end = (torch.ones((), device=device), torch.zeros((), device=device))
+        else:
+            end = self.schedule.alpha_sigma(torch.tensor(self.timesteps[phase + 1], device=device))
+        return t, end, self.schedule.alpha_sigma(t), noise
+
+    def _real_output(self, x_t: Tensor, t: Tensor, cond: Any) -> Tensor:
+        if cond is None or self.guidance_scale == 1.0:
+            return model_output(self.teacher, x_t, t, cond)
+        null = (
+            torch.full_like(cond, self.null_label) if self.null_label is not None else torch.zeros_like(cond)
+        )
+        return guided_output(self.teacher, x_t, t, cond, null, self.guidance_scale)
+
+    def _unpack(self, batch: Any) -> tuple[Tensor, Any]:
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        self._sample_shape = tuple(x.shape[1:])
+        return x, (batch[1] if self.conditional else None)
+
+    def _iteration_generator(self, device: torch.device) -> torch.Generator:
+        rank = self.global_rank if self._trainer is not None else 0
+        seed = np.random.SeedSequence([int(self.seed or 0), self._iteration, rank]).generate_state(1)[0]
+        return torch.Generator(device=device).manual_seed(int(seed))
+
+    def _mixture_shape(self) -> tuple[int, ...]:
+        gmm = self.reference_mixture
+        if gmm is None:
+            raise RuntimeError("The sample shape is unknown before the first batch; run a batch first.")
+        return (gmm.dim,)
+
+
+def _per_sample(coef: Tensor, like: Tensor) -> Tensor:
+    coef = torch.as_tensor(coef, device=like.device).float()
+    return coef.reshape(-1, *([1] * (like.ndim - 1))) if coef.ndim == 1 else coef
+
+
+def _check_loadable(module: nn.Module, teacher: nn.Module, key: str) -> None:
+    own, source = module.state_dict(), teacher.state_dict()
+    if set(own) != set(source) or any(own[k].shape != source[k].shape for k in own):
+        raise ValueError(
+            f"`{key}` needs a module with the teacher's architecture ({type(teacher).__name__}, "
+            f"{len(source)} tensors), got {type(module).__name__} ({len(own)} tensors); set "
+            f"`model.init_args.{key}` to {'student' if key == 'expert_init' else 'initial'}."
+        )
