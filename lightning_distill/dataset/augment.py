@@ -125,11 +125,15 @@ class SiameseAugment:
         rotate: float = 15.0,
     ) -> None:
         if not isinstance(strategy, str):
-            raise TypeError(f"`strategy` must be a string such as 'color_crop_cutout', got {type(strategy).__name__}.")
+            raise TypeError(
+                f"`strategy` must be a string such as 'color_crop_cutout', got {type(strategy).__name__}."
+            )
         ops = () if strategy.lower() in ("", "none") else tuple(strategy.split("_"))
         unknown = [op for op in ops if op not in DSA_OPS]
         if unknown:
-            raise ValueError(f"`strategy`={strategy!r} names unknown ops {unknown}; the ops are {list(DSA_OPS)}.")
+            raise ValueError(
+                f"`strategy`={strategy!r} names unknown ops {unknown}; the ops are {list(DSA_OPS)}."
+            )
         if mode not in ("single", "all"):
             raise ValueError(f"`mode` must be 'single' or 'all', got {mode!r}.")
         if scale < 1.0:
@@ -137,8 +141,12 @@ class SiameseAugment:
         for name, value in (("crop", crop), ("cutout", cutout), ("flip", flip)):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"`{name}` must be in [0, 1], got {value}.")
-        for name, value in (("brightness", brightness), ("saturation", saturation), ("contrast", contrast),
-                            ("rotate", rotate)):
+        for name, value in (
+            ("brightness", brightness),
+            ("saturation", saturation),
+            ("contrast", contrast),
+            ("rotate", rotate),
+        ):
             if value < 0:
                 raise ValueError(f"`{name}` must be >= 0, got {value}.")
         self.strategy = "_".join(ops) if ops else "none"

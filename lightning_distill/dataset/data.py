@@ -52,7 +52,9 @@ class ClassBalancedBatches(Dataset):
         self.pools = [torch.nonzero(labels == c).flatten() for c in range(num_classes)]
         empty = [c for c, pool in enumerate(self.pools) if pool.numel() == 0]
         if empty:
-            raise ValueError(f"Classes {empty} have no training image; class-balanced batches need every class.")
+            raise ValueError(
+                f"Classes {empty} have no training image; class-balanced batches need every class."
+            )
         self.num_classes, self.per_class, self.steps, self.seed = num_classes, per_class, steps, seed
         self.epoch = 0
 

@@ -210,7 +210,9 @@ def evaluate_synthetic(
             f"`images` must be (N, C, H, W) and `labels` (N,), got {tuple(images.shape)} and {tuple(labels.shape)}."
         )
     if soft_labels is not None and (soft_labels.ndim != 2 or soft_labels.shape[0] != images.shape[0]):
-        raise ValueError(f"`soft_labels` must be (N, K) with N={images.shape[0]}, got {tuple(soft_labels.shape)}.")
+        raise ValueError(
+            f"`soft_labels` must be (N, K) with N={images.shape[0]}, got {tuple(soft_labels.shape)}."
+        )
     seeds = tuple(int(s) for s in seeds)
     if not seeds:
         raise ValueError("`seeds` is empty: give at least one seed.")
@@ -277,13 +279,20 @@ def retrain_model(
             f"`images` must be (N, C, H, W) and `labels` (N,), got {tuple(images.shape)} and {tuple(labels.shape)}."
         )
     if soft_labels is not None and (soft_labels.ndim != 2 or soft_labels.shape[0] != images.shape[0]):
-        raise ValueError(f"`soft_labels` must be (N, K) with N={images.shape[0]}, got {tuple(soft_labels.shape)}.")
+        raise ValueError(
+            f"`soft_labels` must be (N, K) with N={images.shape[0]}, got {tuple(soft_labels.shape)}."
+        )
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be >= 1, got {batch_size}.")
     tensors = [images.detach().cpu().float().clone(), labels.detach().cpu().long().clone()]
     if soft_labels is not None:
         tensors.append(soft_labels.detach().cpu().float().clone())
-    with torch.inference_mode(False), torch.enable_grad(), torch.random.fork_rng(devices=[]), _quiet_lightning():
+    with (
+        torch.inference_mode(False),
+        torch.enable_grad(),
+        torch.random.fork_rng(devices=[]),
+        _quiet_lightning(),
+    ):
         torch.manual_seed(seed)
         model = model_fn()
         module = RetrainClassifier(
@@ -520,7 +529,9 @@ def _as_augment(augment: str | SiameseAugment | None, *, siamese: bool) -> Siame
         return augment
     if isinstance(augment, str):
         return None if augment.lower() in ("", "none") else SiameseAugment(augment, siamese=siamese)
-    raise TypeError(f"`augment` must be a strategy string, a SiameseAugment or None, got {type(augment).__name__}.")
+    raise TypeError(
+        f"`augment` must be a strategy string, a SiameseAugment or None, got {type(augment).__name__}."
+    )
 
 
 def _trainer(epochs: int, accelerator: str, devices: int | list[int]) -> L.Trainer:
@@ -541,7 +552,11 @@ def _trainer(epochs: int, accelerator: str, devices: int | list[int]) -> L.Train
 @contextlib.contextmanager
 def _quiet_lightning() -> Iterator[None]:
     """Silence Lightning's per-Trainer notices (device summary, tips, worker hints) while retraining."""
-    names = ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda", "lightning.fabric")
+    names = (
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.pytorch.accelerators.cuda",
+        "lightning.fabric",
+    )
     loggers = [logging.getLogger(name) for name in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:

@@ -93,7 +93,11 @@ def attention_map(features: Tensor, power: float = 4.0) -> Tensor:
 
 
 def attention_matching_loss(
-    real_features: Sequence[Tensor], synthetic_features: Sequence[Tensor], num_classes: int, *, power: float = 4.0
+    real_features: Sequence[Tensor],
+    synthetic_features: Sequence[Tensor],
+    num_classes: int,
+    *,
+    power: float = 4.0,
 ) -> Tensor:
     r"""DataDAM's spatial attention matching, summed over layers.
 

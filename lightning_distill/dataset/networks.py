@@ -213,7 +213,9 @@ class ConvNet(nn.Module):
         """
         expected = (self.spec.in_channels, *self.spec.image_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(f"ConvNet expects images (B, {', '.join(map(str, expected))}), got {tuple(x.shape)}.")
+            raise ValueError(
+                f"ConvNet expects images (B, {', '.join(map(str, expected))}), got {tuple(x.shape)}."
+            )
         return self.features(x).flatten(1)
 
     def forward(self, x: Tensor) -> Tensor:

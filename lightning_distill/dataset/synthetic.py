@@ -73,14 +73,18 @@ class EvalSpec:
     temperature: float = 1.0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.architecture, dict) or not isinstance(self.architecture.get("class_path"), str):
+        if not isinstance(self.architecture, dict) or not isinstance(
+            self.architecture.get("class_path"), str
+        ):
             raise ValueError(
                 f"`architecture` must be a dict with a 'class_path' (and optional 'init_args'), got "
                 f"{self.architecture!r}."
             )
         unknown = sorted(set(self.architecture) - {"class_path", "init_args"})
         if unknown:
-            raise ValueError(f"`architecture` has unknown keys {unknown}; allowed: 'class_path', 'init_args'.")
+            raise ValueError(
+                f"`architecture` has unknown keys {unknown}; allowed: 'class_path', 'init_args'."
+            )
         for name in ("lr", "temperature"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"`{name}` must be > 0, got {getattr(self, name)!r}.")
@@ -110,7 +114,9 @@ class EvalSpec:
         module_name, _, cls_name = self.architecture["class_path"].rpartition(".")
         cls = getattr(importlib.import_module(module_name), cls_name, None)
         if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-            raise TypeError(f"`architecture.class_path` {self.architecture['class_path']!r} is not an nn.Module class.")
+            raise TypeError(
+                f"`architecture.class_path` {self.architecture['class_path']!r} is not an nn.Module class."
+            )
         return cls(**self.architecture.get("init_args", {}))
 
     def to_dict(self) -> dict[str, Any]:
@@ -311,7 +317,10 @@ class SyntheticSet(nn.Module):
             meta_json = json.dumps(meta)
         except TypeError as err:
             raise TypeError(f"`metadata` must be JSON-serialisable: {err}") from None
-        tensors = {"images": self.images.detach().cpu().contiguous(), "labels": self.labels.cpu().contiguous()}
+        tensors = {
+            "images": self.images.detach().cpu().contiguous(),
+            "labels": self.labels.cpu().contiguous(),
+        }
         if self.soft_labels is not None:
             tensors["soft_labels"] = self.soft_labels.detach().cpu().contiguous()
         if self.log_lr is not None:
@@ -397,8 +406,12 @@ class SyntheticSet(nn.Module):
 
         spec = EvalSpec.from_dict({**self.eval_spec.to_dict(), **overrides})
         if spec.label_type == "soft" and self.soft_labels is None:
-            raise ValueError("`label_type='soft'` needs soft labels; this set has none (learn_soft_labels=False).")
+            raise ValueError(
+                "`label_type='soft'` needs soft labels; this set has none (learn_soft_labels=False)."
+            )
         if self.lr is not None and "lr" not in overrides:
             spec.lr = float(self.lr.detach())
         soft = self.soft_labels.detach() if spec.label_type == "soft" else None
-        return evaluate_spec(self.images.detach(), self.labels, datamodule, spec, seeds=seeds, soft_labels=soft)
+        return evaluate_spec(
+            self.images.detach(), self.labels, datamodule, spec, seeds=seeds, soft_labels=soft
+        )

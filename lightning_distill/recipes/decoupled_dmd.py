@@ -485,7 +485,7 @@ class DecoupledDMD(DistillationModule):
     def _evaluate_stage(self, batch: Any, batch_idx: int, stage: str) -> None:
         self._eval_seed = self.noise_seed + 7919 * (batch_idx + 1)
         first = self._teacher_metrics_pending.get(stage, False) and not self.trainer.sanity_checking
-        getattr(super(), f"{stage}_step")(batch, batch_idx)
+        self._evaluation_step(batch, stage)
         gmm = self.reference_mixture
         if first and gmm is not None:  # the noise floor: a second data sample with the same labels
             x, labels = batch[0], batch[1] if self.num_classes is not None else None

@@ -113,7 +113,7 @@ class DMD2(DistillationModule):
         null_label: the unconditional class label for CFG (default: the teacher's ``num_classes``).
         max_grad_norm: gradient-norm clipping of both networks; ``None`` disables it.
         sample_shape: shape of one sample, e.g. ``(4, 64, 64)``; default from the data or teacher.
-        seed: seed of the training noise (per iteration and rank); ``None`` is ``torch.initial_seed()``.
+        noise_seed: seed of the training noise (per iteration and rank); ``None`` is ``torch.initial_seed()``.
         eval_teacher_steps: DDIM/Euler steps of the teacher's validation samples (bench only).
         optimizer: optimizer of the generator, and of the fake score unless ``fake_score_optimizer``.
         fake_score_optimizer: optimizer of the fake score and discriminator head.
@@ -152,7 +152,7 @@ class DMD2(DistillationModule):
         null_label: int | None = None,
         max_grad_norm: float | None = 10.0,
         sample_shape: Sequence[int] | None = None,
-        seed: int | None = None,
+        noise_seed: int | None = None,
         eval_teacher_steps: int = 50,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         fake_score_optimizer: OptimizerCallable | None = None,
@@ -266,7 +266,7 @@ class DMD2(DistillationModule):
         self.null_label = null_label
         self.max_grad_norm = max_grad_norm
         self.sample_shape = tuple(sample_shape) if sample_shape is not None else None
-        self.seed = int(torch.initial_seed() if seed is None else seed) % 2**63
+        self.noise_seed = int(torch.initial_seed() if noise_seed is None else noise_seed) % 2**63
         self.eval_teacher_steps = eval_teacher_steps
         self.fake_score_optimizer = fake_score_optimizer
         self.iteration = 0  # persistent: the update ratio and the training noise depend on it
@@ -388,9 +388,25 @@ class DMD2(DistillationModule):
         fake_cond: Cond,
         generator: torch.Generator | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """L_D = mean softplus(−D(real)) + mean softplus(D(sg(fake))); also returns both logits ``(B,)``."""
-        real_logits = self.discriminator_logits(real.detach(), real_cond, generator)
-        fake_logits = self.discriminator_logits(fake.detach(), fake_cond, generator)
+        """L_D = mean softplus(−D(real)) + mean softplus(D(sg(fake))); also returns both logits ``(B,)``.
+
+        Real and fake go through the fake score in one batch when their conditions can be
+        concatenated (``None`` or tensors), each sample with its own noise level, as two calls would.
+        """
+        real, fake = real.detach(), fake.detach().to(real.dtype)
+        if (
+            real_cond is None
+            and fake_cond is None
+            or isinstance(real_cond, Tensor)
+            and isinstance(fake_cond, Tensor)
+        ):
+            cond = None if real_cond is None else torch.cat([real_cond, fake_cond])
+            real_logits, fake_logits = self.discriminator_logits(
+                torch.cat([real, fake]), cond, generator
+            ).split([real.shape[0], fake.shape[0]])
+        else:
+            real_logits = self.discriminator_logits(real, real_cond, generator)
+            fake_logits = self.discriminator_logits(fake, fake_cond, generator)
         return gan_discriminator_loss(real_logits, fake_logits), real_logits, fake_logits
 
     # ------------------------------------------------------------------ training
@@ -550,7 +566,7 @@ class DMD2(DistillationModule):
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
         real, cond = self.split_batch(batch)
         self._record_shape(real)
-        generator = torch.Generator(device=self.device).manual_seed(self.seed + batch_idx)
+        generator = torch.Generator(device=self.device).manual_seed(self.noise_seed + batch_idx)
         return self.sample(real.shape[0], generator, cond)
 
     # ------------------------------------------------------------------ checkpoints
@@ -558,7 +574,7 @@ class DMD2(DistillationModule):
         super().on_save_checkpoint(checkpoint)
         checkpoint[_CKPT_KEY] = {
             "iteration": self.iteration,
-            "seed": self.seed,
+            "noise_seed": self.noise_seed,
             "sample_shape": self.sample_shape,
         }
 
@@ -566,7 +582,7 @@ class DMD2(DistillationModule):
         super().on_load_checkpoint(checkpoint)
         state = checkpoint.get(_CKPT_KEY, {})
         self.iteration = int(state.get("iteration", 0))
-        self.seed = int(state.get("seed", self.seed))
+        self.noise_seed = int(state.get("noise_seed", self.noise_seed))
         if state.get("sample_shape") is not None:
             self.sample_shape = tuple(state["sample_shape"])
 
@@ -589,12 +605,12 @@ class DMD2(DistillationModule):
     def _step_generator(self, iteration: int) -> torch.Generator:
         """Training noise of one iteration: a pure function of (seed, iteration, rank), so resume is exact."""
         rank = self.global_rank if self._trainer is not None else 0
-        state = np.random.SeedSequence([self.seed, iteration, rank]).generate_state(2, dtype=np.uint32)
+        state = np.random.SeedSequence([self.noise_seed, iteration, rank]).generate_state(2, dtype=np.uint32)
         return torch.Generator(device=self.device).manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
 
     def _shared_generator(self) -> torch.Generator:
         """The same on every rank (DMD2 broadcasts the backward-simulation step from rank 0)."""
-        state = np.random.SeedSequence([self.seed, self.iteration, 2**31]).generate_state(1, dtype=np.uint32)
+        state = np.random.SeedSequence([self.noise_seed, self.iteration, 2**31]).generate_state(1, dtype=np.uint32)
         return torch.Generator().manual_seed(int(state[0]))
 
     def _record_shape(self, real: Tensor) -> None:
@@ -624,7 +640,7 @@ class DMD2(DistillationModule):
         device = gmm.means.device  # the metrics run where the mixture lives
         real = torch.cat(points).float().to(device).reshape(sum(p.shape[0] for p in points), -1)
         n = real.shape[0]
-        generator = torch.Generator(device=self.device).manual_seed(self.seed)
+        generator = torch.Generator(device=self.device).manual_seed(self.noise_seed)
         rows = [("", self.sample(n, generator), "")]
         if self._teacher_metrics_pending.get(stage, False):
             noise = torch.randn((n, *self._shape()), generator=generator, device=generator.device).to(
@@ -632,7 +648,7 @@ class DMD2(DistillationModule):
             )
             rows.append(("teacher_", sample(self.teacher, self.schedule, noise, self.eval_teacher_steps), ""))
         if not self._floors_logged:
-            rows.append(("", gmm.sample(n, torch.Generator().manual_seed(self.seed + 1)), "_floor"))
+            rows.append(("", gmm.sample(n, torch.Generator().manual_seed(self.noise_seed + 1)), "_floor"))
             self._floors_logged = True
         for prefix, x, suffix in rows:
             x = x.detach().float().to(device).reshape(n, -1)

@@ -95,9 +95,13 @@ def test_flip_scale_rotate_match_their_affine_definitions():
     torch.testing.assert_close(aug(x, params("flip", [0.0])), x)
     theta = torch.tensor([[[1.1, 0.0, 0.0], [0.0, 0.9, 0.0]]]).expand(2, 2, 3)
     expected = F.grid_sample(x, F.affine_grid(theta, list(x.shape), align_corners=False), align_corners=False)
-    torch.testing.assert_close(aug(x, AugmentParams(("scale",), {"scale": torch.tensor([[1.1, 0.9]])})), expected)
+    torch.testing.assert_close(
+        aug(x, AugmentParams(("scale",), {"scale": torch.tensor([[1.1, 0.9]])})), expected
+    )
     a = 0.2
-    theta = torch.tensor([[[math.cos(a), math.sin(-a), 0.0], [math.sin(a), math.cos(a), 0.0]]]).expand(2, 2, 3)
+    theta = torch.tensor([[[math.cos(a), math.sin(-a), 0.0], [math.sin(a), math.cos(a), 0.0]]]).expand(
+        2, 2, 3
+    )
     expected = F.grid_sample(x, F.affine_grid(theta, list(x.shape), align_corners=False), align_corners=False)
     torch.testing.assert_close(aug(x, params("rotate", [a])), expected)
     torch.testing.assert_close(aug(x, AugmentParams(("scale",), {"scale": torch.tensor([[1.0, 1.0]])})), x)

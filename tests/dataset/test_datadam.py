@@ -11,7 +11,13 @@ import torch.nn.functional as F
 
 from lightning_distill.cli import main as cli_main
 from lightning_distill.data import DigitsDataModule
-from lightning_distill.dataset import ClassBalancedDataModule, ConvNetSpec, EvalSpec, SyntheticSet, random_network
+from lightning_distill.dataset import (
+    ClassBalancedDataModule,
+    ConvNetSpec,
+    EvalSpec,
+    SyntheticSet,
+    random_network,
+)
 from lightning_distill.recipes.datadam import DataDAM
 from tests.conftest import quiet_trainer_kwargs
 
@@ -20,7 +26,9 @@ SPEC = ConvNetSpec(in_channels=1, num_classes=10, image_size=(8, 8), width=8, de
 
 
 def make(ipc: int = 2, **kwargs) -> DataDAM:
-    eval_spec = EvalSpec(architecture=EvalSpec.convnet(in_channels=1, image_size=[8, 8], width=8, depth=2), epochs=2)
+    eval_spec = EvalSpec(
+        architecture=EvalSpec.convnet(in_channels=1, image_size=[8, 8], width=8, depth=2), epochs=2
+    )
     synthetic = SyntheticSet(10, ipc, (1, 8, 8), init="real", seed=0, eval_spec=eval_spec)
     kwargs.setdefault("seed", 7)
     return DataDAM(synthetic, SPEC, val_epochs=2, **kwargs)
@@ -67,14 +75,16 @@ def reference_terms(real, syn, step_seed, power, k=10):
     def att(f):
         return F.normalize(f.abs().pow(power).sum(1).flatten(1), dim=1)
 
-    sam = sum(((class_means(att(r)) - class_means(att(s))) ** 2).sum() for r, s in zip(r_acts[:-1], s_acts[:-1]))
+    sam = sum(
+        ((class_means(att(r)) - class_means(att(s))) ** 2).sum() for r, s in zip(r_acts[:-1], s_acts[:-1])
+    )
     mmd = ((class_means(r_emb) - class_means(s_emb)) ** 2).sum()
     return float(sam), float(mmd)
 
 
 @pytest.mark.parametrize("power", [1.0, 4.0])
-def test_losses_match_a_direct_computation_and_only_the_images_learn(power):
-    recipe, record = make(power=power, augment="none"), Record()
+def test_losses_match_a_direct_computation_and_only_the_images_learn(power, tmp_path):
+    recipe, record = make(power=power, augment="none", save_path=str(tmp_path / "set.pt")), Record()
     trainer = L.Trainer(**quiet_trainer_kwargs(max_steps=3, limit_val_batches=0, callbacks=[record]))
     trainer.fit(recipe, datamodule=data())
     for k, step in enumerate(record.steps):
@@ -94,7 +104,9 @@ def test_losses_match_a_direct_computation_and_only_the_images_learn(power):
 def test_siamese_augmentation_is_applied_with_the_same_parameters():
     recipe = make(augment="crop_cutout_scale_rotate")
     real = torch.randn(10 * 4, 1, 8, 8)
-    syn = real.reshape(10, 4, 1, 8, 8)[:, :2].reshape(20, 1, 8, 8).clone()  # syn = first 2 real images per class
+    syn = (
+        real.reshape(10, 4, 1, 8, 8)[:, :2].reshape(20, 1, 8, 8).clone()
+    )  # syn = first 2 real images per class
     out_real, out_syn = recipe.augment_pair(real, syn, torch.Generator().manual_seed(0))
     torch.testing.assert_close(out_real.reshape(10, 4, 1, 8, 8)[:, :2].reshape(20, 1, 8, 8), out_syn)
 
@@ -115,15 +127,15 @@ def test_checkpoint_leaves_out_the_random_network_and_artifact_is_saved(tmp_path
     assert torch.equal(resumed.synthetic.images, recipe.synthetic.images.detach()) and resumed.seed == 7
 
 
-def test_validation_logs_accuracy_of_a_model_retrained_on_the_set():
-    recipe = make()
+def test_validation_logs_accuracy_of_a_model_retrained_on_the_set(tmp_path):
+    recipe = make(save_path=str(tmp_path / "set.pt"))
     trainer = L.Trainer(**quiet_trainer_kwargs(max_steps=1, limit_val_batches=2))
     trainer.fit(recipe, datamodule=data(steps=1))
     assert 0.0 <= float(trainer.callback_metrics["val/syn_acc"]) <= 1.0
 
 
-def test_unbalanced_batches_are_explained():
-    recipe = make()
+def test_unbalanced_batches_are_explained(tmp_path):
+    recipe = make(save_path=str(tmp_path / "set.pt"))
     trainer = L.Trainer(**quiet_trainer_kwargs(max_steps=1, limit_val_batches=0))
     with pytest.raises(ValueError, match="ClassBalancedDataModule"):
         trainer.fit(recipe, datamodule=DigitsDataModule(batch_size=40))
@@ -142,6 +154,30 @@ def test_bad_arguments_are_rejected():
 
 def test_config_runs_with_fast_dev_run_through_the_cli(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cli_main(["fit", "--config", str(CONFIG), "--trainer.fast_dev_run=true",
-              "--model.init_args.network.width=16", "--data.init_args.per_class=8"])
+    cli_main(
+        [
+            "fit",
+            "--config",
+            str(CONFIG),
+            "--trainer.fast_dev_run=true",
+            "--model.init_args.network.width=16",
+            "--data.init_args.per_class=8",
+        ]
+    )
     assert not (tmp_path / "synthetic_set.pt").exists()  # fast_dev_run does not write the artifact
+
+
+def test_resumed_run_reaches_the_same_images_as_an_uninterrupted_one(tmp_path):
+    def fit(max_steps: int, ckpt_path: str | None = None) -> DataDAM:
+        L.seed_everything(0)
+        recipe = make(save_path=str(tmp_path / "set.pt"))
+        kwargs = quiet_trainer_kwargs(max_steps=max_steps, limit_val_batches=0, default_root_dir=tmp_path)
+        trainer = L.Trainer(**kwargs)
+        trainer.fit(recipe, datamodule=data(steps=3), ckpt_path=ckpt_path)
+        trainer.save_checkpoint(tmp_path / f"step{max_steps}.ckpt")
+        return recipe
+
+    straight = fit(4)  # crosses an epoch boundary (3 batches per epoch)
+    fit(2)
+    resumed = fit(4, ckpt_path=str(tmp_path / "step2.ckpt"))
+    torch.testing.assert_close(resumed.synthetic.images, straight.synthetic.images)

@@ -14,7 +14,11 @@ def reference_attention(features: torch.Tensor, power: float) -> torch.Tensor:
     b, c, h, w = features.shape
     out = torch.zeros(b, h * w, dtype=torch.float64)
     for i in range(b):
-        v = [sum(abs(float(features[i, k, y, x])) ** power for k in range(c)) for y in range(h) for x in range(w)]
+        v = [
+            sum(abs(float(features[i, k, y, x])) ** power for k in range(c))
+            for y in range(h)
+            for x in range(w)
+        ]
         norm = math.sqrt(sum(t * t for t in v))
         out[i] = torch.tensor([t / norm for t in v], dtype=torch.float64)
     return out.float()
@@ -54,7 +58,8 @@ def test_attention_matching_loss_sums_layers():
     real = [torch.randn(2 * 4, 3, 4, 4, generator=gen), torch.randn(2 * 4, 5, 2, 2, generator=gen)]
     syn = [torch.randn(2 * 1, 3, 4, 4, generator=gen), torch.randn(2 * 1, 5, 2, 2, generator=gen)]
     expected = sum(
-        reference_discrepancy(reference_attention(r, 4.0), reference_attention(s, 4.0), 2) for r, s in zip(real, syn)
+        reference_discrepancy(reference_attention(r, 4.0), reference_attention(s, 4.0), 2)
+        for r, s in zip(real, syn)
     )
     value = attention_matching_loss(real, syn, 2, power=4.0)
     torch.testing.assert_close(value, torch.tensor(expected, dtype=torch.float32))

@@ -33,7 +33,9 @@ def test_real_initialisation_takes_distinct_images_of_each_class():
 
 
 def test_noise_init_soft_labels_and_learned_lr():
-    syn = SyntheticSet(3, 2, (1, 4, 4), init="noise", seed=0, learn_soft_labels=True, learn_lr=True, lr_init=0.02)
+    syn = SyntheticSet(
+        3, 2, (1, 4, 4), init="noise", seed=0, learn_soft_labels=True, learn_lr=True, lr_init=0.02
+    )
     assert bool(syn.initialized)
     assert torch.equal(syn.soft_labels.argmax(1), syn.labels)
     torch.testing.assert_close(syn.lr, torch.tensor(0.02))
@@ -44,8 +46,9 @@ def test_noise_init_soft_labels_and_learned_lr():
 
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
 def test_save_load_round_trip_keeps_tensors_and_eval_spec(tmp_path, suffix):
-    syn = SyntheticSet(3, 2, (1, 4, 4), init="noise", seed=4, learn_soft_labels=True, learn_lr=True,
-                       eval_spec=TINY_SPEC)
+    syn = SyntheticSet(
+        3, 2, (1, 4, 4), init="noise", seed=4, learn_soft_labels=True, learn_lr=True, eval_spec=TINY_SPEC
+    )
     with torch.no_grad():
         syn.soft_labels.add_(torch.randn(6, 3))
     path = syn.save(tmp_path / f"set{suffix}", metadata={"method": "test", "steps": 3})

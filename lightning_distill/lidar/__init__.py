@@ -1,0 +1,76 @@
+"""LiDAR toolkit: synthetic street scenes, voxels and projection, sparse 3D networks, evaluation.
+
+open3d (scene generation, ``.pcd``/``.ply`` reading), spconv (sparse networks) and scikit-image
+(superpixels) are imported only by the functions that need them, so importing this package needs
+none of them.
+"""
+
+from lightning_distill.lidar.data import SyntheticLidarDataModule, batch_points, collate, read_scan
+from lightning_distill.lidar.evaluate import (
+    SegmentationResult,
+    extract_point_features,
+    finetune,
+    linear_probe,
+    segmentation_metrics,
+)
+from lightning_distill.lidar.geometry import (
+    Pairs,
+    Voxels,
+    pair_points_with_pixels,
+    project_points,
+    region_pool,
+    scaled_segment_count,
+    slic_superpixels,
+    to_sparse_tensor,
+    voxelize,
+)
+from lightning_distill.lidar.losses import info_nce, superpixel_info_nce, superpixel_pool, superpixel_regions
+from lightning_distill.lidar.networks import (
+    ImageHead,
+    PointHead,
+    SmallImageBackbone,
+    SparseUNet,
+    point_inputs,
+    sparse_point_features,
+)
+from lightning_distill.lidar.scene import CLASS_COLORS, CLASS_NAMES, IGNORE_INDEX, Frame, StreetSceneGenerator, camera_rig
+from lightning_distill.lidar.spconv_cpu import apply_cpu_backward_fix, import_spconv
+
+__all__ = [
+    "CLASS_COLORS",
+    "CLASS_NAMES",
+    "IGNORE_INDEX",
+    "Frame",
+    "ImageHead",
+    "Pairs",
+    "PointHead",
+    "SegmentationResult",
+    "SmallImageBackbone",
+    "SparseUNet",
+    "StreetSceneGenerator",
+    "SyntheticLidarDataModule",
+    "Voxels",
+    "apply_cpu_backward_fix",
+    "batch_points",
+    "camera_rig",
+    "collate",
+    "extract_point_features",
+    "finetune",
+    "import_spconv",
+    "info_nce",
+    "linear_probe",
+    "pair_points_with_pixels",
+    "point_inputs",
+    "project_points",
+    "read_scan",
+    "region_pool",
+    "scaled_segment_count",
+    "segmentation_metrics",
+    "slic_superpixels",
+    "sparse_point_features",
+    "superpixel_info_nce",
+    "superpixel_pool",
+    "superpixel_regions",
+    "to_sparse_tensor",
+    "voxelize",
+]
