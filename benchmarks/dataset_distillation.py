@@ -54,12 +54,12 @@ from lightning_distill.data import DigitsDataModule  # noqa: E402
 from lightning_distill.dataset import (  # noqa: E402
     ConvNet,
     SyntheticSet,
+    classification_accuracy,
     evaluate_synthetic,
     full_training_set,
     herding_subset,
     random_real_subset,
     teacher_soft_labels,
-    test_accuracy,
 )
 from lightning_distill.models import trained_classifier  # noqa: E402
 
@@ -76,6 +76,8 @@ class Row:
     how: str
     acc: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)  # distillation wall time, where there is one
+    cpu_seconds: list[float] = field(default_factory=list)  # distillation CPU time of this process
+    pixel_std: list[float] = field(default_factory=list)  # spread of the set's pixel values
 
 
 @dataclass
@@ -105,8 +107,8 @@ def eval_settings(config: dict[str, Any], epochs: int) -> dict[str, Any]:
 
 def distill(
     config: dict[str, Any], seed: int, ipc: int, power: float, lr: float, steps: int, workdir: Path
-) -> tuple[SyntheticSet, float]:
-    """Run the datadam recipe from its config; return the saved set (read back) and the fit time."""
+) -> tuple[SyntheticSet, float, float]:
+    """Run the datadam recipe from its config; the saved set (read back), wall and CPU seconds of the fit."""
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     steps_per_epoch = config["data"]["init_args"]["steps_per_epoch"]
@@ -137,10 +139,10 @@ def distill(
         run=False,
         save_config_callback=None,
     )
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    seconds = time.perf_counter() - start
-    return SyntheticSet.load(artifact), seconds
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    return SyntheticSet.load(artifact), seconds, cpu_seconds
 
 
 def run(settings: Settings) -> tuple[list[Row], dict[str, Any]]:
@@ -155,13 +157,14 @@ def run(settings: Settings) -> tuple[list[Row], dict[str, Any]]:
         ConvNet(**arch), data=DigitsDataModule(), epochs=settings.teacher_epochs, seed=0
     )
     info: dict[str, Any] = {
-        "teacher_acc": test_accuracy(teacher, dm.test_dataloader()),
+        "teacher_acc": classification_accuracy(teacher, dm.test_dataloader()),
         "teacher_seconds": time.perf_counter() - start,
         "test_images": len(dm.test_dataloader().dataset),
         "train_images": int(full_training_set(dm)[0].shape[0]),
         "config": config,
     }
     rows: list[Row] = []
+    load_start = os.getloadavg()[0]
     for ipc in settings.ipcs:
         random_row = Row("random real", ipc, "`random_real_subset(dm, ipc, seed)`, a new draw per seed")
         herding_row = Row(
@@ -186,6 +189,9 @@ def run(settings: Settings) -> tuple[list[Row], dict[str, Any]]:
         for seed in settings.seeds:
             x, y = random_real_subset(dm, ipc, seed=seed)
             random_row.acc += evaluate_synthetic(x, y, dm, seeds=(seed,), **common).accuracies
+            random_row.pixel_std.append(float(x.std()))
+            soft_row.pixel_std.append(float(x.std()))
+            herding_row.pixel_std.append(float(herd_x.std()))
             soft = teacher_soft_labels(teacher, x)
             soft_row.acc += evaluate_synthetic(
                 x, y, dm, seeds=(seed,), soft_labels=soft, temperature=settings.temperature, **common
@@ -193,8 +199,12 @@ def run(settings: Settings) -> tuple[list[Row], dict[str, Any]]:
             herding_row.acc += evaluate_synthetic(herd_x, herd_y, dm, seeds=(seed,), **common).accuracies
             for (power, lr), row in dam_rows.items():
                 with tempfile.TemporaryDirectory() as tmp:
-                    synthetic, seconds = distill(config, seed, ipc, power, lr, settings.steps, Path(tmp))
+                    synthetic, seconds, cpu_seconds = distill(
+                        config, seed, ipc, power, lr, settings.steps, Path(tmp)
+                    )
                 row.seconds.append(seconds)
+                row.cpu_seconds.append(cpu_seconds)
+                row.pixel_std.append(float(synthetic.images.std()))
                 row.acc += synthetic.evaluate(dm, seeds=(seed,), epochs=settings.eval_epochs).accuracies
             done = ", ".join(
                 f"{r.name} {100 * r.acc[-1]:.1f}"
@@ -204,10 +214,12 @@ def run(settings: Settings) -> tuple[list[Row], dict[str, Any]]:
         rows += [random_row, herding_row, soft_row, *dam_rows.values()]
     full_x, full_y = full_training_set(dm)
     full_row = Row("full training set", "all", f"every training image, {settings.full_epochs} epochs")
+    full_row.pixel_std = [float(full_x.std())]
     full_common = {**common, "epochs": settings.full_epochs}
     for seed in settings.seeds:
         full_row.acc += evaluate_synthetic(full_x, full_y, dm, seeds=(seed,), **full_common).accuracies
     rows.append(full_row)
+    info["load"] = (load_start, os.getloadavg()[0])
     return rows, info
 
 
@@ -219,6 +231,12 @@ def _mean_std(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
     if len(values) < 2:
         return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
+
+
+def _seconds(row: Row) -> str:
+    if not row.seconds:
+        return "-"
+    return f"{statistics.fmean(row.seconds):.0f} / {statistics.fmean(row.cpu_seconds):.0f}"
 
 
 def cpu_model() -> str:
@@ -243,7 +261,9 @@ def render(rows: list[Row], info: dict[str, Any], settings: Settings, command: s
         f"Command: `{command}` (from the repository root; wall time {seconds / 60:.1f} min).",
         "",
         f"Machine: {cpu_model()} ({os.cpu_count()} logical CPUs), torch threads: {torch.get_num_threads()}; "
-        f"Python {platform.python_version()}, torch {torch.__version__}, lightning {lightning.__version__}.",
+        f"Python {platform.python_version()}, torch {torch.__version__}, lightning {lightning.__version__}. "
+        f"Load average (1 min) at start / end: {info['load'][0]:.1f} / {info['load'][1]:.1f} on "
+        f"{os.cpu_count()} CPUs: wall times stretch when other jobs share the machine, CPU times much less.",
         "",
         f"Data: scikit-learn digits at 8x8, {info['train_images']} training images, test split of {n_test} "
         f"(one image is {100 / n_test:.2f} points). Seeds {', '.join(map(str, settings.seeds))}; accuracy is "
@@ -254,7 +274,9 @@ def render(rows: list[Row], info: dict[str, Any], settings: Settings, command: s
         f"{arch.get('width', 128)}, instance norm) trained from scratch for {settings.eval_epochs} epochs "
         f"(full data: {settings.full_epochs}), SGD lr {spec.get('lr', 0.01)}, momentum 0.9, weight decay 5e-4, "
         f"batch {spec.get('batch_size', 256)}, lr / 10 at half time, DSA `{spec.get('augment')}` on every batch; "
-        "tested on the real test split. The official scripts train 1000-1800 epochs.",
+        'tested on the real test split. The official scripts train 1000-1800 epochs. "pixel std": the '
+        "standard deviation of the set's pixel values (the data are normalised to mean 0, std 1 over the "
+        "training images), to show when distilled images leave the data range.",
         "",
         f"DataDAM: random ConvNet-{net.get('depth', 3)} (width {net.get('width', 128)}, instance norm) per "
         f"iteration, {per_class} real images per class, SGD lr 1 momentum 0.5 on the images, initialised from "
@@ -262,14 +284,14 @@ def render(rows: list[Row], info: dict[str, Any], settings: Settings, command: s
         f"embeddings, soft labels): the evaluation ConvNet trained on all training images for "
         f"{settings.teacher_epochs} epochs (`trained_classifier`), test accuracy {100 * info['teacher_acc']:.2f}%.",
         "",
-        "| set | images / class | how | test acc % | per seed | distillation s |",
-        "|---|---:|---|---:|---|---:|",
+        "| set | images / class | how | test acc % | per seed | distillation s (wall / CPU) | pixel std |",
+        "|---|---:|---|---:|---|---:|---:|",
     ]
     for r in rows:
         per_seed = " / ".join(f"{100 * a:.1f}" for a in r.acc)
         lines.append(
             f"| {r.name} | {r.ipc} | {r.how} | {_mean_std(r.acc, 100)} | {per_seed} | "
-            f"{_mean_std(r.seconds, 1.0, 0) if r.seconds else '-'} |"
+            f"{_seconds(r)} | {_mean_std(r.pixel_std, 1.0, 2)} |"
         )
     by_key = {(r.name, r.ipc): r for r in rows}
     lines += ["", "Paired by seed (test-accuracy points, mean ± std; seeds better / tied / worse):", ""]
@@ -319,7 +341,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--ipcs", type=int, nargs="+", default=[1, 10])
-    parser.add_argument("--steps", type=int, default=300, help="DataDAM iterations per run (default 300)")
+    parser.add_argument("--steps", type=int, default=200, help="DataDAM iterations per run (default 200)")
     parser.add_argument(
         "--variants",
         nargs="+",

@@ -13,6 +13,7 @@ from lightning_distill.dataset.data import ClassBalancedBatches, ClassBalancedDa
 from lightning_distill.dataset.evaluate import (
     EvalResult,
     RetrainClassifier,
+    classification_accuracy,
     evaluate_spec,
     evaluate_synthetic,
     full_training_set,
@@ -20,7 +21,6 @@ from lightning_distill.dataset.evaluate import (
     random_real_subset,
     retrain_model,
     teacher_soft_labels,
-    test_accuracy,
 )
 from lightning_distill.dataset.matching import (
     attention_map,
@@ -54,5 +54,5 @@ __all__ = [
     "reset_parameters",
     "retrain_model",
     "teacher_soft_labels",
-    "test_accuracy",
+    "classification_accuracy",
 ]

@@ -51,7 +51,7 @@ __all__ = [
     "random_real_subset",
     "retrain_model",
     "teacher_soft_labels",
-    "test_accuracy",
+    "classification_accuracy",
 ]
 
 
@@ -240,7 +240,7 @@ def evaluate_synthetic(
             weight_decay=weight_decay,
             accelerator=accelerator,
         )
-        accuracies.append(test_accuracy(model, datamodule.test_dataloader()))
+        accuracies.append(classification_accuracy(model, datamodule.test_dataloader()))
     return EvalResult(tuple(accuracies), seeds)
 
 
@@ -317,7 +317,7 @@ def retrain_model(
 
 
 @torch.no_grad()
-def test_accuracy(model: nn.Module, loader: Iterable[Sequence[Tensor]]) -> float:
+def classification_accuracy(model: nn.Module, loader: Iterable[Sequence[Tensor]]) -> float:
     """Top-1 accuracy of ``model`` (eval mode, on its own device) over ``(x, y, ...)`` batches.
 
     Raises:
@@ -565,6 +565,7 @@ def _quiet_lightning() -> Iterator[None]:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
+            warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
             yield
     finally:
         for lg, level in zip(loggers, levels):

@@ -33,7 +33,14 @@ from lightning_distill.lidar.networks import (
     point_inputs,
     sparse_point_features,
 )
-from lightning_distill.lidar.scene import CLASS_COLORS, CLASS_NAMES, IGNORE_INDEX, Frame, StreetSceneGenerator, camera_rig
+from lightning_distill.lidar.scene import (
+    CLASS_COLORS,
+    CLASS_NAMES,
+    IGNORE_INDEX,
+    Frame,
+    StreetSceneGenerator,
+    camera_rig,
+)
 from lightning_distill.lidar.spconv_cpu import apply_cpu_backward_fix, import_spconv
 
 __all__ = [

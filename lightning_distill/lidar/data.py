@@ -91,7 +91,9 @@ def read_scan(path: str | Path) -> Tensor:
     if suffix == ".bin":
         raw = np.fromfile(path, dtype=np.float32)
         if raw.size % 4:
-            raise ValueError(f"{str(path)!r} holds {raw.size} floats, not a multiple of 4 (x, y, z, intensity).")
+            raise ValueError(
+                f"{str(path)!r} holds {raw.size} floats, not a multiple of 4 (x, y, z, intensity)."
+            )
         return torch.from_numpy(raw.reshape(-1, 4).copy())
     if suffix in (".pcd", ".ply"):
         import open3d as o3d
@@ -159,7 +161,11 @@ class SyntheticLidarDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (("num_scenes", num_scenes), ("num_frames", num_frames), ("batch_size", batch_size)):
+        for name, value in (
+            ("num_scenes", num_scenes),
+            ("num_frames", num_frames),
+            ("batch_size", batch_size),
+        ):
             if value < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {value}; set `data.init_args.{name}`.")
         if val_scenes < 0 or test_scenes < 0:
@@ -176,15 +182,23 @@ class SyntheticLidarDataModule(L.LightningDataModule):
             curb_height=curb_height,
         )
         self.superpixel_segments = superpixel_segments or scaled_segment_count(self.image_size)
-        self.superpixel_sigma = 3.0 * self.image_size[0] / 224 if superpixel_sigma is None else superpixel_sigma
+        self.superpixel_sigma = (
+            3.0 * self.image_size[0] / 224 if superpixel_sigma is None else superpixel_sigma
+        )
         self.superpixel_compactness = superpixel_compactness
         self.splits: dict[str, list[dict[str, Tensor]]] = {}
 
     @property
     def settings_key(self) -> str:
         """Hash of everything that changes the generated scenes."""
-        settings = {k: v for k, v in self.hparams.items() if k not in ("batch_size", "num_workers", "cache_dir")}
-        settings["superpixels"] = (self.superpixel_segments, self.superpixel_sigma, self.superpixel_compactness)
+        settings = {
+            k: v for k, v in self.hparams.items() if k not in ("batch_size", "num_workers", "cache_dir")
+        }
+        settings["superpixels"] = (
+            self.superpixel_segments,
+            self.superpixel_sigma,
+            self.superpixel_compactness,
+        )
         settings["version"] = 1
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -240,7 +254,11 @@ class SyntheticLidarDataModule(L.LightningDataModule):
         if path is not None and path.is_file():
             splits = torch.load(path, weights_only=True)
         else:
-            counts = {"train": self.hparams.num_scenes, "val": self.hparams.val_scenes, "test": self.hparams.test_scenes}
+            counts = {
+                "train": self.hparams.num_scenes,
+                "val": self.hparams.val_scenes,
+                "test": self.hparams.test_scenes,
+            }
             base = self.hparams.seed * 1_000_000
             splits = {
                 split: [s for i in range(n) for s in self.make_sample(base + _SPLIT_OFFSET[split] + i, i)]

@@ -105,12 +105,19 @@ def voxelize(
 
 
 def to_sparse_tensor(voxels: Voxels) -> Any:
-    """An spconv ``SparseConvTensor`` from :class:`Voxels` (CPU backward fix applied if needed)."""
+    """An spconv ``SparseConvTensor`` from :class:`Voxels` (CPU backward fix applied if needed).
+
+    Indices are made contiguous int32: spconv reads them as a raw buffer and silently computes
+    wrong results from a strided view (``torch.nonzero(...).int()`` is one).
+    """
     from lightning_distill.lidar.spconv_cpu import import_spconv
 
     spconv = import_spconv()
     return spconv.SparseConvTensor(
-        voxels.features, voxels.coords, voxels.spatial_shape, voxels.batch_size
+        voxels.features.contiguous(),
+        voxels.coords.int().contiguous(),
+        voxels.spatial_shape,
+        voxels.batch_size,
     )
 
 
@@ -176,7 +183,12 @@ class Pairs(NamedTuple):
 
 
 def pair_points_with_pixels(
-    points: Tensor, K: Tensor, T_cam_from_lidar: Tensor, image_size: tuple[int, int], *, min_depth: float = 1.0
+    points: Tensor,
+    K: Tensor,
+    T_cam_from_lidar: Tensor,
+    image_size: tuple[int, int],
+    *,
+    min_depth: float = 1.0,
 ) -> Pairs:
     """Every (point, camera, pixel) where a batched point projects into a camera image.
 

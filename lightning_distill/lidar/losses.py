@@ -143,5 +143,7 @@ def superpixel_info_nce(
     Raises:
         ValueError: mismatched shapes or no pair at all.
     """
-    f, g = superpixel_pool(point_features, pixel_features, superpixels, pair_point, pair_image, pair_v, pair_u)
+    f, g = superpixel_pool(
+        point_features, pixel_features, superpixels, pair_point, pair_image, pair_v, pair_u
+    )
     return info_nce(f, g, temperature=temperature)

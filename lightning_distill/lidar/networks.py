@@ -60,7 +60,11 @@ class SparseUNet(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int = 1, widths: Sequence[int] = (32, 64, 128, 256), blocks: int = 1, momentum: float = 0.05
+        self,
+        in_channels: int = 1,
+        widths: Sequence[int] = (32, 64, 128, 256),
+        blocks: int = 1,
+        momentum: float = 0.05,
     ) -> None:
         super().__init__()
         widths = [int(w) for w in widths]
@@ -153,7 +157,9 @@ class SmallImageBackbone(nn.Module):
         ValueError: empty or non-positive ``widths``.
     """
 
-    def __init__(self, in_channels: int = 3, widths: Sequence[int] = (32, 64), normalize_input: bool = True) -> None:
+    def __init__(
+        self, in_channels: int = 3, widths: Sequence[int] = (32, 64), normalize_input: bool = True
+    ) -> None:
         super().__init__()
         widths = [int(w) for w in widths]
         if not widths or min(widths) < 1:
@@ -161,7 +167,11 @@ class SmallImageBackbone(nn.Module):
         layers: list[nn.Module] = []
         cin = in_channels
         for w in widths:
-            layers += [nn.Conv2d(cin, w, 3, stride=2, padding=1), nn.ReLU(inplace=True), nn.Conv2d(w, w, 3, padding=1)]
+            layers += [
+                nn.Conv2d(cin, w, 3, stride=2, padding=1),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(w, w, 3, padding=1),
+            ]
             layers.append(nn.ReLU(inplace=True))
             cin = w
         self.layers = nn.Sequential(*layers)

@@ -186,7 +186,9 @@ class StreetSceneGenerator:
         if not elevation_deg[0] < elevation_deg[1]:
             raise ValueError(f"`elevation_deg` must be (low, high) with low < high, got {elevation_deg}.")
         if max_range <= 0 or lidar_height <= 0:
-            raise ValueError(f"`max_range` and `lidar_height` must be > 0, got {max_range} and {lidar_height}.")
+            raise ValueError(
+                f"`max_range` and `lidar_height` must be > 0, got {max_range} and {lidar_height}."
+            )
         self.beams = beams
         self.elevation_deg = (float(elevation_deg[0]), float(elevation_deg[1]))
         self.azimuth_steps = azimuth_steps
@@ -365,7 +367,12 @@ class _Layout:
         for x0, x1 in spans:
             for side in (-1, 1):
                 y_mid = side * (w + far) / 2
-                self._box(((x0 + x1) / 2, y_mid, curb_height / 2 - 0.1), (x1 - x0, far - w, curb_height + 0.2), 0.0, walk)
+                self._box(
+                    ((x0 + x1) / 2, y_mid, curb_height / 2 - 0.1),
+                    (x1 - x0, far - w, curb_height + 0.2),
+                    0.0,
+                    walk,
+                )
         if self.cross is not None:
             xc, half = self.cross
             self._box((xc, 0, -0.1), (2 * half, 2 * far, 0.2), 0.0, road)

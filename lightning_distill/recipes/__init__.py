@@ -62,6 +62,12 @@ RECIPES: dict[str, RecipeInfo] = {
         "Phased DMD: Few-step Distribution Matching Distillation via Score Matching within Subintervals",
         "2510.27684",
     ),
+    "datadam": RecipeInfo(
+        "dataset",
+        "lightning_distill.recipes.datadam.DataDAM",
+        "DataDAM: Efficient Dataset Distillation with Attention Matching",
+        "2310.00093",
+    ),
 }
 
 

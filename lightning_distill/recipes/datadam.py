@@ -51,7 +51,7 @@ from typing import Any, ClassVar, Literal
 import lightning.pytorch as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from torch import Tensor, nn
 
 from lightning_distill.callbacks import FeatureHooks
@@ -61,10 +61,10 @@ from lightning_distill.dataset import (
     SiameseAugment,
     SyntheticSet,
     attention_matching_loss,
+    classification_accuracy,
     classwise_mean_discrepancy,
     reset_parameters,
     retrain_model,
-    test_accuracy,
 )
 from lightning_distill.module import DistillationModule
 
@@ -94,7 +94,8 @@ class DataDAM(DistillationModule):
             (``val/syn_acc``).
         val_seeds: models trained per validation (their mean accuracy is logged).
         save_path: where the final set is saved (with its EvalSpec) when fit ends; default
-            ``<log dir>/synthetic_set.pt``. Not saved under ``fast_dev_run`` unless given.
+            ``<log dir>/synthetic_set.pt``. Without a logger or under ``fast_dev_run`` nothing is
+            saved unless it is given.
         loss_weights: ``{"sam": ..., "mmd": ...}``.
         optimizer: optimizer of the images (default :func:`image_sgd`).
         lr_scheduler: optional scheduler.
@@ -257,6 +258,12 @@ class DataDAM(DistillationModule):
 
     def on_validation_epoch_end(self) -> None:
         self._eval_models = []
+        log_image = getattr(self.logger, "log_image", None)  # WandbLogger: the set as one picture
+        if callable(log_image) and not self.trainer.sanity_checking:
+            grid = self.synthetic_grid()
+            grid = (grid * 255).round().to(torch.uint8)
+            picture = (grid.squeeze(-1) if grid.shape[-1] == 1 else grid).numpy()  # (H, W) or (H, W, 3)
+            log_image(key="samples/synthetic_set", images=[picture], step=self.global_step)
         super().on_validation_epoch_end()
 
     def on_test_epoch_end(self) -> None:
@@ -291,19 +298,25 @@ class DataDAM(DistillationModule):
         if not self._eval_models:
             return
         x, y = batch[0], batch[1]
-        accuracy = sum(test_accuracy(model, [(x, y)]) for model in self._eval_models) / len(self._eval_models)
+        accuracy = sum(classification_accuracy(model, [(x, y)]) for model in self._eval_models) / len(
+            self._eval_models
+        )
         self.log(
             f"{stage}/syn_acc", accuracy, on_epoch=True, batch_size=y.numel(), prog_bar=True, sync_dist=True
         )
 
     # ------------------------------------------------------------- lifecycle
     def setup(self, stage: str) -> None:
-        """Fill the set from real images of the datamodule (``init="real"``) and fix the seed."""
+        """Fill the set from real images of the datamodule (``init="real"``) and fix the seed.
+
+        Done for every stage: a checkpoint (``ckpt_path``) is restored after ``setup`` and replaces
+        the images, and ``test`` without a checkpoint then evaluates the real-image initialisation.
+        """
         if self.seed is None:
             self.seed = int(torch.initial_seed()) & 0x7FFF_FFFF
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         train_images = getattr(datamodule, "train_images", None)
-        if stage == "fit" and callable(train_images):
+        if callable(train_images):
             datamodule.setup("fit")
             x, y = train_images()
             self.synthetic.initialize_from(x, y)
@@ -321,19 +334,21 @@ class DataDAM(DistillationModule):
         self._fit_start = time.perf_counter()
 
     def on_train_end(self) -> None:
-        if self.trainer.fast_dev_run and self.save_path is None:
+        if self.save_path is None and (self.trainer.fast_dev_run or self.trainer.logger is None):
+            if not self.trainer.fast_dev_run:
+                rank_zero_warn(
+                    "The distilled set was not saved: there is no logger directory and no `save_path`; set "
+                    "`model.init_args.save_path` to keep it (or call `model.synthetic.save(path)`)."
+                )
             return
         self._save_artifact()
 
     @rank_zero_only
     def _save_artifact(self) -> None:
-        path = (
-            Path(self.save_path) if self.save_path else Path(self.trainer.log_dir or ".") / "synthetic_set.pt"
-        )
+        path = Path(self.save_path) if self.save_path else Path(self.trainer.log_dir) / "synthetic_set.pt"
         seconds = time.perf_counter() - self._fit_start if self._fit_start is not None else None
-        self.synthetic.save(
-            path, metadata={"method": "datadam", "steps": int(self.global_step), "fit_seconds": seconds}
-        )
+        metadata = {"method": "datadam", "steps": int(self.global_step), "fit_seconds": seconds}
+        self.synthetic.save(path, metadata=metadata)
         rank_zero_info(f"Saved the distilled set and its EvalSpec to {path}")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -354,6 +369,16 @@ class DataDAM(DistillationModule):
             self.seed = int(seed)
 
     # ------------------------------------------------------------- helpers
+    @torch.no_grad()
+    def synthetic_grid(self) -> Tensor:
+        """The set as one picture: a row per class, ``(K * H, ipc * W, C)`` in ``[0, 1]`` (min-max scaled)."""
+        images = self.synthetic.images.detach().float().cpu()
+        k, ipc = self.synthetic.num_classes, self.synthetic.ipc
+        c, h, w = self.synthetic.image_shape
+        images = (images - images.min()) / (images.max() - images.min()).clamp_min(1e-8)
+        grid = images.reshape(k, ipc, c, h, w).permute(0, 3, 1, 4, 2)  # (K, H, ipc, W, C)
+        return grid.reshape(k * h, ipc * w, c)
+
     def _step_seed(self, step: int) -> int:
         return (int(self.seed or 0) * 1_000_003 + step) & 0x7FFF_FFFF_FFFF
 

@@ -2,56 +2,56 @@
 
 Liu et al., "Decoupled DMD: CFG Augmentation as the Spear, Distribution Matching as the Shield"
 (arXiv 2511.22677, ICLR 2026; used for Z-Image-Turbo, no official code). With a CFG-guided real
-score ``s_cfg = s_u + a (s_c - s_u)`` the DMD generator gradient splits into two terms (Eq. 6)::
+score ``s_cfg = s_u + a (s_c - s_u)`` the DMD generator gradient splits in two (Eq. 6)::
 
-    s_cfg - s_fake,c = (s_real,c - s_fake,c)      [DM: distribution matching, the "shield"]
-                     + (a - 1)(s_real,c - s_real,u)  [CA: CFG augmentation, the "engine"]
+    s_cfg - s_fake,c = (s_real,c - s_fake,c)         DM, distribution matching: the "shield"
+                     + (a - 1)(s_real,c - s_real,u)  CA, CFG augmentation: the "engine"
 
-and d-DMD (Eq. 8) evaluates each term on its own re-noised copy of the generator sample. One
-iteration (Algorithm 1; x0-space, as DMD2 and the Z-Image issues write it):
+and d-DMD (Eq. 8) evaluates each term on its own re-noised copy of the sample (Algorithm 1,
+written in x0 space as DMD2 and the Z-Image issues #56/#78 do):
 
 1. Pick a step ``t`` of the few-step chain; its input ``z_t`` comes from backward simulation.
 2. ``x0 = G(z_t, t, c)``.
-3. CA: ``tau_CA`` cleaner than ``t`` (paper ``tau_CA > t`` with t = 0 = noise; here a timestep
-   index below ``t``); ``g_CA = (a - 1)(x0_real,u - x0_real,c) / n`` at ``x_tau_CA``.
-4. DM: ``tau_DM`` over the full range; ``g_DM = (x0_fake,c - x0_real,c) / n`` at ``x_tau_DM``.
-5. Generator: ``w_ca ½||x0 - sg(x0 - g_CA)||² + w_dm ½||x0 - sg(x0 - g_DM)||²`` every
-   ``generator_update_every`` iterations.
-6. Fake score: denoising loss on ``sg(x0)`` at ``tau' ~ U[0, T)``, every iteration.
+3. CA at ``tau_CA`` cleaner than ``t`` (the paper's ``tau_CA > t`` counts t = 0 as noise; here
+   it is a timestep index below ``t``): ``g_CA = (a - 1)(x0_real,u - x0_real,c) / n``.
+4. DM at ``tau_DM`` over the full range: ``g_DM = (x0_fake,c - x0_real,c) / n``.
+5. Every ``generator_update_every`` iterations the generator minimises
+   ``w_ca ½||x0 - sg(x0 - g_CA)||² + w_dm ½||x0 - sg(x0 - g_DM)||²``.
+6. Every iteration the fake score minimises its denoising loss on ``sg(x0)``, ``tau' ~ U[0, T)``.
 
 ``n`` is DMD2's per-sample normaliser ``mean|x0 - x0_real,cfg(x_tau)|`` at each term's own
 ``tau`` (``normalise: false`` drops it). With one shared ``tau`` and noise, ``g_CA + g_DM`` is
-exactly DMD2's gradient ``(x0_fake,c - x0_real,cfg) / n``.
+DMD2's gradient ``(x0_fake,c - x0_real,cfg) / n`` exactly.
 
-Hyper-parameters -> config keys (``model.init_args.*``):
+=====================================  ===========================  =========================
+paper                                  key (``model.init_args``)    default
+=====================================  ===========================  =========================
+CFG scale alpha (Eq. 4)                ``guidance_scale``           8.0 (DMD2's SDXL value)
+CA schedule: ``tau_CA > t`` / full     ``ca_schedule``              ``constrained``
+DM schedule: full / ``tau_DM > t``     ``dm_schedule``              ``full``
+coupled DMD (one tau, one noise)       ``shared_timestep``          false
+re-noising range, fractions of T       ``timestep_range``           (0.02, 0.98) (DMD2)
+term weights (CA, DM, fake loss)       ``loss_weights``             ca 1, dm 1, fake 1
+generator steps (Table 1: 4)           ``num_generator_steps``      4
+fake updates per generator update      ``generator_update_every``   5 (DMD2 SDXL)
+DMD2 normaliser                        ``normalise``                true
+G, s_fake <- s_real                    ``student_init``             ``teacher``
+=====================================  ===========================  =========================
 
-=======================================  ===========================  =========================
-paper                                    key                          default
-=======================================  ===========================  =========================
-CFG scale alpha (Eq. 4)                  ``guidance_scale``           8.0 (DMD2 SDXL)
-CA schedule ``tau_CA > t`` / full        ``ca_schedule``              ``constrained``
-DM schedule full / ``tau_DM > t``        ``dm_schedule``              ``full``
-coupled DMD (one tau, one noise)         ``shared_timestep``          false
-re-noising range (fractions of T)        ``timestep_range``           (0.02, 0.98) (DMD2)
-weights of the two terms, fake loss      ``loss_weights``             ca 1, dm 1, fake 1
-few-step generator (Table 1: 4 steps)    ``num_generator_steps``      4
-fake updates per generator update        ``generator_update_every``   5 (DMD2 SDXL)
-DMD2 normaliser                          ``normalise``                true
-G and s_fake start from the teacher      ``student_init``             ``teacher``
-=======================================  ===========================  =========================
-
-Ablations: CA only ``loss_weights: {dm: 0}``, DM only ``{ca: 0}`` (a term with weight 0 is not
-computed); the paper's schedules 1-4 are ``shared_timestep: true`` (1), ``ca_schedule: full`` (2),
-``dm_schedule: constrained`` (3) and the defaults (4).
+Ablations: CA only ``loss_weights: {dm: 0}``, DM only ``{ca: 0}`` (a term of weight 0 is not
+computed). The paper's schedules: (1) ``shared_timestep: true, ca_schedule: full``, (2)
+``ca_schedule: full``, (3) ``dm_schedule: constrained``, (4) the defaults.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 
@@ -73,7 +73,14 @@ from lightning_distill.diffusion.metrics import mode_assignment, mode_coverage, 
 from lightning_distill.losses import pseudo_target_loss
 from lightning_distill.module import DistillationModule
 
-__all__ = ["DecoupledDMD", "cfg_augmentation_gradient", "distribution_matching_gradient", "dmd_normaliser"]
+__all__ = [
+    "DecoupledDMD",
+    "cfg_augmentation_gradient",
+    "distribution_matching_gradient",
+    "dmd_normaliser",
+    "fit_to_teacher",
+    "sample_metrics",
+]
 
 Schedule = Literal["constrained", "full"]
 
@@ -83,32 +90,26 @@ def _per_sample(value: Tensor, like: Tensor) -> Tensor:
 
 
 def dmd_normaliser(x0: Tensor, x0_real_guided: Tensor) -> Tensor:
-    """DMD2's per-sample normaliser ``mean_{c,h,w} |x0 - x0_real,cfg|``, shape ``(B,)``, float32.
+    """DMD2's per-sample normaliser ``mean_{c,h,w} |x0 - x0_real,cfg|`` ``(B,)``, float32, detached.
 
     Example:
         >>> dmd_normaliser(torch.tensor([[1.0, 3.0]]), torch.tensor([[0.0, 1.0]]))
         tensor([1.5000])
     """
-    return (x0.detach().float() - x0_real_guided.float()).abs().reshape(x0.shape[0], -1).mean(dim=1)
+    return (x0.detach().float() - x0_real_guided.detach().float()).abs().reshape(x0.shape[0], -1).mean(1)
 
 
 def cfg_augmentation_gradient(
     x0_real_cond: Tensor, x0_real_uncond: Tensor, guidance_scale: float, scale: Tensor | None = None
 ) -> Tensor:
-    """The CA term in x0 space: ``g_CA = (a - 1)(x0_real,u - x0_real,c) / scale`` ``(B, ...)``.
+    """The CA term in x0 space, ``g_CA = (a - 1)(x0_real,u - x0_real,c) / scale``, ``(B, ...)`` float32.
 
-    Descending along ``g_CA`` moves the sample by ``(a - 1)(x0_real,c - x0_real,u)``: the CFG
-    direction (the score-space term ``(a - 1)(s_real,c - s_real,u)`` of Eq. 6, up to the positive
-    factor ``alpha_tau / sigma_tau^2``). Non-finite entries become 0.
-
-    Args:
-        x0_real_cond: the teacher's conditional x0 prediction ``(B, ...)``.
-        x0_real_uncond: its unconditional x0 prediction, same shape.
-        guidance_scale: ``a`` of ``uncond + a (cond - uncond)``.
-        scale: per-sample normaliser ``(B,)`` (:func:`dmd_normaliser`), or ``None``.
+    Descending along ``g_CA`` moves a sample by ``(a - 1)(x0_real,c - x0_real,u)``, the CFG
+    direction: Eq. 6's ``(a - 1)(s_real,c - s_real,u)`` up to the factor ``alpha / sigma^2 > 0``.
+    ``scale`` is a per-sample normaliser ``(B,)`` or ``None``; non-finite entries become 0.
 
     Raises:
-        ValueError: if the shapes differ.
+        ValueError: if the two predictions differ in shape.
 
     Example:
         >>> cfg_augmentation_gradient(torch.tensor([[2.0]]), torch.tensor([[1.0]]), 3.0)
@@ -116,22 +117,21 @@ def cfg_augmentation_gradient(
     """
     if x0_real_cond.shape != x0_real_uncond.shape:
         raise ValueError(
-            f"`x0_real_cond` and `x0_real_uncond` must have the same shape, got {tuple(x0_real_cond.shape)} "
-            f"and {tuple(x0_real_uncond.shape)}."
+            f"`x0_real_cond` and `x0_real_uncond` must have the same shape, got "
+            f"{tuple(x0_real_cond.shape)} and {tuple(x0_real_uncond.shape)}."
         )
     grad = (guidance_scale - 1.0) * (x0_real_uncond.detach().float() - x0_real_cond.detach().float())
-    if scale is not None:
-        grad = grad / _per_sample(scale, grad)
+    grad = grad if scale is None else grad / _per_sample(scale, grad)
     return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def distribution_matching_gradient(
     x0_fake_cond: Tensor, x0_real_cond: Tensor, scale: Tensor | None = None
 ) -> Tensor:
-    """The DM term in x0 space: ``g_DM = (x0_fake,c - x0_real,c) / scale`` ``(B, ...)``; non-finite -> 0.
+    """The DM term in x0 space, ``g_DM = (x0_fake,c - x0_real,c) / scale``, ``(B, ...)`` float32.
 
     Raises:
-        ValueError: if the shapes differ.
+        ValueError: if the two predictions differ in shape.
 
     Example:
         >>> distribution_matching_gradient(torch.tensor([[1.0]]), torch.tensor([[3.0]]), torch.tensor([2.0]))
@@ -143,42 +143,78 @@ def distribution_matching_gradient(
             f"and {tuple(x0_real_cond.shape)}."
         )
     grad = x0_fake_cond.detach().float() - x0_real_cond.detach().float()
-    if scale is not None:
-        grad = grad / _per_sample(scale, grad)
+    grad = grad if scale is None else grad / _per_sample(scale, grad)
     return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
 
 
+def fit_to_teacher(
+    model: nn.Module,
+    teacher: nn.Module,
+    schedule: NoiseSchedule,
+    batches: Iterable[tuple[Tensor, Cond]],
+    steps: int,
+    *,
+    prediction_type: str | None = None,
+    lr: float = 1e-3,
+    generator: torch.Generator | None = None,
+) -> float:
+    """Regress ``model`` onto ``teacher``'s outputs on noised data: "start from the teacher" without its weights.
+
+    Minimises ``||model(x_t, t, c) - teacher(x_t, t, c)||²`` (the teacher's output converted to
+    ``prediction_type``) over ``t ~ U[0, T)`` and ``x_t`` noised from ``(x0, c)`` batches, with Adam.
+    For a parameter-free teacher (the analytic GMM denoiser) this stands in for copying weights.
+
+    Returns:
+        The last step's loss.
+    """
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    loss = torch.zeros(())
+    for _, (x0, cond) in zip(range(steps), itertools.cycle(batches)):
+        T = schedule.num_train_timesteps
+        t = uniform_timesteps(x0.shape[0], 0, T, num_train_timesteps=T, generator=generator, device=x0.device)
+        x_t = schedule.add_noise(x0, _randn_like(x0, generator), t)
+        with torch.no_grad():
+            target = schedule.convert(
+                model_output(teacher, x_t, t, cond),
+                x_t,
+                t,
+                target=prediction_type or schedule.prediction_type,
+            )
+        loss = (model_output(model, x_t, t, cond).float() - target).square().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return float(loss.detach())
+
+
 class DecoupledDMD(DistillationModule):
-    """Decoupled DMD recipe; see the module docstring for the algorithm and the config keys.
+    """Decoupled DMD; the module docstring has the algorithm and the config keys.
 
     Args:
-        student: the few-step generator, called like the teacher (``G(z_t, t, c)``).
+        student: the few-step generator, called like the teacher, ``G(z_t, t, c)``.
         teacher: the frozen real score (any module with the diffusers call signature).
         schedule: the noise schedule of teacher and fake score (``ddpm_schedule``/``flow_schedule``).
-        fake_score: the fake score; ``None`` = a trainable copy of the teacher. A plain module is
-            wrapped in :class:`FakeScore` (all its parameters train).
-        num_classes: classes of the condition; label ``num_classes`` is the null label of CFG.
-        guidance_scale: CFG scale ``a`` of the real score (``uncond + a (cond - uncond)``).
-        ca_schedule / dm_schedule: ``"constrained"`` (cleaner than the generator's input) or ``"full"``.
-        shared_timestep: one ``tau`` and one noise for both terms (coupled DMD).
-        timestep_range: ``(low, high)`` fractions of ``T`` for the re-noising timesteps.
-        num_generator_steps: steps of the generator (timesteps ``T-1, T-1-T/K, ...``).
-        generator_timesteps: explicit decreasing generator timesteps (overrides ``num_generator_steps``).
-        generator_update_every: fake-score updates per generator update.
-        normalise: divide each term by DMD2's normaliser at its own ``tau``.
-        student_init: ``"teacher"`` copies the teacher's weights into the student; ``"random"``
-            keeps the student as built.
+        fake_score: ``None``: a trainable copy of the teacher; a module is wrapped in :class:`FakeScore`.
+        num_classes: number of classes; label ``num_classes`` is CFG's null label.
+        guidance_scale, ca_schedule, dm_schedule, shared_timestep, timestep_range,
+            num_generator_steps, generator_update_every, normalise: see the table above.
+        generator_timesteps: explicit decreasing generator timesteps (instead of ``num_generator_steps``).
+        student_init: ``"teacher"`` copies the teacher's weights into the student; ``"regress"``
+            fits student and fake score to the teacher's outputs at the start of fit
+            (:func:`fit_to_teacher`, ``init_steps`` steps; for a parameter-free teacher);
+            ``"random"`` keeps them as built.
+        init_steps: regression steps of ``student_init: regress``.
         student_prediction_type: what the student predicts (default: the schedule's).
         max_grad_norm: gradient clipping of both updates (``None``: none).
-        teacher_eval_steps: sampler steps of the (guided) teacher in validation.
-        noise_seed: seed of the per-iteration random draws (``None``: ``torch.initial_seed()``).
-        sample_shape: shape of one sample (default: the mixture's dimension or the first batch's).
+        teacher_eval_steps: steps of the guided teacher sampler in validation.
+        noise_seed: seed of all training draws (``None``: ``torch.initial_seed()``).
+        sample_shape: shape of one sample (default: the mixture's dimension, else the first batch's).
         loss_weights: ``{"ca": ..., "dm": ..., "fake": ...}``.
-        optimizer: optimizer of the student; ``fake_optimizer`` that of the fake score (default: the same).
+        optimizer, fake_optimizer: of the student and of the fake score (default: the same).
 
     Raises:
-        ValueError: for an invalid option (the message names the config key), or a fake score
-            without trainable parameters.
+        ValueError: an invalid option (the message names the config key), a teacher whose weights
+            do not fit the student with ``student_init: teacher``, or a fake score without parameters.
     """
 
     loss_terms: ClassVar[tuple[str, ...]] = ("ca", "dm", "fake")
@@ -199,7 +235,8 @@ class DecoupledDMD(DistillationModule):
         generator_timesteps: Sequence[int] | None = None,
         generator_update_every: int = 5,
         normalise: bool = True,
-        student_init: Literal["teacher", "random"] = "teacher",
+        student_init: Literal["teacher", "regress", "random"] = "teacher",
+        init_steps: int = 2000,
         student_prediction_type: Literal["epsilon", "sample", "v_prediction", "flow"] | None = None,
         max_grad_norm: float | None = 10.0,
         teacher_eval_steps: int = 50,
@@ -210,79 +247,72 @@ class DecoupledDMD(DistillationModule):
         fake_optimizer: OptimizerCallable | None = None,
     ) -> None:
         super().__init__(student, teacher=teacher, loss_weights=loss_weights, optimizer=optimizer)
-        if not isinstance(schedule, NoiseSchedule):
-            raise ValueError(
-                f"`schedule` must be a NoiseSchedule, got {type(schedule).__name__}; set `model.init_args.schedule`."
-            )
-        for key, value in (("ca_schedule", ca_schedule), ("dm_schedule", dm_schedule)):
-            if value not in ("constrained", "full"):
-                raise ValueError(
-                    f"`{key}` must be 'constrained' or 'full', got {value!r}; set `model.init_args.{key}`."
-                )
-        if shared_timestep and ca_schedule != dm_schedule:
-            raise ValueError(
-                f"`shared_timestep: true` draws one tau for both terms, so `ca_schedule` ({ca_schedule!r}) and "
-                f"`dm_schedule` ({dm_schedule!r}) must agree; set both in `model.init_args`."
-            )
-        if guidance_scale < 1.0 or (guidance_scale != 1.0 and num_classes is None):
-            raise ValueError(
-                f"`guidance_scale` must be >= 1 and, when > 1, needs `num_classes` (CFG needs a null label); got "
-                f"guidance_scale={guidance_scale}, num_classes={num_classes}; set `model.init_args.*`."
-            )
         T = schedule.num_train_timesteps
         low, high = (int(f * T) for f in timestep_range)
-        if not 0 <= low < high <= T:
-            raise ValueError(
-                f"`timestep_range` must be 0 <= low < high <= 1, got {timestep_range}; set `model.init_args.timestep_range`."
-            )
-        steps = (
-            tuple(generator_timesteps)
-            if generator_timesteps
-            else evenly_spaced_timesteps(num_generator_steps, T)
+        steps = tuple(generator_timesteps or evenly_spaced_timesteps(num_generator_steps, T))
+        _check(ca_schedule in ("constrained", "full"), "ca_schedule", ca_schedule, "'constrained' or 'full'")
+        _check(dm_schedule in ("constrained", "full"), "dm_schedule", dm_schedule, "'constrained' or 'full'")
+        _check(
+            not shared_timestep or ca_schedule == dm_schedule,
+            "shared_timestep",
+            shared_timestep,
+            "false unless `ca_schedule` equals `dm_schedule` (one tau serves both terms)",
         )
-        if any(a <= b for a, b in zip(steps[:-1], steps[1:])) or min(steps) <= low:
-            raise ValueError(
-                f"Generator timesteps {steps} must decrease and stay above the re-noising floor {low} (so that "
-                "the constrained schedule is not empty); set `model.init_args.generator_timesteps`."
-            )
-        if generator_update_every < 1 or teacher_eval_steps < 1:
-            raise ValueError(
-                "`generator_update_every` and `teacher_eval_steps` must be >= 1; set `model.init_args.*`."
-            )
-        if self.loss_weights["ca"] == 0 and self.loss_weights["dm"] == 0:
-            raise ValueError(
-                "`loss_weights` gives both `ca` and `dm` weight 0: nothing trains the generator."
-            )
+        _check(
+            guidance_scale >= 1 and (guidance_scale == 1 or num_classes is not None),
+            "guidance_scale",
+            guidance_scale,
+            ">= 1, and 1 without `num_classes` (CFG needs a null label)",
+        )
+        _check(0 <= low < high <= T, "timestep_range", timestep_range, "fractions 0 <= low < high <= 1")
+        _check(
+            all(a > b for a, b in zip(steps, steps[1:])) and min(steps) > low,
+            "generator_timesteps",
+            steps,
+            f"decreasing timesteps above the re-noising floor {low}",
+        )
+        _check(
+            generator_update_every >= 1, "generator_update_every", generator_update_every, "an integer >= 1"
+        )
+        _check(
+            student_init in ("teacher", "regress", "random"),
+            "student_init",
+            student_init,
+            "'teacher', 'regress' or 'random'",
+        )
+        _check(
+            self.loss_weights["ca"] > 0 or self.loss_weights["dm"] > 0,
+            "loss_weights",
+            self.loss_weights,
+            "a weight > 0 for `ca` or `dm` (else nothing trains the generator)",
+        )
         if student_init == "teacher":
-            self.student.load_state_dict(self.teacher.state_dict())
-        elif student_init != "random":
-            raise ValueError(
-                f"`student_init` must be 'teacher' or 'random', got {student_init!r}; set `model.init_args.student_init`."
-            )
-        if fake_score is None:
-            fake_score = FakeScore.copy_of(self.teacher, schedule)
-        elif not isinstance(fake_score, FakeScore):
-            fake_score = FakeScore(fake_score, schedule)
-        if not fake_score.trainable_parameters():
-            raise ValueError(
-                "The fake score has no trainable parameters (a copy of a parameter-free teacher such as "
-                "AnalyticTeacher); give one with `model.init_args.fake_score` (e.g. an MLPDenoiser)."
-            )
+            try:
+                self.student.load_state_dict(self.teacher.state_dict())
+            except RuntimeError as error:
+                raise ValueError(
+                    f"`student_init: teacher` needs the teacher's architecture ({error}); use "
+                    "`regress` for a parameter-free teacher; set `model.init_args.student_init`."
+                ) from error
+        fake_score = FakeScore.copy_of(self.teacher, schedule) if fake_score is None else fake_score
+        fake_score = fake_score if isinstance(fake_score, FakeScore) else FakeScore(fake_score, schedule)
+        _check(
+            bool(fake_score.trainable_parameters()),
+            "fake_score",
+            type(fake_score.model).__name__,
+            "a module with trainable parameters (e.g. an MLPDenoiser for the analytic teacher)",
+        )
         self.save_hyperparameters(
             ignore=["student", "teacher", "schedule", "fake_score", "optimizer", "fake_optimizer"]
         )
         self.automatic_optimization = False
-        self.fake_score = fake_score
-        self.schedule = schedule
-        self.num_classes = num_classes
+        self.fake_score, self.schedule, self.num_classes = fake_score, schedule, num_classes
         self.guidance_scale = float(guidance_scale)
         self.ca_schedule, self.dm_schedule, self.shared_timestep = ca_schedule, dm_schedule, shared_timestep
-        self.timestep_bounds = (low, high)
-        self.generator_timesteps = steps
-        self.generator_update_every = generator_update_every
-        self.normalise = normalise
-        self.student_prediction_type = student_prediction_type
-        self.max_grad_norm = max_grad_norm
+        self.timestep_bounds, self.generator_timesteps = (low, high), steps
+        self.generator_update_every, self.normalise = generator_update_every, normalise
+        self.student_init, self.init_steps = student_init, init_steps
+        self.student_prediction_type, self.max_grad_norm = student_prediction_type, max_grad_norm
         self.teacher_eval_steps = teacher_eval_steps
         self.noise_seed = int(torch.initial_seed() if noise_seed is None else noise_seed)
         self.sample_shape = tuple(sample_shape) if sample_shape is not None else None
@@ -292,16 +322,14 @@ class DecoupledDMD(DistillationModule):
 
     # ------------------------------------------------------------------ the paper
     def conditions(self, labels: Tensor | None) -> tuple[Cond, Cond]:
-        """``(cond, null_cond)`` of a batch: the class labels and the null label ``num_classes``.
-
-        Override for other conditions (e.g. text embeddings and the empty-prompt embedding).
-        """
+        """``(cond, null_cond)``: the class labels and the null label; override for text embeddings."""
         if self.num_classes is None:
             return None, None
-        if labels is None or (labels < 0).any() or (labels >= self.num_classes).any():
+        if labels is None or bool((labels < 0).any() or (labels >= self.num_classes).any()):
+            found = None if labels is None else labels.unique().tolist()
             raise ValueError(
-                f"Class labels must be in [0, {self.num_classes}); got {labels if labels is None else labels.unique().tolist()}. "
-                "Use conditional data (e.g. `data.init_args.conditional: true`)."
+                f"Class labels must be in [0, {self.num_classes}), got {found}; use conditional "
+                "data (e.g. `data.init_args.conditional: true`)."
             )
         return labels, torch.full_like(labels, self.num_classes)
 
@@ -318,10 +346,9 @@ class DecoupledDMD(DistillationModule):
         )
 
     def renoising_timesteps(self, t_gen: Tensor, schedule: Schedule, generator: torch.Generator) -> Tensor:
-        """``tau`` ``(B,)`` uniform on the range; ``"constrained"`` keeps it below (cleaner than) ``t_gen``."""
+        """``tau`` ``(B,)`` uniform on ``timestep_range``; ``"constrained"`` also keeps it below ``t_gen``."""
         low, high = self.timestep_bounds
-        if schedule == "constrained":
-            high = min(high, int(t_gen.max()))
+        high = min(high, int(t_gen.max())) if schedule == "constrained" else high
         return uniform_timesteps(
             t_gen.shape[0],
             low,
@@ -333,35 +360,33 @@ class DecoupledDMD(DistillationModule):
 
     @torch.no_grad()
     def real_x0(
-        self, x_t: Tensor, t: Tensor, cond: Cond, null_cond: Cond, *, uncond: bool
+        self, x_t: Tensor, t: Tensor, cond: Cond, null_cond: Cond | None
     ) -> tuple[Tensor, Tensor | None]:
-        """The teacher's conditional (and, if asked, unconditional) x0 predictions at ``x_t``."""
+        """The teacher's conditional x0 prediction and, if ``null_cond`` is given, its unconditional one."""
         x0_c = self.schedule.to_x0(model_output(self.teacher, x_t, t, cond), x_t, t)
-        if not uncond:
+        if null_cond is None:
             return x0_c, None
         return x0_c, self.schedule.to_x0(model_output(self.teacher, x_t, t, null_cond), x_t, t)
 
     def ca_gradient(self, x0: Tensor, tau: Tensor, noise: Tensor, cond: Cond, null_cond: Cond) -> Tensor:
-        """Eq. 8, CA term: ``(a - 1)(x0_real,u - x0_real,c)`` at ``x_tau = add_noise(sg(x0), noise, tau)``."""
+        """Eq. 8, CA: ``(a - 1)(x0_real,u - x0_real,c)`` at ``x_tau = alpha sg(x0) + sigma noise``."""
         x_tau = self.schedule.add_noise(x0.detach(), noise, tau)
-        x0_c, x0_u = self.real_x0(x_tau, tau, cond, null_cond, uncond=True)
+        x0_c, x0_u = self.real_x0(x_tau, tau, cond, null_cond)
         scale = dmd_normaliser(x0, cfg(x0_c, x0_u, self.guidance_scale)) if self.normalise else None
         return cfg_augmentation_gradient(x0_c, x0_u, self.guidance_scale, scale)
 
     def dm_gradient(self, x0: Tensor, tau: Tensor, noise: Tensor, cond: Cond, null_cond: Cond) -> Tensor:
-        """Eq. 8, DM term: ``x0_fake,c - x0_real,c`` at ``x_tau`` (the normaliser uses the guided real x0)."""
+        """Eq. 8, DM: ``x0_fake,c - x0_real,c`` at ``x_tau`` (the normaliser needs the guided real x0)."""
         x_tau = self.schedule.add_noise(x0.detach(), noise, tau)
-        with_uncond = self.normalise and self.guidance_scale != 1.0
-        x0_c, x0_u = self.real_x0(x_tau, tau, cond, null_cond, uncond=with_uncond)
+        guided = self.normalise and self.guidance_scale != 1.0
+        x0_c, x0_u = self.real_x0(x_tau, tau, cond, null_cond if guided else None)
         with torch.no_grad():
             x0_fake = self.schedule.to_x0(model_output(self.fake_score, x_tau, tau, cond), x_tau, tau)
-        guided = cfg(x0_c, x0_u, self.guidance_scale) if with_uncond else x0_c
-        return distribution_matching_gradient(
-            x0_fake, x0_c, dmd_normaliser(x0, guided) if self.normalise else None
-        )
+        scale = dmd_normaliser(x0, cfg(x0_c, x0_u, self.guidance_scale) if guided else x0_c)
+        return distribution_matching_gradient(x0_fake, x0_c, scale if self.normalise else None)
 
     def ca_term(self, x0: Tensor, tau: Tensor, noise: Tensor, cond: Cond, null_cond: Cond) -> Tensor:
-        """``½||x0 - sg(x0 - g_CA)||²`` (its gradient w.r.t. ``x0`` is ``g_CA / x0.numel()``)."""
+        """``½||x0 - sg(x0 - g_CA)||²``, whose gradient w.r.t. ``x0`` is ``g_CA / x0.numel()``."""
         return pseudo_target_loss(x0, self.ca_gradient(x0, tau, noise, cond, null_cond))
 
     def dm_term(self, x0: Tensor, tau: Tensor, noise: Tensor, cond: Cond, null_cond: Cond) -> Tensor:
@@ -371,38 +396,32 @@ class DecoupledDMD(DistillationModule):
     def generator_terms(
         self, x0: Tensor, t_gen: Tensor, cond: Cond, null_cond: Cond, generator: torch.Generator
     ) -> dict[str, Tensor]:
-        """Steps 3-4: draw ``tau`` and noise per term (one of each when ``shared_timestep``); the terms with weight > 0."""
-        draws: dict[str, tuple[Tensor, Tensor]] = {}
-        for name, schedule in (("ca", self.ca_schedule), ("dm", self.dm_schedule)):
-            if self.shared_timestep and draws:
-                draws[name] = next(iter(draws.values()))
-            else:
-                tau = self.renoising_timesteps(t_gen, schedule, generator)
-                draws[name] = (tau, _randn_like(x0, generator))
-        methods = {"ca": self.ca_term, "dm": self.dm_term}
+        """Steps 3-4: a ``tau`` and a noise per term (one pair if ``shared_timestep``); terms of weight > 0."""
+        ca = (self.renoising_timesteps(t_gen, self.ca_schedule, generator), _randn_like(x0, generator))
+        dm = (
+            ca
+            if self.shared_timestep
+            else (self.renoising_timesteps(t_gen, self.dm_schedule, generator), _randn_like(x0, generator))
+        )
+        terms = {"ca": (self.ca_term, ca), "dm": (self.dm_term, dm)}
         return {
-            name: methods[name](x0, *draws[name], cond, null_cond)
-            for name in methods
-            if self.loss_weights[name] > 0
+            k: term(x0, *draw, cond, null_cond)
+            for k, (term, draw) in terms.items()
+            if self.loss_weights[k] > 0
         }
 
     def fake_score_loss(self, x0: Tensor, cond: Cond, generator: torch.Generator) -> Tensor:
-        """Step 6: denoising loss of the fake score on ``sg(x0)`` at ``tau' ~ U[0, T)``."""
+        """Step 6: the fake score's denoising loss on ``sg(x0)`` at ``tau' ~ U[0, T)``."""
+        T = self.schedule.num_train_timesteps
         tau = uniform_timesteps(
-            x0.shape[0],
-            0,
-            self.schedule.num_train_timesteps,
-            num_train_timesteps=self.schedule.num_train_timesteps,
-            generator=generator,
-            device=x0.device,
+            x0.shape[0], 0, T, num_train_timesteps=T, generator=generator, device=x0.device
         )
         return self.fake_score.denoising_loss(x0.detach(), tau, _randn_like(x0, generator), cond)
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
         opt_student, opt_fake = self.optimizers()
         x, labels = batch[0], batch[1] if len(batch) > 1 else None
-        if self.sample_shape is None:
-            self.sample_shape = tuple(x.shape[1:])
+        self.sample_shape = self.sample_shape or tuple(x.shape[1:])
         gen = self._iteration_generator()
         cond, null_cond = self.conditions(labels)
         # 1. The generator's input at a random step of its chain (backward simulation).
@@ -415,7 +434,7 @@ class DecoupledDMD(DistillationModule):
             )
         terms: dict[str, Tensor] = {}
         if update_generator:
-            # 3.-5. CA and DM terms on their own re-noised copies; weighted sum; generator step.
+            # 3.-5. CA and DM on their own re-noised copies, weighted sum, generator step.
             terms = self.generator_terms(x0, t_gen, cond, null_cond, gen)
             loss = sum(self.loss_weights[name] * value for name, value in terms.items())
             self.manual_update(loss, opt_student, clip_grad_norm=self.max_grad_norm)
@@ -426,6 +445,35 @@ class DecoupledDMD(DistillationModule):
         )
         self.iteration += 1
         self.log_losses({name: value.detach() for name, value in terms.items()})
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        if self.student_init != "regress" or self.iteration > 0:  # a resumed run has its weights
+            return
+        if self.trainer.datamodule is None:
+            raise ValueError(
+                "`student_init: regress` fits to the teacher on the datamodule's training data; fit "
+                "with a datamodule, or use `student_init: random`."
+            )
+        gen = torch.Generator(device=self.device).manual_seed(self.noise_seed)
+        loader = self.trainer.datamodule.train_dataloader()
+        batches = [
+            (b[0].to(self.device), self.conditions(b[1].to(self.device))[0])
+            for b in itertools.islice(loader, 64)
+        ]
+        fit_to_teacher(
+            self.student,
+            self.teacher,
+            self.schedule,
+            batches,
+            self.init_steps,
+            prediction_type=self.student_prediction_type,
+            generator=gen,
+        )
+        fit_to_teacher(self.fake_score, self.teacher, self.schedule, batches, self.init_steps, generator=gen)
+        if dist.is_available() and dist.is_initialized():  # every rank starts from rank 0's weights
+            for tensor in [*self.student.parameters(), *self.fake_score.parameters()]:
+                dist.broadcast(tensor.data, src=0)
 
     # ------------------------------------------------------------------ sampling and evaluation
     @property
@@ -438,7 +486,7 @@ class DecoupledDMD(DistillationModule):
 
     @torch.no_grad()
     def generate(self, model: nn.Module, labels: Tensor | None, n: int, generator: torch.Generator) -> Tensor:
-        """``n`` samples of the student (its few-step chain) or of the teacher (``teacher_eval_steps``, CFG)."""
+        """``n`` samples of the student (its chain) or another model (``teacher_eval_steps`` steps with CFG)."""
         shape = self.sample_shape or (self.reference_mixture.dim,)
         noise = torch.randn((n, *shape), generator=generator, device=generator.device).to(self.device)
         cond, null_cond = self.conditions(labels)
@@ -457,29 +505,25 @@ class DecoupledDMD(DistillationModule):
         )
 
     def sample(self, n: int, generator: torch.Generator) -> Tensor:
-        """``n`` student samples ``(n, *sample_shape)``, labels drawn from the mixture's class weights (SampleLogger)."""
-        labels = None
-        gmm = self.reference_mixture
+        """``n`` student samples, labels drawn from the mixture's class weights (for ``SampleLogger``)."""
+        labels, gmm = None, self.reference_mixture
         if self.num_classes is not None:
+            prior = torch.ones(self.num_classes, dtype=torch.float64)
             if gmm is not None and gmm.num_classes == self.num_classes:
-                prior = torch.zeros(self.num_classes, dtype=torch.float64).index_add_(
-                    0, gmm.class_of_mode.cpu(), gmm.weights.cpu().double()
-                )
-            else:
-                prior = torch.ones(self.num_classes, dtype=torch.float64)
-            labels = torch.multinomial(
-                prior.to(generator.device), n, replacement=True, generator=generator
-            ).to(self.device)
+                prior = prior.zero_().index_add_(0, gmm.class_of_mode.cpu(), gmm.weights.cpu().double())
+            labels = torch.multinomial(prior.to(generator.device), n, replacement=True, generator=generator)
+            labels = labels.to(self.device)
         return self.generate(self.student, labels, n, generator)
 
     def evaluate(self, model: nn.Module, batch: Any) -> dict[str, Tensor]:
-        """SWD, MMD, mode coverage and the share of samples on a mode of their class, against the batch."""
+        """:func:`sample_metrics` of ``model``'s samples with the batch's labels against the batch."""
         gmm = self.reference_mixture
         if gmm is None:
             return {}
         x, labels = batch[0], batch[1] if self.num_classes is not None else None
-        generator = torch.Generator(device=self.device).manual_seed(self._eval_seed)
-        samples = self.generate(model, labels, x.shape[0], generator)
+        samples = self.generate(
+            model, labels, x.shape[0], torch.Generator(device=self.device).manual_seed(self._eval_seed)
+        )
         return sample_metrics(samples.reshape(x.shape[0], -1), x.reshape(x.shape[0], -1), labels, gmm)
 
     def _evaluate_stage(self, batch: Any, batch_idx: int, stage: str) -> None:
@@ -487,17 +531,11 @@ class DecoupledDMD(DistillationModule):
         first = self._teacher_metrics_pending.get(stage, False) and not self.trainer.sanity_checking
         self._evaluation_step(batch, stage)
         gmm = self.reference_mixture
-        if first and gmm is not None:  # the noise floor: a second data sample with the same labels
-            x, labels = batch[0], batch[1] if self.num_classes is not None else None
-            other = gmm.sample(
-                x.shape[0],
-                torch.Generator().manual_seed(self._eval_seed),
-                labels.cpu() if labels is not None else None,
-            )
-            floor = sample_metrics(other.to(x), x.reshape(x.shape[0], -1), labels, gmm)
-            self.log_dict(
-                {f"{stage}/{k}_floor": v for k, v in floor.items()}, on_epoch=True, batch_size=x.shape[0]
-            )
+        if first and gmm is not None:  # the noise floor: another data sample with the same labels
+            x, labels = batch[0], batch[1].cpu() if self.num_classes is not None else None
+            other = gmm.sample(x.shape[0], torch.Generator().manual_seed(self._eval_seed), labels)
+            floor = sample_metrics(other, x.reshape(x.shape[0], -1), labels, gmm)
+            self.log_dict({f"{stage}/{k}_floor": v for k, v in floor.items()}, batch_size=x.shape[0])
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._evaluate_stage(batch, batch_idx, "val")
@@ -518,26 +556,31 @@ class DecoupledDMD(DistillationModule):
         super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("decoupled_dmd", {})
         self.iteration = int(state.get("iteration", 0))
-        if state.get("sample_shape") is not None:
-            self.sample_shape = tuple(state["sample_shape"])
+        shape = state.get("sample_shape")
+        self.sample_shape = tuple(shape) if shape is not None else self.sample_shape
 
     def _iteration_generator(self) -> torch.Generator:
-        """The only random source of an iteration: a pure function of (seed, iteration, rank), so resume is exact."""
+        """The iteration's only random source, a function of (noise_seed, iteration, rank): resume is exact."""
         rank = self.global_rank if self._trainer is not None else 0
         seed = int(np.random.SeedSequence([self.noise_seed, self.iteration, rank]).generate_state(1)[0])
         return torch.Generator(device=self.device).manual_seed(seed)
 
 
-def _randn_like(x: Tensor, generator: torch.Generator) -> Tensor:
-    return torch.randn(x.shape, generator=generator, device=generator.device, dtype=torch.float32).to(
-        x.device, x.dtype
-    )
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ValueError(f"`{key}` must be {allowed}, got {value!r}; set `model.init_args.{key}`.")
+
+
+def _randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    device = generator.device if generator is not None else x.device
+    return torch.randn(x.shape, generator=generator, device=device).to(x.device, x.dtype)
 
 
 def sample_metrics(
     samples: Tensor, data: Tensor, labels: Tensor | None, gmm: GaussianMixture
 ) -> dict[str, Tensor]:
-    """Bench metrics of ``samples`` ``(N, D)`` against a data sample ``(N, D)`` with the same labels."""
+    """SWD, RBF-MMD², mode coverage of ``samples`` ``(N, D)`` against ``data`` ``(N, D)``, and ``on_class``:
+    the share of samples whose nearest mode (within the coverage threshold) belongs to their label."""
     samples, data = samples.detach().float().cpu(), data.detach().float().cpu()
     metrics = {
         "swd": sliced_wasserstein(samples, data),
@@ -545,7 +588,6 @@ def sample_metrics(
         "mode_coverage": mode_coverage(samples, gmm),
     }
     if labels is not None and gmm.num_classes:
-        modes = mode_assignment(samples, gmm)
-        classes = torch.cat([gmm.class_of_mode.cpu(), torch.tensor([-1])])[modes]
+        classes = torch.cat([gmm.class_of_mode.cpu(), torch.tensor([-1])])[mode_assignment(samples, gmm)]
         metrics["on_class"] = (classes == labels.cpu()).double().mean()
     return {k: v.float() for k, v in metrics.items()}

@@ -54,7 +54,6 @@ from lightning_distill.diffusion import (
     NoiseSchedule,
     backward_simulation,
     discriminator_logits,
-    evenly_spaced_timesteps,
     feature_path,
     few_step_sample,
     guided_output,
@@ -77,6 +76,15 @@ __all__ = ["DMD2"]
 
 _CKPT_KEY = "dmd2"
 _TAP = "bottleneck"
+_MODULE_ARGS = (
+    "student",
+    "teacher",
+    "schedule",
+    "fake_score",
+    "optimizer",
+    "fake_score_optimizer",
+    "lr_scheduler",
+)
 
 
 class DMD2(DistillationModule):
@@ -99,10 +107,9 @@ class DMD2(DistillationModule):
         dfake_gen_update_ratio: fake-score updates per generator update (the two time-scale rule).
         denoising_timesteps: the student's timesteps, e.g. ``[999, 749, 499, 249]``; ``None`` is one
             step at ``schedule.max_timestep``; a single value is a one-step generator conditioned on it.
-        num_denoising_steps: shortcut for ``denoising_timesteps``: DMD2's evenly spaced ``K`` steps.
         backward_simulation: few-step training inputs come from the student's own ``k``-step
             samples (True, the paper) or from noised real data (False).
-        gan: train the discriminator head on fake-score features with real data (DMD2's GAN term).
+        gan: train a discriminator head on fake-score features against real data (DMD2's GAN term).
         gen_cls_loss_weight: weight of the generator's GAN loss.
         guidance_cls_loss_weight: weight of the discriminator loss.
         dm_loss_weight: weight of the distribution-matching loss.
@@ -112,16 +119,17 @@ class DMD2(DistillationModule):
         gan_channels: channels of those features (default: read from the fake score's architecture).
         null_label: the unconditional class label for CFG (default: the teacher's ``num_classes``).
         max_grad_norm: gradient-norm clipping of both networks; ``None`` disables it.
-        sample_shape: shape of one sample, e.g. ``(4, 64, 64)``; default from the data or teacher.
-        noise_seed: seed of the training noise (per iteration and rank); ``None`` is ``torch.initial_seed()``.
-        eval_teacher_steps: DDIM/Euler steps of the teacher's validation samples (bench only).
+        sample_shape: shape of one sample, e.g. ``(4, 64, 64)``; default from the data or the teacher.
+        noise_seed: seed of the training noise (per iteration and rank); ``None``: ``torch.initial_seed()``.
+        eval_teacher_steps: sampler steps of the teacher's validation samples (exact bench only).
         optimizer: optimizer of the generator, and of the fake score unless ``fake_score_optimizer``.
-        fake_score_optimizer: optimizer of the fake score and discriminator head.
+        fake_score_optimizer: optimizer of the fake score and the discriminator head.
         lr_scheduler: optional scheduler for each optimizer, stepped every iteration.
 
     Raises:
         ValueError: an argument outside its range (the message names the config key), or a teacher
             whose prediction type differs from the schedule's.
+        TypeError: a ``schedule`` that is not a ``NoiseSchedule``.
     """
 
     loss_terms: ClassVar[tuple[str, ...]] = ("dm", "gen_cls", "fake", "guidance_cls")
@@ -140,7 +148,6 @@ class DMD2(DistillationModule):
         normalise_dmd_gradient: bool = True,
         dfake_gen_update_ratio: int = 10,
         denoising_timesteps: Sequence[int] | None = None,
-        num_denoising_steps: int | None = None,
         backward_simulation: bool = True,
         gan: bool = True,
         gen_cls_loss_weight: float = 1e-3,
@@ -163,76 +170,33 @@ class DMD2(DistillationModule):
             "gen_cls": gen_cls_loss_weight,
             "guidance_cls": guidance_cls_loss_weight,
         }
-        for name, value in weights.items():
-            _check(value >= 0, f"{name}_loss_weight" if name != "dm" else "dm_loss_weight", value, ">= 0")
+        for term, value in weights.items():
+            _check(value >= 0, f"{term}_loss_weight", value, ">= 0")
         super().__init__(
             student, teacher=teacher, loss_weights=weights, optimizer=optimizer, lr_scheduler=lr_scheduler
         )
-        self.save_hyperparameters(
-            ignore=[
-                "student",
-                "teacher",
-                "schedule",
-                "fake_score",
-                "optimizer",
-                "fake_score_optimizer",
-                "lr_scheduler",
-            ]
-        )
+        self.save_hyperparameters(ignore=list(_MODULE_ARGS))
         self.automatic_optimization = False
         if schedule is None:
             own = getattr(teacher, "schedule", None)
             schedule = own if isinstance(own, NoiseSchedule) else NoiseSchedule.ddpm()
         if not isinstance(schedule, NoiseSchedule):
-            raise TypeError(
-                f"`schedule` must be a NoiseSchedule, got {type(schedule).__name__}; set `model.init_args.schedule`."
-            )
-        self.schedule = schedule
-        T = schedule.num_train_timesteps
+            raise TypeError(f"`schedule` must be a NoiseSchedule, got {type(schedule).__name__}.")
+        self.schedule, T, t_max = schedule, schedule.num_train_timesteps, schedule.max_timestep
+        steps = tuple(int(t) for t in (denoising_timesteps or (t_max,)))
         teacher_type = getattr(teacher, "prediction_type", schedule.prediction_type)
-        _check(
-            teacher_type == schedule.prediction_type,
-            "schedule",
-            schedule.prediction_type,
-            f"the teacher's prediction type {teacher_type!r}",
-        )
-        _check(student_init in ("teacher", "random"), "student_init", student_init, "'teacher' or 'random'")
-        _check(
-            0.0 <= min_step_percent < max_step_percent <= 1.0,
-            "min_step_percent/max_step_percent",
-            (min_step_percent, max_step_percent),
-            "0 <= min < max <= 1",
-        )
-        _check(
-            isinstance(dfake_gen_update_ratio, int) and dfake_gen_update_ratio >= 1,
-            "dfake_gen_update_ratio",
-            dfake_gen_update_ratio,
-            "an integer >= 1",
-        )
-        _check(max_grad_norm is None or max_grad_norm > 0, "max_grad_norm", max_grad_norm, "> 0 or null")
-        _check(
-            gan_max_timestep is None or 0 <= gan_max_timestep <= T,
-            "gan_max_timestep",
-            gan_max_timestep,
-            f"in [0, {T}]",
-        )
-        if num_denoising_steps is not None:
-            _check(
-                denoising_timesteps is None,
-                "num_denoising_steps",
-                num_denoising_steps,
-                "unset when `denoising_timesteps` is given",
-            )
-            denoising_timesteps = evenly_spaced_timesteps(num_denoising_steps, T)
-        steps = tuple(int(t) for t in (denoising_timesteps or (schedule.max_timestep,)))
-        _check(
-            all(0 <= t <= schedule.max_timestep for t in steps)
-            and list(steps) == sorted(set(steps), reverse=True),
-            "denoising_timesteps",
-            list(steps),
-            f"strictly decreasing values in [0, {schedule.max_timestep}]",
-        )
-        self.denoising_timesteps = steps
+        checks = [
+            (teacher_type == schedule.prediction_type, "schedule", schedule.prediction_type, f"the teacher's {teacher_type!r}"),
+            (student_init in ("teacher", "random"), "student_init", student_init, "'teacher' or 'random'"),
+            (0 <= min_step_percent < max_step_percent <= 1, "min_step_percent", min_step_percent, "< max, in [0, 1]"),
+            (dfake_gen_update_ratio >= 1, "dfake_gen_update_ratio", dfake_gen_update_ratio, "an integer >= 1"),
+            (max_grad_norm is None or max_grad_norm > 0, "max_grad_norm", max_grad_norm, "> 0 or null"),
+            (0 <= (gan_max_timestep or 0) <= T, "gan_max_timestep", gan_max_timestep, f"in [0, {T}] or null"),
+            (list(steps) == sorted(set(steps), reverse=True) and 0 <= steps[-1] and steps[0] <= t_max,
+             "denoising_timesteps", list(steps), f"strictly decreasing, in [0, {t_max}]"),
+        ]  # fmt: skip
+        for ok, key, value, allowed in checks:
+            _check(ok, key, value, allowed)
 
         if student_init == "teacher":
             try:
@@ -243,17 +207,17 @@ class DMD2(DistillationModule):
                     "has no weights); set `model.init_args.student_init: random`."
                 ) from error
         if fake_score is None:
-            if not any(True for _ in teacher.parameters()):
+            if next(teacher.parameters(), None) is None:
                 raise ValueError("The teacher has no parameters to copy; give `model.init_args.fake_score`.")
             fake_score = FakeScore.copy_of(teacher, schedule)
         self.fake_score = fake_score if isinstance(fake_score, FakeScore) else FakeScore(fake_score, schedule)
         self.fake_score.requires_grad_(True).train()
-
         self.gan_hooks: FeatureHooks | None = None
         self.gan_head: GANHead | None = None
         if gan:
-            path = gan_feature_path or f"fake_score.{feature_path(self.fake_score)}"
-            self.gan_hooks = FeatureHooks({_TAP: path})
+            self.gan_hooks = FeatureHooks(
+                {_TAP: gan_feature_path or f"fake_score.{feature_path(self.fake_score)}"}
+            )
             self.gan_head = GANHead(gan_channels or _bottleneck_channels(self.fake_score.model))
 
         self.student_prediction_type = student_prediction_type
@@ -261,6 +225,7 @@ class DMD2(DistillationModule):
         self.dm_steps = (int(min_step_percent * T), min(int(max_step_percent * T) + 1, T))  # [low, high)
         self.normalise_dmd_gradient = normalise_dmd_gradient
         self.dfake_gen_update_ratio = dfake_gen_update_ratio
+        self.denoising_timesteps = steps
         self.backward_simulation = backward_simulation
         self.gan_max_timestep = T if gan_max_timestep is None else gan_max_timestep
         self.null_label = null_label
@@ -269,13 +234,13 @@ class DMD2(DistillationModule):
         self.noise_seed = int(torch.initial_seed() if noise_seed is None else noise_seed) % 2**63
         self.eval_teacher_steps = eval_teacher_steps
         self.fake_score_optimizer = fake_score_optimizer
-        self.iteration = 0  # persistent: the update ratio and the training noise depend on it
+        self.iteration = 0  # saved in checkpoints: the update ratio and the training noise depend on it
         self._val_points: list[Tensor] = []
         self._floors_logged = False
 
     # ------------------------------------------------------------------ the paper, one method per equation
     def generate(self, x_t: Tensor, t: Tensor, cond: Cond = None) -> Tensor:
-        """x̂₀ = G(x_t, t, c) in float32, converted from what the student predicts; keeps the grad mode."""
+        """x̂₀ = G(x_t, t, c) ``(B, ...)`` in float32, converted from what the student predicts; keeps the grad mode."""
         return one_step_generate(
             self.student, self.schedule, x_t, t, cond, prediction_type=self.student_prediction_type
         )
@@ -285,12 +250,11 @@ class DMD2(DistillationModule):
         """Step 1: the student's input ``(x_t (B, ...), t (B,))`` for this iteration.
 
         One step: pure noise at ``denoising_timesteps[0]``. Few steps with backward simulation:
-        the student's own sample after ``k`` steps (``k`` uniform, one per batch, drawn from the
-        rank-independent stream) re-noised to ``t_k``. Without it (the official ``denoising`` mode):
-        real data noised to a random ``t_k`` per sample, pure noise where ``t_k = T - 1``.
+        the student's own sample after ``k`` steps (``k`` uniform, one per batch and the same on
+        every rank) re-noised to ``t_k``. Without it (the official ``denoising`` mode): real data
+        noised to a random ``t_k`` per sample, and pure noise where ``t_k = T - 1``.
         """
-        noise = torch.randn(real.shape, generator=generator, device=real.device, dtype=real.dtype)
-        steps = self.denoising_timesteps
+        noise, steps = _randn_like(real, generator), self.denoising_timesteps
         if len(steps) == 1:
             return noise, torch.full((real.shape[0],), steps[0], device=real.device, dtype=torch.long)
         if self.backward_simulation:
@@ -305,11 +269,9 @@ class DMD2(DistillationModule):
                 generator=generator,
                 prediction_type=self.student_prediction_type,
             )
-        index = torch.randint(len(steps), (real.shape[0],), generator=generator, device=real.device)
-        t = torch.tensor(steps, device=real.device)[index]
-        x_t = self.schedule.add_noise(real, noise, t)
+        t = torch.tensor(steps, device=real.device)[self._timesteps(real, 0, len(steps), generator)]
         pure = (t == self.schedule.num_train_timesteps - 1).reshape(-1, *[1] * (real.ndim - 1))
-        return torch.where(pure, noise, x_t), t
+        return torch.where(pure, noise, self.schedule.add_noise(real, noise, t)), t
 
     @torch.no_grad()
     def distribution_matching_gradient(
@@ -318,20 +280,14 @@ class DMD2(DistillationModule):
         """g = (x̂_fake − x̂_real) / mean|x̂₀ − x̂_real| at x_t = α_t x̂₀ + σ_t ε, t ~ U[0.02T, 0.98T]; ``(B, ...)``.
 
         The real prediction carries CFG (``real_guidance_scale``), the fake one none (the official
-        ``fake_guidance_scale`` must be 1). Non-finite entries are 0 (the NaN guard).
+        ``fake_guidance_scale`` must be 1). Non-finite entries become 0 (the NaN guard).
         """
-        t = uniform_timesteps(
-            x0.shape[0],
-            *self.dm_steps,
-            num_train_timesteps=self.schedule.num_train_timesteps,
-            generator=generator,
-            device=x0.device,
-        )
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        x_t = self.schedule.add_noise(x0.detach(), noise, t)
+        t = self._timesteps(x0, *self.dm_steps, generator)
+        x_t = self.schedule.add_noise(x0.detach(), _randn_like(x0, generator), t)
         fake_x0 = self.schedule.to_x0(model_output(self.fake_score, x_t, t, cond), x_t, t)
-        real_out = guided_output(self.teacher, x_t, t, cond, null_cond, self.real_guidance_scale)
-        real_x0 = self.schedule.to_x0(real_out, x_t, t)
+        real_x0 = self.schedule.to_x0(
+            guided_output(self.teacher, x_t, t, cond, null_cond, self.real_guidance_scale), x_t, t
+        )
         return dmd_gradient(fake_x0, real_x0, x0, normalise=self.normalise_dmd_gradient)
 
     def distribution_matching_loss(
@@ -341,44 +297,29 @@ class DMD2(DistillationModule):
         return pseudo_target_loss(x0, self.distribution_matching_gradient(x0, cond, null_cond, generator))
 
     def discriminator_logits(self, x: Tensor, cond: Cond, generator: torch.Generator | None = None) -> Tensor:
-        """D(x): the GAN head on the fake score's tapped features at x noised to t ~ U[0, gan_max_timestep); ``(B,)``."""
+        """D(x) ``(B,)``: the GAN head on the fake score's tapped features at x noised to t ~ U[0, gan_max_timestep).
+
+        Raises:
+            RuntimeError: the GAN branch is off (``gan: false``).
+        """
         if self.gan_hooks is None or self.gan_head is None:
             raise RuntimeError("The GAN branch is off (`gan: false`); there is no discriminator.")
-        if (
-            not self.gan_hooks.is_attached
-        ):  # outside a Trainer (inside one, the callback attached it in setup)
+        if not self.gan_hooks.is_attached:  # outside a Trainer; inside one the callback attaches in `setup`
             self.gan_hooks.attach(self)
+        t = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         if self.gan_max_timestep > 0:
-            t = uniform_timesteps(
-                x.shape[0],
-                0,
-                self.gan_max_timestep,
-                num_train_timesteps=self.schedule.num_train_timesteps,
-                generator=generator,
-                device=x.device,
-            )
-            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = self.schedule.add_noise(x, noise, t)
-        else:
-            t = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+            t = self._timesteps(x, 0, self.gan_max_timestep, generator)
+            x = self.schedule.add_noise(x, _randn_like(x, generator), t)
         return discriminator_logits(self.fake_score, self.gan_head, self.gan_hooks, _TAP, x, t, cond)
 
     def generator_gan_loss(self, x0: Tensor, cond: Cond, generator: torch.Generator | None = None) -> Tensor:
-        """L_G = mean softplus(−D(x̂₀)), differentiated through the (frozen for this turn) fake score into x̂₀."""
+        """L_G = mean softplus(−D(x̂₀)), differentiated through the fake score (frozen for this turn) into x̂₀."""
         return gan_generator_loss(self.discriminator_logits(x0, cond, generator))
 
     def fake_score_loss(self, x0: Tensor, cond: Cond, generator: torch.Generator | None = None) -> Tensor:
         """L_fake = mean ‖f_φ(x_t, t) − y‖², x_t = α_t sg(x̂₀) + σ_t ε, t ~ U[0, T), y the schedule's target (ε)."""
-        t = uniform_timesteps(
-            x0.shape[0],
-            0,
-            self.schedule.num_train_timesteps,
-            num_train_timesteps=self.schedule.num_train_timesteps,
-            generator=generator,
-            device=x0.device,
-        )
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        return self.fake_score.denoising_loss(x0.detach(), t, noise, cond)
+        t = self._timesteps(x0, 0, self.schedule.num_train_timesteps, generator)
+        return self.fake_score.denoising_loss(x0.detach(), t, _randn_like(x0, generator), cond)
 
     def guidance_cls_loss(
         self,
@@ -388,22 +329,18 @@ class DMD2(DistillationModule):
         fake_cond: Cond,
         generator: torch.Generator | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """L_D = mean softplus(−D(real)) + mean softplus(D(sg(fake))); also returns both logits ``(B,)``.
+        """L_D = mean softplus(−D(real)) + mean softplus(D(sg(fake))), and the logits ``(B_real,)``, ``(B_fake,)``.
 
-        Real and fake go through the fake score in one batch when their conditions can be
-        concatenated (``None`` or tensors), each sample with its own noise level, as two calls would.
+        Real and fake go through the fake score as one batch when their conditions concatenate
+        (``None`` or tensors); every sample still gets its own noise level, as with two calls.
         """
         real, fake = real.detach(), fake.detach().to(real.dtype)
-        if (
-            real_cond is None
-            and fake_cond is None
-            or isinstance(real_cond, Tensor)
-            and isinstance(fake_cond, Tensor)
+        if (real_cond is None and fake_cond is None) or (
+            isinstance(real_cond, Tensor) and isinstance(fake_cond, Tensor)
         ):
             cond = None if real_cond is None else torch.cat([real_cond, fake_cond])
-            real_logits, fake_logits = self.discriminator_logits(
-                torch.cat([real, fake]), cond, generator
-            ).split([real.shape[0], fake.shape[0]])
+            logits = self.discriminator_logits(torch.cat([real, fake]), cond, generator)
+            real_logits, fake_logits = logits.split([real.shape[0], fake.shape[0]])
         else:
             real_logits = self.discriminator_logits(real, real_cond, generator)
             fake_logits = self.discriminator_logits(fake, fake_cond, generator)
@@ -417,12 +354,12 @@ class DMD2(DistillationModule):
         self._record_shape(real)
         rng = self._step_generator(self.iteration)
         generator_turn = self.is_update_step(self.iteration, self.dfake_gen_update_ratio)
-        terms: dict[str, Tensor] = {}
-        # 1. The generator's samples (with grad only on its turns); the fake-score turn reuses them.
+        # 1. The generator's samples (with grad on its turns only); the fake-score turn reuses them.
         x_t, t = self.generator_input(real, cond, rng)
         with torch.set_grad_enabled(generator_turn):
             x0 = self.generate(x_t, t, cond)
-        # 2. Generator turn: distribution matching + GAN through the fake score, which is frozen here.
+        # 2. Generator turn: distribution matching + GAN through the fake score (frozen by the toggle).
+        terms: dict[str, Tensor] = {}
         if generator_turn:
             self.toggle_optimizer(opt_gen)
             terms["dm"] = self.distribution_matching_loss(x0, cond, null_cond, rng)
@@ -430,21 +367,15 @@ class DMD2(DistillationModule):
                 terms["gen_cls"] = self.generator_gan_loss(x0, cond, rng)
             self.manual_update(self._weighted(terms), opt_gen, clip_grad_norm=self.max_grad_norm)
             self.untoggle_optimizer(opt_gen)
-        # 3. Fake-score turn (every iteration): denoising on detached samples + discriminator on real vs fake.
+        # 3. Fake-score turn, every iteration: denoising on the detached samples + discriminator.
         fake_terms = {"fake": self.fake_score_loss(x0, cond, rng)}
         if self.gan_head is not None:
             fake_terms["guidance_cls"], real_logits, fake_logits = self.guidance_cls_loss(
                 real, x0, cond, cond, rng
             )
-            self.log(
-                "train/pred_realism_real",
-                torch.sigmoid(real_logits).mean().detach(),
-                on_step=True,
-                on_epoch=False,
-            )
-            self.log(
-                "train/pred_realism_fake",
-                torch.sigmoid(fake_logits).mean().detach(),
+            realism = {"real": real_logits.sigmoid().mean(), "fake": fake_logits.sigmoid().mean()}
+            self.log_dict(
+                {f"train/pred_realism_{k}": v.detach() for k, v in realism.items()},
                 on_step=True,
                 on_epoch=False,
             )
@@ -455,18 +386,22 @@ class DMD2(DistillationModule):
         for scheduler in self._schedulers():
             scheduler.step()
         self.iteration += 1
-        self._log_terms({**terms, **fake_terms})
+        for name, value in {**terms, **fake_terms}.items():
+            self.log(
+                f"train/{name}", value.detach(), on_step=True, on_epoch=False, prog_bar=name in ("dm", "fake")
+            )
 
     def configure_optimizers(self) -> Any:
-        gen = [p for p in self.student.parameters() if p.requires_grad]
-        fake = self.fake_score.trainable_parameters()
-        if self.gan_head is not None:
-            fake += list(self.gan_head.parameters())
-        opt_gen = self.optimizer(gen)
-        opt_fake = (self.fake_score_optimizer or self.optimizer)(fake)
+        fake = self.fake_score.trainable_parameters() + (
+            [] if self.gan_head is None else list(self.gan_head.parameters())
+        )
+        optimizers = [
+            self.optimizer([p for p in self.student.parameters() if p.requires_grad]),
+            (self.fake_score_optimizer or self.optimizer)(fake),
+        ]
         if self.lr_scheduler is None:
-            return [opt_gen, opt_fake]
-        return [opt_gen, opt_fake], [self.lr_scheduler(opt_gen), self.lr_scheduler(opt_fake)]
+            return optimizers
+        return optimizers, [self.lr_scheduler(opt) for opt in optimizers]
 
     def configure_callbacks(self) -> list[Any]:
         return [] if self.gan_hooks is None else [self.gan_hooks]
@@ -475,8 +410,8 @@ class DMD2(DistillationModule):
     def split_batch(self, batch: Any) -> tuple[Tensor, Cond]:
         """``(real (B, ...), cond)`` from a batch: a tensor, ``(x, y, ...)`` or ``{"x": ..., "cond": ...}``.
 
-        ``y`` of integer labels is the condition, except all ``-1`` (unlabelled: no condition); a
-        floating ``y`` of shape ``(B, L, D)`` is a text embedding (``encoder_hidden_states``).
+        Integer labels ``y`` are the condition unless all are ``-1`` (unlabelled: no condition); a
+        floating ``y`` (e.g. ``(B, L, D)`` text embeddings) is passed as ``encoder_hidden_states``.
 
         Raises:
             ValueError: labels that mix ``-1`` and classes, or a batch of another structure.
@@ -485,29 +420,29 @@ class DMD2(DistillationModule):
             return batch, None
         if isinstance(batch, Mapping) and "x" in batch:
             return batch["x"], batch.get("cond")
-        if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], Tensor):
-            if len(batch) == 1 or not isinstance(batch[1], Tensor):
-                return batch[0], None
-            y = batch[1]
-            if y.is_floating_point():
-                return batch[0], y
-            if bool((y < 0).all()):
-                return batch[0], None
-            if bool((y < 0).any()):
+        if not (isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], Tensor)):
+            raise ValueError(
+                f"Cannot read a batch of type {type(batch).__name__}; override `DMD2.split_batch`."
+            )
+        y = batch[1] if len(batch) > 1 and isinstance(batch[1], Tensor) else None
+        if y is None or y.is_floating_point():
+            return batch[0], y
+        if bool((y < 0).any()):
+            if not bool((y < 0).all()):
                 raise ValueError(
                     "The batch mixes unlabelled (-1) and labelled samples; DMD2 needs one or the other."
                 )
-            return batch[0], y
-        raise ValueError(f"Cannot read a batch of type {type(batch).__name__}; override `DMD2.split_batch`.")
+            return batch[0], None
+        return batch[0], y
 
     def null_condition(self, cond: Cond) -> Cond:
-        """The unconditional counterpart of ``cond`` for CFG (``None`` when no CFG is needed).
+        """The unconditional counterpart of ``cond`` for the teacher's CFG (``None`` when the scale is 1).
 
         Labels become ``null_label`` (default: the teacher's ``num_classes``); embeddings become zeros
         (SDXL's convention; SD1.5 uses the empty prompt's embedding: override this method).
 
         Raises:
-            ValueError: CFG asked for (scale != 1) without a condition or a known null label.
+            ValueError: CFG asked for without a condition, a known null label, or with a mapping condition.
         """
         if self.real_guidance_scale == 1.0:
             return None
@@ -518,12 +453,12 @@ class DMD2(DistillationModule):
             )
         if isinstance(cond, Tensor) and cond.is_floating_point():
             return torch.zeros_like(cond)
-        if isinstance(cond, Tensor):
-            null = self.null_label if self.null_label is not None else _teacher_null_label(self.teacher)
-            if null is None:
-                raise ValueError("Cannot tell the teacher's null label; set `model.init_args.null_label`.")
-            return torch.full_like(cond, null)
-        raise ValueError("No default null condition for a mapping condition; override `DMD2.null_condition`.")
+        null = self.null_label if self.null_label is not None else _teacher_null_label(self.teacher)
+        if not isinstance(cond, Tensor) or null is None:
+            raise ValueError(
+                "No known null condition: set `model.init_args.null_label` or override `DMD2.null_condition`."
+            )
+        return torch.full_like(cond, null)
 
     # ------------------------------------------------------------------ sampling and evaluation
     @torch.no_grad()
@@ -590,11 +525,11 @@ class DMD2(DistillationModule):
     def _weighted(self, terms: dict[str, Tensor]) -> Tensor:
         return sum(self.loss_weights[name] * value for name, value in terms.items())
 
-    def _log_terms(self, terms: dict[str, Tensor]) -> None:
-        for name, value in terms.items():
-            self.log(
-                f"train/{name}", value.detach(), on_step=True, on_epoch=False, prog_bar=name in ("dm", "fake")
-            )
+    def _timesteps(self, like: Tensor, low: int, high: int, generator: torch.Generator | None) -> Tensor:
+        T = self.schedule.num_train_timesteps
+        return uniform_timesteps(
+            like.shape[0], low, high, num_train_timesteps=T, generator=generator, device=like.device
+        )
 
     def _schedulers(self) -> list[Any]:
         schedulers = self.lr_schedulers()
@@ -610,7 +545,9 @@ class DMD2(DistillationModule):
 
     def _shared_generator(self) -> torch.Generator:
         """The same on every rank (DMD2 broadcasts the backward-simulation step from rank 0)."""
-        state = np.random.SeedSequence([self.noise_seed, self.iteration, 2**31]).generate_state(1, dtype=np.uint32)
+        state = np.random.SeedSequence([self.noise_seed, self.iteration, 2**31]).generate_state(
+            1, dtype=np.uint32
+        )
         return torch.Generator().manual_seed(int(state[0]))
 
     def _record_shape(self, real: Tensor) -> None:
@@ -660,6 +597,10 @@ class DMD2(DistillationModule):
             }
             for name, value in metrics.items():
                 self.log(f"{stage}/{prefix}{name}{suffix}", float(value), on_epoch=True, sync_dist=True)
+
+
+def _randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
 def _check(ok: bool, key: str, value: object, allowed: str) -> None:

@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from lightning_distill.callbacks.progressive_schedule import ProgressiveSchedule
 from lightning_distill.diffusion import FakeScore, NoiseSchedule, guided_output, model_output, sample
 from lightning_distill.diffusion.gmm import GaussianMixture
-from lightning_distill.diffusion.metrics import mode_coverage, rbf_mmd2, sliced_wasserstein
+from lightning_distill.diffusion.metrics import mode_coverage, mode_weight_tv, rbf_mmd2, sliced_wasserstein
 from lightning_distill.losses.distribution_matching import denoising_loss, dmd_gradient, pseudo_target_loss
 from lightning_distill.module import DistillationModule
 
@@ -200,7 +200,7 @@ class PhasedDMD(DistillationModule):
         guidance_scale: CFG scale of the teacher (real score) only.
         null_label: the null condition for CFG (an int label; ``None``: zeros like the condition).
         clip_grad_norm: gradient clipping of both updates (``None``: off).
-        seed: seed of the training noise (``None``: ``torch.initial_seed()`` at setup).
+        noise_seed: seed of the training noise (``None``: ``torch.initial_seed()`` at setup).
         optimizer: ``params -> Optimizer``, used for both optimizers with their own lr.
         loss_weights: weights of ``dm`` and ``fake``.
 
@@ -232,7 +232,7 @@ class PhasedDMD(DistillationModule):
         guidance_scale: float = 1.0,
         null_label: int | None = None,
         clip_grad_norm: float | None = None,
-        seed: int | None = None,
+        noise_seed: int | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         loss_weights: dict[str, float] | None = None,
     ) -> None:
@@ -242,69 +242,34 @@ class PhasedDMD(DistillationModule):
             raise TypeError(
                 f"`schedule` must be a NoiseSchedule, got {type(schedule).__name__}; set `model.init_args.schedule`."
             )
-        bounds = [float(b) for b in phase_boundaries]
-        if (
-            len(bounds) < 2
-            or bounds[0] != 1.0
-            or bounds[-1] != 0.0
-            or any(a <= b for a, b in zip(bounds, bounds[1:]))
-        ):
-            raise ValueError(
-                f"`phase_boundaries` must decrease strictly from 1.0 to 0.0, got {list(phase_boundaries)}; set `model.init_args.phase_boundaries`."
-            )
-        self.num_phases = len(bounds) - 1
-        if phase_steps is not None and (
-            len(phase_steps) != self.num_phases - 1
-            or any(not isinstance(s, int) or s < 1 for s in phase_steps)
-            or list(phase_steps) != sorted(set(phase_steps))
-        ):
-            raise ValueError(
-                f"`phase_steps` must be {self.num_phases - 1} increasing positive ints, got {phase_steps!r}; set `model.init_args.phase_steps`."
-            )
-        choices = {
-            "subinterval_target": (subinterval_target, ("unbiased", "biased")),
-            "timestep_range": (timestep_range, ("to_noise", "phase")),
-            "expert_init": (expert_init, ("teacher", "student", "previous")),
-            "fake_reset": (fake_reset, ("teacher", "initial")),
-        }
-        for key, (value, allowed) in choices.items():
-            if value not in allowed:
-                raise ValueError(
-                    f"`{key}` must be one of {allowed}, got {value!r}; set `model.init_args.{key}`."
-                )
-        if (
-            isinstance(fake_updates_per_generator, bool)
-            or not isinstance(fake_updates_per_generator, int)
-            or fake_updates_per_generator < 0
-        ):
-            raise ValueError(
-                f"`fake_updates_per_generator` must be an int >= 0, got {fake_updates_per_generator!r}."
-            )
-        if not 0.0 <= timestep_limits[0] < timestep_limits[1] <= 1.0 or not fake_loss_clamp >= 1.0:
-            raise ValueError(
-                f"Need 0 <= timestep_limits[0] < timestep_limits[1] <= 1 and fake_loss_clamp >= 1, got {timestep_limits} and {fake_loss_clamp}."
-            )
+        _validate(
+            phase_boundaries=phase_boundaries,
+            phase_steps=phase_steps,
+            fake_updates_per_generator=fake_updates_per_generator,
+            subinterval_target=subinterval_target,
+            timestep_range=timestep_range,
+            timestep_limits=timestep_limits,
+            fake_loss_clamp=fake_loss_clamp,
+            expert_init=expert_init,
+            fake_reset=fake_reset,
+        )
         self.save_hyperparameters(ignore=["student", "teacher", "fake_score", "schedule", "optimizer"])
         self.schedule = schedule
-        self.phase_boundaries, self.phase_steps = bounds, None if phase_steps is None else list(phase_steps)
-        self.fake_updates_per_generator, self.subinterval_target = (
-            fake_updates_per_generator,
-            subinterval_target,
-        )
-        self.timestep_range, self.timestep_limits, self.fake_loss_clamp = (
-            timestep_range,
-            tuple(timestep_limits),
-            float(fake_loss_clamp),
-        )
-        self.normalise_gradient, self.expert_init, self.fake_reset = (
-            normalise_gradient,
-            expert_init,
-            fake_reset,
-        )
+        self.num_phases = len(phase_boundaries) - 1
+        self.phase_steps = None if phase_steps is None else list(phase_steps)
+        self.fake_updates_per_generator = fake_updates_per_generator
+        self.subinterval_target = subinterval_target
+        self.timestep_range = timestep_range
+        self.timestep_limits = tuple(timestep_limits)
+        self.fake_loss_clamp = float(fake_loss_clamp)
+        self.normalise_gradient = normalise_gradient
+        self.expert_init, self.fake_reset = expert_init, fake_reset
         self.generator_lr, self.fake_lr, self.clip_grad_norm = generator_lr, fake_lr, clip_grad_norm
         self.conditional, self.guidance_scale, self.null_label = conditional, guidance_scale, null_label
-        self.phase, self.seed, self._iteration = 0, seed, 0
-        self.timesteps = [self._to_timestep(b) for b in bounds]
+        self.phase, self.noise_seed, self._iteration = 0, noise_seed, 0
+        self._eval_points: list[Tensor] = []
+        self._floor_logged = False
+        self.timesteps = [self._to_timestep(float(b)) for b in phase_boundaries]
         for k in range(self.num_phases):
             self._timestep_bounds(k)  # raises for an empty range
         if fake_score is None and not any(True for _ in teacher.parameters()):
@@ -417,40 +382,64 @@ class PhasedDMD(DistillationModule):
     def _evaluation_step(self, batch: Any, stage: str) -> None:
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
         self._sample_shape = tuple(x.shape[1:])
-        gmm = self.reference_mixture
-        if gmm is None or x.ndim != 2:
+        self._eval_points.append(x.detach().reshape(x.shape[0], -1))
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_sample_metrics("val")
+        super().on_validation_epoch_end()
+
+    def on_test_epoch_end(self) -> None:
+        self._log_sample_metrics("test")
+        super().on_test_epoch_end()
+
+    @torch.no_grad()
+    def _log_sample_metrics(self, stage: str) -> None:
+        """``<stage>/{swd,mmd,mode_coverage,mode_tv}`` of the K-step student against the epoch's points.
+
+        Once per run also the teacher's 50-step sampler (``<stage>/teacher_<metric>``) and the
+        data-vs-data floor (``<stage>/<metric>_floor``). Needs a known Gaussian mixture.
+        """
+        gmm, points, self._eval_points = self.reference_mixture, self._eval_points, []
+        if gmm is None or not points or self.trainer.sanity_checking or points[0].shape[1] != gmm.dim:
             return
-        n, gen = x.shape[0], torch.Generator(device=self.device).manual_seed(0)
-        metrics = {"": self.sample(n, gen)}
-        if self._teacher_metrics_pending.get(stage, False) and not self.trainer.sanity_checking:
-            noise = torch.randn(x.shape, generator=gen, device=self.device)
-            metrics["teacher_"] = sample(self.teacher, self.schedule, noise, num_steps=50)
-            metrics["floor_"] = gmm.sample(n, torch.Generator().manual_seed(1)).to(x)
-        for prefix, points in metrics.items():
-            values = {
-                "swd": sliced_wasserstein(points, x),
-                "mmd": rbf_mmd2(points, x),
-                "mode_coverage": mode_coverage(points, gmm),
+        real = torch.cat(points).float()
+        n, gen = real.shape[0], torch.Generator(device=self.device).manual_seed(0)
+        rows = [("", self.sample(n, gen).reshape(n, -1), "")]
+        if self._teacher_metrics_pending.get(stage, False):
+            noise = torch.randn(real.shape, generator=gen, device=self.device)
+            rows.append(("teacher_", sample(self.teacher, self.schedule, noise, num_steps=50), ""))
+        if not self._floor_logged:
+            rows.append(("", gmm.sample(n, torch.Generator().manual_seed(1)).to(real), "_floor"))
+            self._floor_logged = True
+        for prefix, x, suffix in rows:
+            metrics = {
+                "swd": sliced_wasserstein(x.float(), real),
+                "mmd": rbf_mmd2(x.float(), real),
+                "mode_coverage": mode_coverage(x, gmm),
+                "mode_tv": mode_weight_tv(x, gmm),
             }
-            self.log_dict(
-                {f"{stage}/{prefix}{k}": v.float() for k, v in values.items()}, on_epoch=True, batch_size=n
-            )
+            for name, value in metrics.items():
+                self.log(f"{stage}/{prefix}{name}{suffix}", float(value), on_epoch=True)
 
     # ------------------------------------------------------------------ checkpoints
     def setup(self, stage: str) -> None:
-        if self.seed is None:
-            self.seed = int(torch.initial_seed())
+        if self.noise_seed is None:
+            self.noise_seed = int(torch.initial_seed())
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        checkpoint["phased_dmd"] = {"iteration": self._iteration, "seed": self.seed, "phase": self.phase}
+        checkpoint["phased_dmd"] = {
+            "iteration": self._iteration,
+            "seed": self.noise_seed,
+            "phase": self.phase,
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("phased_dmd", {})
-        self._iteration, self.seed, self.phase = (
+        self._iteration, self.noise_seed, self.phase = (
             state.get("iteration", 0),
-            state.get("seed", self.seed),
+            state.get("seed", self.noise_seed),
             state.get("phase", 0),
         )
 
@@ -527,7 +516,7 @@ class PhasedDMD(DistillationModule):
 
     def _iteration_generator(self, device: torch.device) -> torch.Generator:
         rank = self.global_rank if self._trainer is not None else 0
-        seed = np.random.SeedSequence([int(self.seed or 0), self._iteration, rank]).generate_state(1)[0]
+        seed = np.random.SeedSequence([int(self.noise_seed or 0), self._iteration, rank]).generate_state(1)[0]
         return torch.Generator(device=device).manual_seed(int(seed))
 
     def _mixture_shape(self) -> tuple[int, ...]:
@@ -550,3 +539,30 @@ def _check_loadable(module: nn.Module, teacher: nn.Module, key: str) -> None:
             f"{len(source)} tensors), got {type(module).__name__} ({len(own)} tensors); set "
             f"`model.init_args.{key}` to {'student' if key == 'expert_init' else 'initial'}."
         )
+
+
+def _validate(**arguments: Any) -> None:
+    """Raise ``ValueError`` naming the config key for the first invalid constructor argument."""
+    bounds, steps = [float(b) for b in arguments["phase_boundaries"]], arguments["phase_steps"]
+    choices = {
+        "subinterval_target": ("unbiased", "biased"),
+        "timestep_range": ("to_noise", "phase"),
+        "expert_init": ("teacher", "student", "previous"),
+        "fake_reset": ("teacher", "initial"),
+    }
+    low, high = arguments["timestep_limits"]
+    ratio = arguments["fake_updates_per_generator"]
+    problems = {
+        "phase_boundaries": (len(bounds) < 2 or bounds[0] != 1.0 or bounds[-1] != 0.0
+                             or any(a <= b for a, b in zip(bounds, bounds[1:])), "must decrease strictly from 1.0 to 0.0"),
+        "phase_steps": (steps is not None and (len(steps) != len(bounds) - 2 or list(steps) != sorted(set(steps))
+                        or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in steps)),
+                        f"must be {len(bounds) - 2} increasing positive ints (one per phase change) or null"),
+        "fake_updates_per_generator": (isinstance(ratio, bool) or not isinstance(ratio, int) or ratio < 0, "must be an int >= 0"),
+        "timestep_limits": (not 0.0 <= low < high <= 1.0, "must be two fractions of T with 0 <= low < high <= 1"),
+        "fake_loss_clamp": (not arguments["fake_loss_clamp"] >= 1.0, "must be >= 1"),
+        **{key: (arguments[key] not in allowed, f"must be one of {allowed}") for key, allowed in choices.items()},
+    }  # fmt: skip
+    for key, (bad, rule) in problems.items():
+        if bad:
+            raise ValueError(f"`{key}` {rule}, got {arguments[key]!r}; set `model.init_args.{key}`.")

@@ -99,10 +99,16 @@ class SLidR(DistillationModule):
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         super().__init__(
-            student, teacher=teacher, loss_weights=loss_weights, optimizer=optimizer, lr_scheduler=lr_scheduler
+            student,
+            teacher=teacher,
+            loss_weights=loss_weights,
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
         )
         if level not in ("superpixel", "point"):
-            raise ValueError(f"`level` must be 'superpixel' or 'point', got {level!r}; set `model.init_args.level`.")
+            raise ValueError(
+                f"`level` must be 'superpixel' or 'point', got {level!r}; set `model.init_args.level`."
+            )
         if input_features not in ("ones", "intensity"):
             raise ValueError(
                 f"`input_features` must be 'ones' or 'intensity', got {input_features!r}; "
@@ -170,7 +176,9 @@ class SLidR(DistillationModule):
         f, g = superpixel_pool(point_features, pixel_features, superpixels, *pairs)
         return info_nce(f, g, temperature=self.temperature), f @ g.T
 
-    def point_loss(self, point_features: Tensor, pixel_features: Tensor, pairs: Pairs) -> tuple[Tensor, Tensor]:
+    def point_loss(
+        self, point_features: Tensor, pixel_features: Tensor, pairs: Pairs
+    ) -> tuple[Tensor, Tensor]:
         """Step 4, point level: InfoNCE over ``num_matches`` random point-pixel pairs; also the logits."""
         count = len(pairs.point)
         if count == 0:
@@ -186,12 +194,16 @@ class SLidR(DistillationModule):
         pixel_features = self.pixel_features(batch["images"])  # (B*C, D, H, W)
         pairs = self.pairs(batch)
         if self.level == "superpixel":
-            return self.superpixel_loss(point_features, pixel_features, batch["superpixels"].flatten(0, 1), pairs)
+            return self.superpixel_loss(
+                point_features, pixel_features, batch["superpixels"].flatten(0, 1), pairs
+            )
         return self.point_loss(point_features, pixel_features, pairs)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         loss, similarity = self.contrastive_loss(batch)
-        self.log("train/regions", float(len(similarity)), on_step=True, on_epoch=False, batch_size=self._bs(batch))
+        self.log(
+            "train/regions", float(len(similarity)), on_step=True, on_epoch=False, batch_size=self._bs(batch)
+        )
         return self.log_losses({"infonce": loss})
 
     def on_train_batch_start(self, batch: dict[str, Tensor], batch_idx: int) -> None:

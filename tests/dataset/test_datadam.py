@@ -8,6 +8,7 @@ import lightning.pytorch as L
 import pytest
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_distill.cli import main as cli_main
 from lightning_distill.data import DigitsDataModule
@@ -168,16 +169,27 @@ def test_config_runs_with_fast_dev_run_through_the_cli(tmp_path, monkeypatch):
 
 
 def test_resumed_run_reaches_the_same_images_as_an_uninterrupted_one(tmp_path):
-    def fit(max_steps: int, ckpt_path: str | None = None) -> DataDAM:
+    def fit(ckpt_path: str | None = None) -> DataDAM:
         L.seed_everything(0)
         recipe = make(save_path=str(tmp_path / "set.pt"))
-        kwargs = quiet_trainer_kwargs(max_steps=max_steps, limit_val_batches=0, default_root_dir=tmp_path)
-        trainer = L.Trainer(**kwargs)
-        trainer.fit(recipe, datamodule=data(steps=3), ckpt_path=ckpt_path)
-        trainer.save_checkpoint(tmp_path / f"step{max_steps}.ckpt")
+        every_2 = ModelCheckpoint(tmp_path / "ckpt", "{step}", every_n_train_steps=2, save_top_k=-1)
+        kwargs = quiet_trainer_kwargs(
+            max_steps=4, limit_val_batches=0, enable_checkpointing=True, callbacks=[every_2]
+        )
+        L.Trainer(**kwargs).fit(recipe, datamodule=data(steps=3), ckpt_path=ckpt_path)
         return recipe
 
-    straight = fit(4)  # crosses an epoch boundary (3 batches per epoch)
-    fit(2)
-    resumed = fit(4, ckpt_path=str(tmp_path / "step2.ckpt"))
+    straight = fit()  # 4 steps across an epoch boundary (3 batches per epoch), a checkpoint at step 2
+    resumed = fit(ckpt_path=str(tmp_path / "ckpt" / "step=2.ckpt"))  # resumed mid-epoch
     torch.testing.assert_close(resumed.synthetic.images, straight.synthetic.images)
+
+
+def test_synthetic_grid_puts_each_class_on_a_row():
+    recipe = make(ipc=3)
+    with torch.no_grad():
+        recipe.synthetic.images.copy_(torch.arange(30.0).reshape(30, 1, 1, 1).expand(30, 1, 8, 8))
+    grid = recipe.synthetic_grid()
+    assert grid.shape == (10 * 8, 3 * 8, 1)
+    # Image 3 * c + j sits at row block c, column block j; values are min-max scaled to [0, 1].
+    torch.testing.assert_close(grid[2 * 8, 1 * 8, 0], torch.tensor((3 * 2 + 1) / 29))
+    assert float(grid.min()) == 0.0 and float(grid.max()) == 1.0

@@ -54,7 +54,9 @@ def test_generator_gradient_on_x0_is_g_over_its_element_count():
     torch.manual_seed(0)
     schedule = NoiseSchedule.ddpm()
     teacher, fake = mlp(num_classes=3).requires_grad_(False), mlp(num_classes=3)
-    recipe = make_recipe(teacher=teacher, fake_score=fake, real_guidance_scale=2.5, gan=False, schedule=schedule)
+    recipe = make_recipe(
+        teacher=teacher, fake_score=fake, real_guidance_scale=2.5, gan=False, schedule=schedule
+    )
     x0 = torch.randn(4, 2, requires_grad=True)
     y, null = torch.tensor([0, 1, 2, 0]), torch.full((4,), 3)
     recipe.distribution_matching_loss(x0, y, null, torch.Generator().manual_seed(7)).backward()
@@ -89,7 +91,9 @@ def test_normaliser_off_gives_the_raw_difference_of_x0_predictions():
     t, noise = torch.randint(20, 981, (3,), generator=gen), torch.randn(3, 2, generator=gen)
     x_t = recipe.schedule.add_noise(x0, noise, t)
     with torch.no_grad():
-        diff = recipe.schedule.to_x0(recipe.fake_score(x_t, t), x_t, t) - recipe.schedule.to_x0(recipe.teacher(x_t, t), x_t, t)
+        diff = recipe.schedule.to_x0(recipe.fake_score(x_t, t), x_t, t) - recipe.schedule.to_x0(
+            recipe.teacher(x_t, t), x_t, t
+        )
     torch.testing.assert_close(g, diff)
 
 
@@ -123,9 +127,15 @@ def test_fake_score_learns_the_score_of_the_student_samples():
     """Trained alone on fixed 1-D "student" samples, the fake score's ε approaches the exact ε of their distribution."""
     schedule = NoiseSchedule.ddpm()
     student_samples = GaussianMixture([[1.5]], stds=0.5).sample(4096, torch.Generator().manual_seed(0))
-    exact = AnalyticTeacher(GaussianMixture([[float(student_samples.mean())]], stds=float(student_samples.std())), schedule)
-    teacher = AnalyticTeacher(make_mixture("line_1d"), schedule)  # the data the student should match, not its own
-    recipe = make_recipe(student=mlp(1), teacher=teacher, fake_score=MLPDenoiser(dim=1, hidden=32, depth=2), gan=False)
+    exact = AnalyticTeacher(
+        GaussianMixture([[float(student_samples.mean())]], stds=float(student_samples.std())), schedule
+    )
+    teacher = AnalyticTeacher(
+        make_mixture("line_1d"), schedule
+    )  # the data the student should match, not its own
+    recipe = make_recipe(
+        student=mlp(1), teacher=teacher, fake_score=MLPDenoiser(dim=1, hidden=32, depth=2), gan=False
+    )
 
     def eps_errors(model: torch.nn.Module) -> torch.Tensor:
         gen, errors = torch.Generator().manual_seed(5), []
@@ -133,7 +143,12 @@ def test_fake_score_learns_the_score_of_the_student_samples():
             x0 = exact.gmm.sample(1024, gen)
             x_t = recipe.schedule.add_noise(x0, torch.randn(x0.shape, generator=gen), t)
             with torch.no_grad():
-                errors.append((model(x_t, torch.full((1024,), t)) - exact(x_t, torch.full((1024,), t))).square().mean().sqrt())
+                errors.append(
+                    (model(x_t, torch.full((1024,), t)) - exact(x_t, torch.full((1024,), t)))
+                    .square()
+                    .mean()
+                    .sqrt()
+                )
         return torch.stack(errors)
 
     before = eps_errors(recipe.fake_score)
@@ -148,20 +163,27 @@ def test_fake_score_learns_the_score_of_the_student_samples():
         sched.step()
     after, teacher_error = eps_errors(recipe.fake_score), eps_errors(teacher)
     assert (after < 0.25 * before).all(), (before, after)
-    assert (after < 0.3 * teacher_error).all(), (after, teacher_error)  # it tracks the student, not the teacher
+    assert (after < 0.3 * teacher_error).all(), (
+        after,
+        teacher_error,
+    )  # it tracks the student, not the teacher
     assert after.max() < 0.1
 
 
 def test_gan_losses_are_softplus_of_the_head_on_hooked_fake_score_features():
     recipe = make_recipe(gan_max_timestep=500)
     real, fake = torch.randn(3, 2), torch.randn(4, 2, requires_grad=True)
-    loss, real_logits, fake_logits = recipe.guidance_cls_loss(real, fake, None, None, torch.Generator().manual_seed(2))
+    loss, real_logits, fake_logits = recipe.guidance_cls_loss(
+        real, fake, None, None, torch.Generator().manual_seed(2)
+    )
     # Independent: noise both at t ~ U[0, 500), run the fake score, read its last block by hand, apply the head.
     gen = torch.Generator().manual_seed(2)
     x = torch.cat([real, fake.detach()])
     t, noise = torch.randint(0, 500, (7,), generator=gen), torch.randn(7, 2, generator=gen)
     captured = {}
-    handle = recipe.fake_score.model.blocks[-1].register_forward_hook(lambda m, a, out: captured.update(h=out))
+    handle = recipe.fake_score.model.blocks[-1].register_forward_hook(
+        lambda m, a, out: captured.update(h=out)
+    )
     recipe.fake_score(recipe.schedule.add_noise(x, noise, t), t)
     handle.remove()
     logits = recipe.gan_head(captured["h"])
@@ -174,7 +196,9 @@ def test_gan_losses_are_softplus_of_the_head_on_hooked_fake_score_features():
     gen_loss = recipe.generator_gan_loss(x0, None, torch.Generator().manual_seed(4))
     gen = torch.Generator().manual_seed(4)
     t, noise = torch.randint(0, 500, (4,), generator=gen), torch.randn(4, 2, generator=gen)
-    handle = recipe.fake_score.model.blocks[-1].register_forward_hook(lambda m, a, out: captured.update(h=out))
+    handle = recipe.fake_score.model.blocks[-1].register_forward_hook(
+        lambda m, a, out: captured.update(h=out)
+    )
     recipe.fake_score(recipe.schedule.add_noise(x0.detach(), noise, t), t)
     handle.remove()
     torch.testing.assert_close(gen_loss, F.softplus(-recipe.gan_head(captured["h"])).mean())
@@ -196,7 +220,9 @@ class RecordTimesteps(torch.nn.Module):
 
 def test_timestep_ranges_of_the_three_losses():
     teacher = RecordTimesteps(AnalyticTeacher(make_mixture("ring"), NoiseSchedule.ddpm()))
-    recipe = make_recipe(teacher=teacher, fake_score=RecordTimesteps(mlp()), gan_max_timestep=300, gan_channels=16)
+    recipe = make_recipe(
+        teacher=teacher, fake_score=RecordTimesteps(mlp()), gan_max_timestep=300, gan_channels=16
+    )
     gen, x0 = torch.Generator().manual_seed(0), torch.randn(4000, 2)
     recipe.distribution_matching_gradient(x0, None, None, gen)
     dm = torch.cat(teacher.seen)
@@ -215,13 +241,21 @@ def test_timestep_ranges_of_the_three_losses():
 def test_backward_simulation_input_is_the_inference_chain_at_step_k():
     recipe = make_recipe(denoising_timesteps=[999, 749, 499, 249])
     inputs = []
-    handle = recipe.student.register_forward_pre_hook(lambda m, args: inputs.append((args[0].clone(), args[1].clone())))
+    handle = recipe.student.register_forward_pre_hook(
+        lambda m, args: inputs.append((args[0].clone(), args[1].clone()))
+    )
     samples = recipe.sample(6, torch.Generator().manual_seed(11))
     handle.remove()
     # `sample` is the inference path: few_step_sample from noise drawn first from the same generator.
     gen = torch.Generator().manual_seed(11)
-    expected = few_step_sample(recipe.student, recipe.schedule, torch.randn(6, 2, generator=gen), recipe.denoising_timesteps,
-                               generator=gen, prediction_type="sample")
+    expected = few_step_sample(
+        recipe.student,
+        recipe.schedule,
+        torch.randn(6, 2, generator=gen),
+        recipe.denoising_timesteps,
+        generator=gen,
+        prediction_type="sample",
+    )
     torch.testing.assert_close(samples, expected)
     seen = set()
     for iteration in range(40):
@@ -260,7 +294,11 @@ class GradientSpy(Callback):
         def has(module):
             return any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
 
-        groups = {"student": pl_module.student, "fake_score": pl_module.fake_score, "head": pl_module.gan_head}
+        groups = {
+            "student": pl_module.student,
+            "fake_score": pl_module.fake_score,
+            "head": pl_module.gan_head,
+        }
         index = trainer.optimizers.index(optimizer)
         self.steps.append((index, {name: has(m) for name, m in groups.items()}))
         assert all(p.grad is None for p in pl_module.teacher.parameters())
@@ -276,7 +314,11 @@ def test_generator_every_ratio_iterations_and_gradients_reach_only_their_network
     generator_steps = [groups for index, groups in spy.steps if index == 0]
     fake_steps = [groups for index, groups in spy.steps if index == 1]
     assert all(g == {"student": True, "fake_score": False, "head": False} for g in generator_steps)
-    assert fake_steps[1] == {"student": False, "fake_score": True, "head": True}  # iteration 1: no generator turn
+    assert fake_steps[1] == {
+        "student": False,
+        "fake_score": True,
+        "head": True,
+    }  # iteration 1: no generator turn
     assert all(g["fake_score"] and g["head"] for g in fake_steps)
     assert recipe.iteration == 4
     assert all(torch.equal(v, teacher_state[k]) for k, v in recipe.teacher.state_dict().items())
@@ -290,10 +332,17 @@ def test_unet2d_condition_models_run_one_step_and_four_step_training():
     data = TensorDataset(torch.randn(4, 4, 8, 8), torch.randn(4, 3, 8))  # (latents, text embeddings)
     for steps in (None, [999, 499]):
         recipe = DMD2(
-            student=copy.deepcopy(student), teacher=teacher, denoising_timesteps=steps, real_guidance_scale=4.0,
-            dfake_gen_update_ratio=2, noise_seed=0, optimizer=functools.partial(torch.optim.AdamW, lr=1e-4),
+            student=copy.deepcopy(student),
+            teacher=teacher,
+            denoising_timesteps=steps,
+            real_guidance_scale=4.0,
+            dfake_gen_update_ratio=2,
+            noise_seed=0,
+            optimizer=functools.partial(torch.optim.AdamW, lr=1e-4),
         )
-        torch.testing.assert_close(recipe.student.state_dict(), teacher.state_dict())  # student_init="teacher"
+        torch.testing.assert_close(
+            recipe.student.state_dict(), teacher.state_dict()
+        )  # student_init="teacher"
         before = copy.deepcopy(recipe.student.state_dict())
         trainer = L.Trainer(**quiet_trainer_kwargs(max_epochs=1, limit_train_batches=2))
         trainer.fit(recipe, train_dataloaders=DataLoader(data, batch_size=2))
@@ -317,10 +366,16 @@ def test_resume_with_two_optimizers_equals_the_uninterrupted_run(tmp_path):
         recipe = make_recipe(dfake_gen_update_ratio=3, noise_seed=None)  # the seed comes from seed_everything
         record = RecordLosses()
         checkpoint = ModelCheckpoint(dirpath=tmp_path / f"run{epochs}", save_last=True)
-        trainer = L.Trainer(**quiet_trainer_kwargs(
-            max_epochs=epochs, limit_train_batches=4, limit_val_batches=0, enable_checkpointing=True,
-            callbacks=[record, checkpoint], log_every_n_steps=1,
-        ))
+        trainer = L.Trainer(
+            **quiet_trainer_kwargs(
+                max_epochs=epochs,
+                limit_train_batches=4,
+                limit_val_batches=0,
+                enable_checkpointing=True,
+                callbacks=[record, checkpoint],
+                log_every_n_steps=1,
+            )
+        )
         trainer.fit(recipe, datamodule=tiny_gmm_data(), ckpt_path=ckpt_path)
         return recipe, record
 
@@ -346,7 +401,9 @@ def test_validation_logs_sample_metrics_with_the_floor_and_the_teacher_once():
     trainer.fit(recipe, datamodule=tiny_gmm_data())
     metrics = trainer.callback_metrics
     for name in ("swd", "mmd", "mode_coverage", "mode_tv"):
-        assert f"val/{name}" in metrics and f"val/{name}_floor" in metrics and f"val/teacher_{name}" in metrics
+        assert (
+            f"val/{name}" in metrics and f"val/{name}_floor" in metrics and f"val/teacher_{name}" in metrics
+        )
     assert 0.0 <= float(metrics["val/mode_coverage"]) <= 1.0
 
 
@@ -378,4 +435,6 @@ def test_cfg_without_labels_asks_for_scale_one():
 
 def test_config_runs_with_fast_dev_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cli_main(["fit", "--config", str(CONFIG), "--trainer.fast_dev_run=true", "--trainer.enable_progress_bar=false"])
+    cli_main(
+        ["fit", "--config", str(CONFIG), "--trainer.fast_dev_run=true", "--trainer.enable_progress_bar=false"]
+    )
