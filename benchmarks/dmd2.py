@@ -73,6 +73,13 @@ class Row:
     sample_ms: float | None = None
 
 
+def _adamw(lr: float) -> dict[str, Any]:
+    return {
+        "class_path": "torch.optim.AdamW",
+        "init_args": {"lr": lr, "betas": [0.9, 0.999], "weight_decay": 0.01},
+    }
+
+
 def dmd2_rows() -> list[Row]:
     four = [999, 749, 499, 249]
     return [
@@ -81,6 +88,12 @@ def dmd2_rows() -> list[Row]:
             "DMD2, 4 steps, backward simulation",
             f"`denoising_timesteps: {four}`",
             {"denoising_timesteps": four},
+            steps=4,
+        ),
+        Row(
+            "DMD2, 4 steps, slower generator",
+            f"`denoising_timesteps: {four}`, generator lr 3e-4 (fake score keeps 1e-3)",
+            {"denoising_timesteps": four, "optimizer": _adamw(3e-4), "fake_score_optimizer": _adamw(1e-3)},
             steps=4,
         ),
         Row("ablation: update ratio 1", "`dfake_gen_update_ratio: 1`", {"dfake_gen_update_ratio": 1}),

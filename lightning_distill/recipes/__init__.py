@@ -68,6 +68,12 @@ RECIPES: dict[str, RecipeInfo] = {
         "DataDAM: Efficient Dataset Distillation with Attention Matching",
         "2310.00093",
     ),
+    "slidr": RecipeInfo(
+        "lidar",
+        "lightning_distill.recipes.slidr.SLidR",
+        "Image-to-Lidar Self-Supervised Distillation for Autonomous Driving Data",
+        "2203.16258",
+    ),
 }
 
 

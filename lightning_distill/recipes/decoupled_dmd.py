@@ -258,11 +258,12 @@ class DecoupledDMD(DistillationModule):
             shared_timestep,
             "false unless `ca_schedule` equals `dm_schedule` (one tau serves both terms)",
         )
+        conditional = num_classes is not None or type(self).conditions is not DecoupledDMD.conditions
         _check(
-            guidance_scale >= 1 and (guidance_scale == 1 or num_classes is not None),
+            guidance_scale >= 1 and (guidance_scale == 1 or conditional),
             "guidance_scale",
             guidance_scale,
-            ">= 1, and 1 without `num_classes` (CFG needs a null label)",
+            ">= 1, and 1 without `num_classes` or a `conditions` override (CFG needs a null condition)",
         )
         _check(0 <= low < high <= T, "timestep_range", timestep_range, "fractions 0 <= low < high <= 1")
         _check(
@@ -322,7 +323,11 @@ class DecoupledDMD(DistillationModule):
 
     # ------------------------------------------------------------------ the paper
     def conditions(self, labels: Tensor | None) -> tuple[Cond, Cond]:
-        """``(cond, null_cond)``: the class labels and the null label; override for text embeddings."""
+        """``(cond, null_cond)`` of the batch's second item: class labels and the null label ``num_classes``.
+
+        Override for other conditions, e.g. text embeddings and the empty-prompt embedding (then
+        ``num_classes`` is not needed; override :meth:`sample` too for ``SampleLogger``).
+        """
         if self.num_classes is None:
             return None, None
         if labels is None or bool((labels < 0).any() or (labels >= self.num_classes).any()):

@@ -16,22 +16,22 @@ Algorithm (one iteration; the generator updates on every ``dfake_gen_update_rati
 
 Losses: generator ``w_dm L_DM + w_gen_cls L_G``; fake score ``L_fake + w_guidance_cls L_D``.
 
-=========================================  ==============================  ======================
-paper / official code                      config key (``model.init_args``)  default (SD1.5)
-=========================================  ==============================  ======================
-``real_guidance_scale``                    ``real_guidance_scale``         1.75 (SDXL 8)
-``min_step_percent``/``max_step_percent``  same names                      0.02 / 0.98
-``dfake_gen_update_ratio``                 same name                       10 (SDXL, ImageNet 5)
-``gen_cls_loss_weight``                    same name                       1e-3 (SDXL 5e-3)
-``guidance_cls_loss_weight``               same name                       1e-2
-``dm_loss_weight``                         same name                       1.0
-``cls_on_clean_image``                     ``gan``                         true
-``diffusion_gan_max_timestep``             ``gan_max_timestep``            T (0: clean at t = 0)
-``num_denoising_step``/backsim             ``denoising_timesteps``/        None (one step at T-1),
-                                           ``backward_simulation``         true
-``max_grad_norm``                          same name                       10.0
-AdamW, betas (0.9, 0.999), wd 0.01         ``optimizer`` (both networks)   torch's AdamW
-=========================================  ==============================  ======================
+==============================  ==========================================  =====================
+paper / official code           config key (``model.init_args``)            default (SD1.5)
+==============================  ==========================================  =====================
+``real_guidance_scale``         ``real_guidance_scale``                     1.75 (SDXL 8)
+``min/max_step_percent``        ``min_step_percent``, ``max_step_percent``  0.02, 0.98
+``dfake_gen_update_ratio``      ``dfake_gen_update_ratio``                  10 (SDXL, ImageNet 5)
+``gen_cls_loss_weight``         ``gen_cls_loss_weight``                     1e-3 (SDXL 5e-3)
+``guidance_cls_loss_weight``    ``guidance_cls_loss_weight``                1e-2
+``dm_loss_weight``              ``dm_loss_weight``                          1.0
+``cls_on_clean_image``          ``gan``                                     true
+``diffusion_gan_max_timestep``  ``gan_max_timestep``                        T (0: clean, t = 0)
+``num_denoising_step``          ``denoising_timesteps``                     one step at T - 1
+``backward_simulation``         ``backward_simulation``                     true
+``max_grad_norm``               ``max_grad_norm``                           10.0
+AdamW (0.9, 0.999), wd 0.01     ``optimizer``, ``fake_score_optimizer``     torch's AdamW
+==============================  ==========================================  =====================
 """
 
 from __future__ import annotations
@@ -605,9 +605,7 @@ def _randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
 
 def _check(ok: bool, key: str, value: object, allowed: str) -> None:
     if not ok:
-        raise ValueError(
-            f"`{key}` must be {allowed}, got {value!r}; set `model.init_args.{key.split('/')[0]}`."
-        )
+        raise ValueError(f"`{key}` must be {allowed}, got {value!r}; set `model.init_args.{key}`.")
 
 
 def _bottleneck_channels(model: nn.Module) -> int:

@@ -2,9 +2,10 @@
 
 "Phased DMD: Few-step Distribution Matching Distillation via Score Matching within
 Subintervals". No official code; written from the paper. The timestep range is split at
-``T = t_0 > t_1 > ... > t_K = 0``; the few-step generator is a mixture of experts, expert ``k``
-mapping ``x_{t_k}`` to ``x_{t_{k+1}}`` (one step each, the last one to ``x_0``). Phases train
-one expert after the other:
+``T = t_0 > t_1 > ... > t_K = 0``; the few-step generator is a mixture of experts
+(:class:`PhasedGenerator`, one module per phase), expert ``k`` mapping ``x_{t_k}`` to
+``x_{t_{k+1}}`` (one step each, the last one to ``x_0``). Phases (0-indexed here) train one
+expert after the other:
 
 1. Backward simulation: noise -> experts ``0..k-1`` (frozen, no grad) -> ``x_{t_k}``; expert ``k``
    predicts x̂₀ and a DDIM/Euler step gives its sample ``x_s``, ``s = t_{k+1}``.
@@ -27,7 +28,7 @@ paper                               config key (model.init_args.*)  default
 phase boundaries t_k / T            ``phase_boundaries``            (1.0, 0.5, 0.0)
 iterations at which phases advance  ``phase_steps``                 None (set ``phase``)
 fake updates per generator update   ``fake_updates_per_generator``  5
-t for phase k: (t_k, T] or own      ``timestep_range``              "to_noise"
+t ~ (t_{k+1}, T] or (t_{k+1}, t_k]  ``timestep_range``              "to_noise"
 subinterval target (ablation)       ``subinterval_target``          "unbiased"
 clamp of the fake-loss weight       ``fake_loss_clamp``             10.0
 DMD2 normaliser instead of KL w     ``normalise_gradient``          False

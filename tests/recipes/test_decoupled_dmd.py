@@ -217,7 +217,7 @@ def test_resume_reproduces_the_uninterrupted_run_and_does_not_refit(tmp_path):
             generator_update_every=2, student_init="regress", init_steps=20, max_grad_norm=1.0
         )
         record = Record()
-        checkpoint = ModelCheckpoint(dirpath=tmp_path / f"run{max_steps}", save_last=True)
+        checkpoint = ModelCheckpoint(dirpath=tmp_path / f"run{max_steps}", save_last=True, every_n_train_steps=3)
         data = GMMDataModule(
             preset="ring",
             num_classes=CLASSES,
@@ -233,7 +233,6 @@ def test_resume_reproduces_the_uninterrupted_run_and_does_not_refit(tmp_path):
     full, full_recipe = run(12)  # 8 iterations: 12 optimizer steps with a generator update every 2nd
     first, _ = run(6)
     resumed, resumed_recipe = run(12, ckpt_path=str(tmp_path / "run6" / "last.ckpt"))
-    print(full, first, resumed, sep="\n")
     assert [row[0] for row in full] == list(range(1, 9))
     torch.testing.assert_close(torch.tensor(first + resumed), torch.tensor(full))
     for key, value in full_recipe.student.state_dict().items():
