@@ -20,7 +20,7 @@ Two experiments, each over seeds (mean ± std):
 
 Usage (repository root)::
 
-    python benchmarks/phased_dmd.py            # 3 seeds, about 12 min on one idle core
+    python benchmarks/phased_dmd.py            # 3 seeds, about 9 min of CPU time on one thread
     python benchmarks/phased_dmd.py --quick    # smoke run: 1 seed, 300 iterations
 
 Writes ``benchmarks/results/phased_dmd.md`` and the table between the results markers of

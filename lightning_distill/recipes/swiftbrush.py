@@ -43,6 +43,7 @@ from typing import Any, ClassVar, Literal
 import lightning.pytorch as L
 import torch
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -317,7 +318,17 @@ class SwiftBrush(DistillationModule):
         fake_score_optimizer: OptimizerCallable = fake_score_adam,
     ) -> None:
         super().__init__(student=student, teacher=teacher, optimizer=optimizer)
-        self.save_hyperparameters(ignore=["student", "teacher", "fake_score", "schedule", "null_condition"])
+        self.save_hyperparameters(
+            ignore=[
+                "student",
+                "teacher",
+                "fake_score",
+                "schedule",
+                "null_condition",
+                "optimizer",
+                "fake_score_optimizer",
+            ]
+        )
         self.automatic_optimization = False
         self.schedule = schedule if schedule is not None else NoiseSchedule.ddpm()
         T = self.schedule.num_train_timesteps
@@ -391,6 +402,7 @@ class SwiftBrush(DistillationModule):
         self.fake_score_optimizer = fake_score_optimizer
         self._generator: torch.Generator | None = None
         self._generator_state: Tensor | None = None
+        self._generator_device: str | None = None
         self._eval: list[tuple[Tensor, Tensor, Tensor]] = []
         self._floor_logged = False
 
@@ -401,7 +413,8 @@ class SwiftBrush(DistillationModule):
 
     def guided_eps(self, model: nn.Module, x_t: Tensor, t: Tensor, cond: Any) -> Tensor:
         """Step 3: the CFG prediction ``uncond + s (cond - uncond)`` of ``model``, as ε ``(B, ...)`` float32."""
-        out = guided_output(model, x_t, t, cond, self._null(cond), self.guidance_scale)
+        null = self._null(cond) if self.guidance_scale != 1 else None
+        out = guided_output(model, x_t, t, cond, null, self.guidance_scale)
         return self.schedule.to_eps(out, x_t, t)
 
     def vsd_weight(self, t: Tensor) -> Tensor:
@@ -437,8 +450,8 @@ class SwiftBrush(DistillationModule):
         return self.fake_score.denoising_loss(x0.detach(), t, noise, cond, weighting=weight)
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
-        opt_student, opt_fake = self.optimizers()
         cond = _check_batch(batch)
+        opt_student, opt_fake = self.optimizers()
         gen = self._rng()
         # 1. one step from pure noise at t = T - 1
         noise = torch.randn((_batch_size(cond), *self.sample_shape), generator=gen, device=gen.device).to(
@@ -497,7 +510,7 @@ class SwiftBrush(DistillationModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        checkpoint[_CKPT_KEY] = {"generator": self._rng().get_state()}
+        checkpoint[_CKPT_KEY] = {"generator": self._rng().get_state(), "device": self.device.type}
         # The LoRA fake score's frozen base is a copy of the teacher: rebuilt, not saved.
         frozen = {f"fake_score.{n}" for n, p in self.fake_score.named_parameters() if not p.requires_grad}
         state = checkpoint.get("state_dict")
@@ -510,7 +523,9 @@ class SwiftBrush(DistillationModule):
         if isinstance(state, dict):
             for key, value in self.fake_score.state_dict(prefix="fake_score.").items():
                 state.setdefault(key, value)
-        self._generator_state = checkpoint.get(_CKPT_KEY, {}).get("generator")
+        saved = checkpoint.get(_CKPT_KEY, {})
+        self._generator_state = saved.get("generator")
+        self._generator_device = saved.get("device")
         self._generator = None
 
     # ------------------------------------------------------------------ helpers
@@ -520,9 +535,15 @@ class SwiftBrush(DistillationModule):
             seed = self.seed if self.seed is not None else torch.initial_seed()
             rank = self.trainer.global_rank if self._trainer is not None else 0
             self._generator = torch.Generator(device=self.device).manual_seed((int(seed) + rank) % 2**63)
-            if self._generator_state is not None:
+            if self._generator_state is not None and self._generator_device == self.device.type:
                 self._generator.set_state(self._generator_state)
-                self._generator_state = None
+            elif self._generator_state is not None:
+                rank_zero_warn(
+                    f"The checkpoint's noise generator ran on {self._generator_device}, this run on "
+                    f"{self.device.type}: training noise restarts from the seed, so the resumed run is not "
+                    "bit-identical to an uninterrupted one."
+                )
+            self._generator_state = None
         return self._generator
 
     def _null(self, cond: Any) -> Any:

@@ -8,7 +8,7 @@ from pathlib import Path
 import lightning.pytorch as L
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from lightning_distill.diffusion import MLPDenoiser, NoiseSchedule, tiny_unet
 from lightning_distill.diffusion.gmm import AnalyticTeacher, GaussianMixture
@@ -38,8 +38,12 @@ def bench_recipe(**kwargs) -> SwiftBrush:
 
 def unet_recipe(**kwargs) -> SwiftBrush:
     torch.manual_seed(0)
-    teacher = tiny_unet(sample_size=8, in_channels=4, block_out_channels=(8, 16), cross_attention_dim=16, norm_num_groups=4)
-    student = tiny_unet(sample_size=8, in_channels=4, block_out_channels=(8, 16), cross_attention_dim=16, norm_num_groups=4)
+    teacher = tiny_unet(
+        sample_size=8, in_channels=4, block_out_channels=(8, 16), cross_attention_dim=16, norm_num_groups=4
+    )
+    student = tiny_unet(
+        sample_size=8, in_channels=4, block_out_channels=(8, 16), cross_attention_dim=16, norm_num_groups=4
+    )
     return SwiftBrush(student=student, teacher=teacher, lora_rank=4, lora_alpha=6.0, seed=0, **kwargs)
 
 
@@ -82,7 +86,9 @@ def test_vsd_loss_matches_an_independent_computation():
         return uncond + 3.0 * (cond - uncond)
 
     with torch.no_grad():
-        fake = guided(lambda x, s, c: recipe.teacher(x, s, c) + 0.5 * recipe.fake_score.model.correction(x, s, c))
+        fake = guided(
+            lambda x, s, c: recipe.teacher(x, s, c) + 0.5 * recipe.fake_score.model.correction(x, s, c)
+        )
         g = (1 - abar) * (guided(recipe.teacher) - fake)
     torch.testing.assert_close(loss, 0.5 * g.pow(2).mean())
     torch.testing.assert_close(x0.grad, g / x0.numel())
@@ -121,6 +127,35 @@ def test_fake_score_loss_is_alpha_squared_weighted_eps_mse_with_null_conditions(
     pred = recipe.fake_score(x_t, t, torch.full((5,), K))
     expected = (abar * (pred - noise).pow(2).mean(dim=1)).mean()
     torch.testing.assert_close(loss, expected)
+
+
+def test_fake_score_moves_from_the_teacher_towards_the_score_of_the_student_samples():
+    recipe = bench_recipe(condition_dropout=0.0)
+    optimizer = torch.optim.Adam(recipe.fake_score.trainable_parameters(), lr=3e-3)
+    student_mixture = GaussianMixture.ring(
+        k=8, radius=2.5, std=0.3, num_classes=K
+    )  # what the "student" samples
+    student_score = AnalyticTeacher(student_mixture, recipe.schedule)
+    gen = torch.Generator().manual_seed(1)
+    y = torch.arange(512) % K
+    x_t = recipe.schedule.add_noise(
+        student_mixture.sample(512, gen, labels=y), torch.randn(512, 2, generator=gen), 400
+    )
+
+    def error() -> float:
+        with torch.no_grad():
+            return float(
+                (recipe.fake_score(x_t, torch.tensor(400), y) - student_score(x_t, 400, y)).pow(2).mean()
+            )
+
+    before = error()  # the fake score starts as the teacher: the score of the data, not of the samples
+    for _ in range(300):
+        labels = torch.randint(0, K, (256,))
+        loss = recipe.fake_score_loss(student_mixture.sample(256, labels=labels), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert error() < 0.5 * before
 
 
 def test_gradients_reach_the_student_then_the_fake_score_and_never_the_teacher():
@@ -173,26 +208,29 @@ class _Losses(Callback):
         self.values.append((float(outputs["vsd"]), float(outputs["fake_score"])))
 
 
-def _fit(recipe, steps, ckpt=None, callbacks=()):
+def _fit(recipe, iterations, tmp_path, ckpt=None, record=None):
+    """Fit ``iterations`` iterations (2 optimizer steps each), checkpointing after iteration 3."""
+    L.seed_everything(0)
     data = ConditionDataModule(num_classes=K, num_train=40, num_val=8, batch_size=8)
-    trainer = L.Trainer(**quiet_trainer_kwargs(max_steps=2 * steps, limit_val_batches=0, callbacks=list(callbacks)))
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / f"run{iterations}", save_last=True, every_n_train_steps=6)
+    trainer = L.Trainer(
+        **quiet_trainer_kwargs(
+            max_steps=2 * iterations,
+            limit_val_batches=0,
+            enable_checkpointing=True,
+            callbacks=[record, checkpoint],
+        )
+    )
+    torch.randn(100)  # the global random state is not where the recipe's noise comes from
     trainer.fit(recipe, datamodule=data, ckpt_path=ckpt)
-    return trainer
 
 
 def test_resume_with_two_optimizers_matches_an_uninterrupted_run(tmp_path: Path):
-    L.seed_everything(0)
-    whole = _Losses()
-    _fit(bench_recipe(), 8, callbacks=[whole])  # 8 iterations = 16 optimizer steps, across 2 epochs
-
-    L.seed_everything(0)
-    first = _Losses()
-    trainer = _fit(bench_recipe(), 3, callbacks=[first])
-    trainer.save_checkpoint(tmp_path / "mid.ckpt")
-    L.seed_everything(123)  # the resumed run must not depend on the global random state
-    second = _Losses()
-    _fit(bench_recipe(), 8, ckpt=str(tmp_path / "mid.ckpt"), callbacks=[second])
-    assert len(whole.values) == 8 and len(first.values) + len(second.values) == 8
+    whole, first, second = _Losses(), _Losses(), _Losses()
+    _fit(bench_recipe(), 8, tmp_path, record=whole)  # 8 iterations = 16 optimizer steps, across 2 epochs
+    _fit(bench_recipe(), 3, tmp_path, record=first)
+    _fit(bench_recipe(), 8, tmp_path, ckpt=str(tmp_path / "run3" / "last.ckpt"), record=second)
+    assert len(whole.values) == 8 and (len(first.values), len(second.values)) == (3, 5)
     torch.testing.assert_close(torch.tensor(first.values + second.values), torch.tensor(whole.values))
 
 
@@ -201,7 +239,9 @@ def test_checkpoints_leave_out_the_lora_base_and_restore_it(tmp_path: Path):
     checkpoint = {"state_dict": recipe.state_dict()}
     recipe.on_save_checkpoint(checkpoint)
     saved = checkpoint["state_dict"]
-    assert any("lora_" in k for k in saved) and not any(k.startswith("fake_score.") and "lora_" not in k for k in saved)
+    assert any("lora_" in k for k in saved) and not any(
+        k.startswith("fake_score.") and "lora_" not in k for k in saved
+    )
     restored = unet_recipe()
     restored.on_load_checkpoint(checkpoint)
     restored.load_state_dict(checkpoint["state_dict"])
@@ -223,7 +263,9 @@ def test_condition_datamodule_serves_conditions_only(tmp_path: Path):
     labels.setup()
     batch = next(iter(labels.train_dataloader()))
     assert batch.shape == (4,) and batch.dtype == torch.long and int(batch.max()) < 3
-    torch.save({"prompt_embeds": torch.randn(6, 2, 5), "null_embeds": torch.zeros(1, 2, 5)}, tmp_path / "e.pt")
+    torch.save(
+        {"prompt_embeds": torch.randn(6, 2, 5), "null_embeds": torch.zeros(1, 2, 5)}, tmp_path / "e.pt"
+    )
     stored = ConditionDataModule(embeddings_path=str(tmp_path / "e.pt"), num_val=2, batch_size=4)
     stored.setup()
     assert next(iter(stored.train_dataloader())).shape == (4, 2, 5)
@@ -263,4 +305,6 @@ def test_config_runs_with_fast_dev_run(tmp_path: Path, monkeypatch: pytest.Monke
 
     config = Path(__file__).resolve().parents[2] / "recipes" / "swiftbrush" / "config.yaml"
     monkeypatch.chdir(tmp_path)
-    main(["fit", "--config", str(config), "--trainer.fast_dev_run=true", "--trainer.enable_progress_bar=false"])
+    main(
+        ["fit", "--config", str(config), "--trainer.fast_dev_run=true", "--trainer.enable_progress_bar=false"]
+    )

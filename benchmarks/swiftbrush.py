@@ -1,0 +1,363 @@
+"""SwiftBrush on the exact-score bench: the one-step student against the perfect teacher's CFG sampler, and ablations.
+
+Every SwiftBrush row is ``recipes/swiftbrush/config.yaml`` (a conditional ring of 8 Gaussians, one
+class per mode, Stable Diffusion's noise schedule, the analytic teacher, a random MLP student, the
+"residual" fake score, CFG 4.5 on both scores, an EMA of the student) built through
+:class:`lightning_distill.cli.DistillCLI` with only the seed and the keys named in the row changed;
+validation and the sample pictures are off during the fits, the EMA weights are scored.
+
+Scoring (``n`` samples per seed): seed ``s`` draws the class labels and then the noise from
+``Generator().manual_seed(s)``, the same for every row; the reference is a class-conditional data
+sample with the same labels from seed ``s + 10000``. Columns: SWD and RBF-MMD² against that data,
+mode coverage, "on class" (share of samples within the mode threshold of a mode of their own
+class), SWD to the teacher's 50-step DDIM samples at the row's guidance scale (the sampler being
+distilled; same labels, independent noise), network evaluations per sample and sampling wall-clock.
+
+Rows: the data floor; the analytic teacher with DDIM in 1, 4 and 50 steps at guidance 1 and 4.5;
+the one-step student (config); the ablations: guidance 1 and 2, no VSD weight (``w(t) = 1``), and a
+fake score trained from its own random initialisation (``fake_score_mode: separate``).
+
+Usage (from the repository root)::
+
+    python benchmarks/swiftbrush.py            # seeds 0 1 2, every row
+    python benchmarks/swiftbrush.py --quick    # smoke run: 1 seed, 100 iterations, no README update
+
+Writes ``benchmarks/results/swiftbrush.md`` and the block between ``<!-- results:start -->`` and
+``<!-- results:end -->`` of ``recipes/swiftbrush/README.md`` (``--quick`` writes under
+``benchmarks/results/quick/`` and leaves the README alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import logging
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported
+
+import lightning  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+from lightning_distill.cli import DistillCLI  # noqa: E402
+from lightning_distill.diffusion import sample  # noqa: E402
+from lightning_distill.diffusion.metrics import (  # noqa: E402
+    default_mode_threshold,
+    mode_assignment,
+    mode_coverage,
+    rbf_mmd2,
+    sliced_wasserstein,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "recipes" / "swiftbrush" / "config.yaml"
+RESULTS = ROOT / "benchmarks" / "results"
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+METRICS = ("swd", "mmd", "mode_coverage", "on_class", "swd_teacher50")
+_REFERENCE_OFFSET, _TEACHER_OFFSET = 10_000, 20_000
+Config = dict[str, Any]
+Sampler = Callable[[int, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class Row:
+    """One table row: a name, how it differs from the config, its guidance scale and metrics per seed."""
+
+    name: str
+    change: str
+    init_args: dict[str, Any] | None = None  # None: not a SwiftBrush run
+    scale: float = 4.5
+    steps: int = 1
+    metrics: dict[str, list[float]] = field(default_factory=lambda: {m: [] for m in METRICS})
+    train_s: list[float] = field(default_factory=list)
+    sample_ms: float | None = None
+
+
+def swiftbrush_rows() -> list[Row]:
+    separate = {"fake_score_mode": "separate"}
+    return [
+        Row("SwiftBrush, 1 step (config)", "none", {}),
+        Row("ablation: guidance 1", "`guidance_scale: 1`", {"guidance_scale": 1.0}, scale=1.0),
+        Row("ablation: guidance 2", "`guidance_scale: 2`", {"guidance_scale": 2.0}, scale=2.0),
+        Row("ablation: w(t) = 1", "`vsd_weighting: none`", {"vsd_weighting": "none"}),
+        Row("ablation: fake score from scratch", "`fake_score_mode: separate`", separate),
+    ]
+
+
+# ------------------------------------------------------------------------------------------ scoring
+def score(draw: Sampler, model: Any, scale: float, n: int, seed: int) -> dict[str, float]:
+    """The bench metrics of ``draw(n, Generator(seed)) -> (samples, labels)``."""
+    gmm = model.reference_mixture
+    x, labels = draw(n, torch.Generator().manual_seed(seed))
+    x, labels = x.detach().float().cpu(), labels.cpu()
+    reference = gmm.sample(n, torch.Generator().manual_seed(seed + _REFERENCE_OFFSET), labels=labels)
+    noise = torch.randn(n, gmm.dim, generator=torch.Generator().manual_seed(seed + _TEACHER_OFFSET))
+    teacher50 = sample(
+        model.teacher, model.schedule, noise, 50, labels, torch.full((n,), gmm.num_classes), scale
+    )
+    modes = mode_assignment(x, gmm, default_mode_threshold(gmm.dim))
+    on_mode = modes < gmm.num_modes
+    own = torch.zeros_like(on_mode)
+    own[on_mode] = gmm.class_of_mode[modes[on_mode]] == labels[on_mode]
+    return {
+        "swd": float(sliced_wasserstein(x, reference)),
+        "mmd": float(rbf_mmd2(x, reference)),
+        "mode_coverage": float(mode_coverage(x, gmm)),
+        "on_class": float(own.float().mean()),
+        "swd_teacher50": float(sliced_wasserstein(x, teacher50.float())),
+    }
+
+
+def data_sampler(model: Any) -> Sampler:
+    gmm = model.reference_mixture
+
+    def draw(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = torch.randint(0, gmm.num_classes, (n,), generator=gen)
+        return gmm.sample(n, gen, labels=labels), labels
+
+    return draw
+
+
+def teacher_sampler(model: Any, steps: int, scale: float) -> Sampler:
+    """The analytic teacher with DDIM in ``steps`` steps and CFG ``scale``, labels then noise from ``gen``."""
+    gmm = model.reference_mixture
+
+    def draw(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = torch.randint(0, gmm.num_classes, (n,), generator=gen)
+        noise = torch.randn(n, gmm.dim, generator=gen)
+        null = torch.full((n,), gmm.num_classes)
+        return sample(model.teacher, model.schedule, noise, steps, labels, null, scale), labels
+
+    return draw
+
+
+def student_sampler(model: Any) -> Sampler:
+    """The recipe's own ``sample`` path, with the labels it draws (labels first, then noise)."""
+
+    def draw(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = torch.randint(0, model.reference_mixture.num_classes, (n,), generator=gen)
+        return model.sample(n, gen, labels), labels
+
+    return draw
+
+
+def sampling_ms(draw: Sampler, n: int, repeats: int = 5) -> float:
+    """Median wall-clock milliseconds of one call ``draw(n, generator)``."""
+    times = []
+    for k in range(repeats):
+        generator = torch.Generator().manual_seed(k)
+        start = time.perf_counter()
+        with torch.no_grad():
+            draw(n, generator)
+        times.append(1000 * (time.perf_counter() - start))
+    return statistics.median(times)
+
+
+# ------------------------------------------------------------------------------------------ training
+def build(config: Config, seed: int, iterations: int | None, workdir: Path) -> DistillCLI:
+    """Instantiate trainer, model and data from ``config`` as ``lightning-distill fit`` would (no validation)."""
+    config = copy.deepcopy(config)
+    config["trainer"]["callbacks"] = [
+        c for c in config["trainer"]["callbacks"] if "EMATeacher" in c["class_path"]
+    ]
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    args = [
+        f"--config={path}",
+        f"--seed_everything={seed}",
+        "--test_after_fit=false",
+        "--trainer.logger=false",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_checkpointing=false",
+        "--trainer.enable_model_summary=false",
+        "--trainer.limit_val_batches=0",
+        "--trainer.num_sanity_val_steps=0",
+        f"--trainer.default_root_dir={workdir}",
+    ]
+    if iterations is not None:
+        args.append(f"--trainer.max_steps={2 * iterations}")
+    return DistillCLI(args=args, run=False, save_config_callback=None)
+
+
+def run_one(row: Row, config: Config, seed: int, iterations: int | None, n: int) -> Any:
+    """Fit one row's run for one seed, put the EMA weights into the student and score it."""
+    config = copy.deepcopy(config)
+    config["model"]["init_args"].update(copy.deepcopy(row.init_args))
+    with tempfile.TemporaryDirectory() as tmp:
+        cli = build(config, seed, iterations, Path(tmp))
+        model, data, trainer = cli.model, cli.datamodule, cli.trainer
+        start = time.perf_counter()
+        trainer.fit(model, datamodule=data)
+        row.train_s.append(time.perf_counter() - start)
+    model.student.load_state_dict(model.ema_student.state_dict())
+    for name, value in score(student_sampler(model), model, row.scale, n, seed).items():
+        row.metrics[name].append(value)
+    return model
+
+
+# ------------------------------------------------------------------------------------------ report
+def _mean_std(values: list[float], digits: int = 3, fmt: str = "f") -> str:
+    if not values:
+        return "-"
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{mean:.{digits}{fmt}} ± {std:.{1 if fmt == 'e' else digits}{fmt}}"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def render(
+    rows: list[Row], seeds: list[int], n: int, command: str, seconds: float, iterations: int, batch: int
+) -> str:
+    by_name = {r.name: r for r in rows}
+    lines = [
+        f"<!-- generated by benchmarks/swiftbrush.py on {datetime.date.today()}; do not edit by hand: rerun the command -->",
+        f"Command: `{command}` (from the repository root; wall time {seconds / 60:.1f} min).",
+        "",
+        f"Machine: {cpu_model()} ({os.cpu_count()} logical CPUs), torch threads: {torch.get_num_threads()}; "
+        f"Python {platform.python_version()}, torch {torch.__version__}, lightning {lightning.__version__}.",
+        "",
+        f"Seeds {', '.join(map(str, seeds))}; mean ± sample std over seeds; n = {n} samples per seed. Bench: "
+        "`ring` (8 modes, radius 4, std 0.25), one class per mode, labels uniform; Stable Diffusion's "
+        f"schedule (ᾱ at t = 999 is 0.0047). Students: {iterations} iterations (batch {batch}) of "
+        "`recipes/swiftbrush/config.yaml`, EMA weights. SWD / MMD² against class-conditional data with "
+        "the same labels (lower is better); coverage: share of the 8 modes reached; on class: share of "
+        "samples on a mode of their own class; SWD to teacher-50: distance to the teacher's 50-step DDIM "
+        "samples at the row's guidance scale; NFE: network evaluations per sample (CFG counts 2).",
+        "",
+        "| samples | what differs from config.yaml | guidance | NFE | SWD | MMD² | coverage | on class "
+        "| SWD to teacher-50 | sampling ms | train s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        m = r.metrics
+        sample_ms = f"{r.sample_ms:.1f}" if r.sample_ms is not None else "-"
+        nfe = r.steps * (2 if r.scale != 1 and r.init_args is None else 1)  # a student is one evaluation
+        lines.append(
+            f"| {r.name} | {r.change} | {r.scale:g} | {nfe} | {_mean_std(m['swd'])} | "
+            f"{_mean_std(m['mmd'], 2, 'e')} | {_mean_std(m['mode_coverage'], 2)} | {_mean_std(m['on_class'], 2)} | "
+            f"{_mean_std(m['swd_teacher50'])} | {sample_ms} | {_mean_std(r.train_s, 0)} |"
+        )
+    student = by_name["SwiftBrush, 1 step (config)"].metrics["swd"]
+    t50, t1 = (
+        by_name["teacher, DDIM 50 steps, CFG 4.5"].metrics["swd"],
+        by_name["teacher, DDIM 1 step, CFG 4.5"].metrics["swd"],
+    )
+    floor = by_name["data vs data (floor)"].metrics["swd"]
+    ratios = [s / t for s, t in zip(student, t50)]
+    lines += [
+        "",
+        f"Factor (SWD of the one-step student / SWD of the teacher's 50-step sampler, both at guidance 4.5, paired "
+        f"by seed): **{_mean_std(ratios, 2)}**; the teacher in one step: {_mean_std(t1)}; the data floor: "
+        f"{_mean_std(floor)}. Sampling times are for n = {n} points on one thread; the analytic teacher is a "
+        "closed-form mixture score, far cheaper per evaluation than a network, so NFE is the fairer cost measure.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def update_readme(path: Path, table: str) -> None:
+    """Replace the text between the results markers of ``path`` by ``table``.
+
+    Raises:
+        ValueError: the README lacks the markers, or has them in the wrong order.
+    """
+    text = path.read_text()
+    i, j = text.find(START), text.find(END)
+    if i < 0 or j < i:
+        raise ValueError(f"{path} must contain {START!r} followed by {END!r}.")
+    path.write_text(text[: i + len(START)] + "\n" + table + text[j:])
+
+
+# ------------------------------------------------------------------------------------------ main
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--n", type=int, default=2000, help="samples per model and seed (default 2000)")
+    parser.add_argument(
+        "--quick", action="store_true", help="1 seed, 100 iterations, results under quick/, no README"
+    )
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", ".*(workers|treespec|LeafSpec|eval mode|args parameter is intended).*")
+    seeds = args.seeds[:1] if args.quick else args.seeds
+    config = yaml.safe_load(CONFIG.read_text())
+    iterations = 100 if args.quick else config["trainer"]["max_steps"] // 2
+    command = shlex.join(["python", "benchmarks/swiftbrush.py", *(sys.argv[1:] if argv is None else argv)])
+    total = time.perf_counter()
+
+    students = swiftbrush_rows()
+    models: dict[str, Any] = {}
+    for seed in seeds:
+        for row in students:
+            start = time.perf_counter()
+            models[row.name] = run_one(row, config, seed, iterations if args.quick else None, args.n)
+            print(
+                f"seed {seed} | {row.name}: SWD {row.metrics['swd'][-1]:.3f}, coverage "
+                f"{row.metrics['mode_coverage'][-1]:.2f}, on class {row.metrics['on_class'][-1]:.2f} | "
+                f"{time.perf_counter() - start:.0f} s",
+                flush=True,
+            )
+    model = next(iter(models.values()))
+
+    floor = Row("data vs data (floor)", "-", scale=1.0, steps=0)
+    baselines = []
+    for scale in (1.0, 4.5):
+        for k in (1, 4, 50):
+            name = f"teacher, DDIM {k} step{'s' if k > 1 else ''}, CFG {scale:g}"
+            baselines.append(Row(name, "analytic teacher, no training", scale=scale, steps=k))
+    for seed in seeds:
+        for name, value in score(data_sampler(model), model, 1.0, args.n, seed).items():
+            floor.metrics[name].append(value)
+        for row in baselines:
+            for name, value in score(
+                teacher_sampler(model, row.steps, row.scale), model, row.scale, args.n, seed
+            ).items():
+                row.metrics[name].append(value)
+    for row in baselines:
+        row.sample_ms = sampling_ms(teacher_sampler(model, row.steps, row.scale), args.n)
+    for row in students:
+        row.sample_ms = sampling_ms(student_sampler(models[row.name]), args.n)
+    rows = [floor, *baselines, *students]
+
+    table = render(
+        rows,
+        seeds,
+        args.n,
+        command,
+        time.perf_counter() - total,
+        iterations,
+        config["data"]["init_args"]["batch_size"],
+    )
+    out_dir = RESULTS / "quick" if args.quick else RESULTS
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "swiftbrush.md").write_text(table)
+    print(f"\n{table}", flush=True)
+    if not args.quick:
+        update_readme(ROOT / "recipes" / "swiftbrush" / "README.md", table)
+
+
+if __name__ == "__main__":
+    main()
