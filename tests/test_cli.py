@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from lightning_distill.recipes import RECIPES, load_recipe
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "recipes").glob("*/*.yaml"))
 CONFIG_IDS = [f"{c.parent.name}/{c.stem}" for c in CONFIGS]
+CLASSIFIERS = {"baseline", "classification", "representation"}  # student and teacher report test/acc
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 
 
@@ -62,7 +64,9 @@ def test_fit_then_test_runs_each_recipe_config(config, tmp_path, capsys, monkeyp
     main(["test", "--config", str(config), "--trainer.limit_test_batches=1", *QUIET,
           "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}"])
     out = capsys.readouterr().out
-    assert "test/acc" in out and "test/teacher" in out
+    assert "test/" in out  # the test loop ran and printed its metrics table
+    if RECIPES[config.parent.name].family in CLASSIFIERS:
+        assert "test/acc" in out and "test/teacher" in out
     assert not ckpt.exists()
 
 
@@ -115,6 +119,13 @@ def test_wandb_offline_run_holds_loss_terms_and_metrics(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
-    history = b"".join(p.read_bytes() for p in runs[0].glob("*.wandb"))
-    for key in (b"train/dist", b"train/ce", b"train/loss", b"val/acc", b"val/teacher_acc"):
+    keys = (b"train/dist", b"train/ce", b"train/loss", b"val/acc", b"val/teacher_acc")
+    # wandb's service process may still be flushing the run file when the CLI process has exited.
+    deadline = time.monotonic() + 60
+    while True:
+        history = b"".join(p.read_bytes() for p in runs[0].glob("*.wandb"))
+        if all(key in history for key in keys) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    for key in keys:
         assert key in history, key

@@ -20,19 +20,20 @@ two Adam optimizers updated 1:1 (manual optimization).
 
 Hyper-parameters -> config keys (``model.init_args.*``):
 
-=====================================  ==========================  ======================
-paper / official code                  key                         default
-=====================================  ==========================  ======================
-CFG scale of both scores               ``guidance_scale``          4.5
-VSD timesteps ``[0.02 T, 0.981 T)``    ``min_step``, ``max_step``  20, 981
-VSD weight ``w(t)``                    ``vsd_weighting``           ``"sigma_squared"``
-fake-score loss weight ``α_t²``        ``fake_score_weighting``    ``"alpha_squared"``
-null prompts in the LoRA update        ``condition_dropout``       0.1
-LoRA rank / alpha / layers             ``lora_rank`` ...           64 / 108 / to_q, to_v
-student / LoRA learning rate (Adam)    ``optimizer``, ``fake_score_optimizer``  1e-6 / 1e-3
-gradient clipping (both)               ``clip_grad_norm``          1.0
-student initialisation                 ``student_init``            ``"teacher"``
-=====================================  ==========================  ======================
+====================================  ========================================================  =====================
+paper / official code                 key                                                       default
+====================================  ========================================================  =====================
+CFG scale of both scores              ``guidance_scale``                                        4.5
+VSD timesteps ``[0.02 T, 0.981 T)``   ``min_step``, ``max_step``                                20, 981
+VSD weight ``w(t)``                   ``vsd_weighting``                                         ``sigma_squared``
+fake-score loss weight ``α_t²``       ``fake_score_weighting``                                  ``alpha_squared``
+null prompts in the LoRA update       ``condition_dropout``                                     0.1
+fake score = LoRA on the teacher      ``fake_score_mode``                                       ``lora``
+LoRA rank / alpha / layers            ``lora_rank``, ``lora_alpha``, ``lora_target_modules``    64 / 108 / to_q, to_v
+student / LoRA optimizer (Adam, lr)   ``optimizer``, ``fake_score_optimizer``                   1e-6 / 1e-3
+gradient clipping (both)              ``clip_grad_norm``                                        1.0
+student starts as the teacher         ``student_init``                                          ``teacher``
+====================================  ========================================================  =====================
 """
 
 from __future__ import annotations
@@ -41,9 +42,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 import lightning.pytorch as L
+import numpy as np
 import torch
 from lightning.pytorch.cli import OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -133,7 +134,7 @@ class ConditionDataModule(L.LightningDataModule):
 
     Give exactly one source: ``num_classes`` (labels uniform in ``[0, num_classes)``; the null
     label is ``num_classes``), ``embedding_shape`` (random Gaussian stand-ins for text-encoder
-    outputs ``(L, D)``, for tests; null = zeros) or ``embeddings_path`` (a ``torch.save`` d dict
+    outputs ``(L, D)``, for tests; null = zeros) or ``embeddings_path`` (a dict saved with ``torch.save``:
     ``{"prompt_embeds": (N, L, D), "null_embeds": (1, L, D)}``, precomputed as the official
     ``prepare.py`` does). Batches are condition tensors ``(B,)`` or ``(B, L, D)``.
 
@@ -250,6 +251,9 @@ class ConditionDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return DataLoader(_Conditions(self._prepare()["test"]), batch_size=self.batch_size)
 
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
+
 
 class SwiftBrush(DistillationModule):
     """SwiftBrush recipe. See the module docstring for the algorithm.
@@ -279,8 +283,8 @@ class SwiftBrush(DistillationModule):
         sample_shape: shape of one sample, e.g. ``(4, 64, 64)``; ``None`` infers it from the models.
         clip_grad_norm: gradient-norm clipping of both updates (``None`` disables it).
         eval_steps: DDIM steps of the teacher's reference samples in validation (logged once).
-        seed: seed of the training noise and timesteps (``None``: from ``seed_everything``); each rank
-            adds its rank.
+        seed: seed of the training noise, timesteps and dropout (``None``: from ``seed_everything``);
+            each step draws from ``(seed, rank, iteration)``.
         optimizer: student optimizer (Adam, lr 1e-6).
         fake_score_optimizer: fake-score optimizer (Adam, lr 1e-3).
 
@@ -401,8 +405,7 @@ class SwiftBrush(DistillationModule):
         self.seed = seed
         self.fake_score_optimizer = fake_score_optimizer
         self._generator: torch.Generator | None = None
-        self._generator_state: Tensor | None = None
-        self._generator_device: str | None = None
+        self._iteration = 0  # training steps taken; seeds each step's noise, saved in checkpoints
         self._eval: list[tuple[Tensor, Tensor, Tensor]] = []
         self._floor_logged = False
 
@@ -452,6 +455,7 @@ class SwiftBrush(DistillationModule):
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         cond = _check_batch(batch)
         opt_student, opt_fake = self.optimizers()
+        self._reseed()
         gen = self._rng()
         # 1. one step from pure noise at t = T - 1
         noise = torch.randn((_batch_size(cond), *self.sample_shape), generator=gen, device=gen.device).to(
@@ -464,6 +468,7 @@ class SwiftBrush(DistillationModule):
         # 5. the fake score learns the (pre-update) student samples
         fake = self.fake_score_loss(x0.detach(), cond)
         self.manual_update(fake, opt_fake, clip_grad_norm=self.clip_grad_norm)
+        self._iteration += 1
         return self.log_losses({"vsd": vsd.detach(), "fake_score": fake.detach()})
 
     # ------------------------------------------------------------------ sampling and evaluation
@@ -488,6 +493,14 @@ class SwiftBrush(DistillationModule):
         noise = torch.randn((n, *self.sample_shape), generator=generator, device=device).to(self.device)
         return self.generate(noise, _to_device(cond, self.device))
 
+    def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
+        """One-step samples ``(B, *sample_shape)`` for a batch of conditions (seeded by ``batch_idx``)."""
+        cond = _check_batch(batch)
+        gen = torch.Generator(device=self.device).manual_seed(batch_idx)
+        noise = torch.randn((_batch_size(cond), *self.sample_shape), generator=gen, device=self.device)
+        with torch.no_grad():
+            return self.generate(noise, cond)
+
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step(batch, batch_idx)
 
@@ -510,7 +523,7 @@ class SwiftBrush(DistillationModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        checkpoint[_CKPT_KEY] = {"generator": self._rng().get_state(), "device": self.device.type}
+        checkpoint[_CKPT_KEY] = {"iteration": self._iteration}
         # The LoRA fake score's frozen base is a copy of the teacher: rebuilt, not saved.
         frozen = {f"fake_score.{n}" for n, p in self.fake_score.named_parameters() if not p.requires_grad}
         state = checkpoint.get("state_dict")
@@ -523,28 +536,25 @@ class SwiftBrush(DistillationModule):
         if isinstance(state, dict):
             for key, value in self.fake_score.state_dict(prefix="fake_score.").items():
                 state.setdefault(key, value)
-        saved = checkpoint.get(_CKPT_KEY, {})
-        self._generator_state = saved.get("generator")
-        self._generator_device = saved.get("device")
-        self._generator = None
+        self._iteration = int(checkpoint.get(_CKPT_KEY, {}).get("iteration", 0))
 
     # ------------------------------------------------------------------ helpers
     def _rng(self) -> torch.Generator:
-        """The generator of all training randomness (noise, timesteps, dropout), saved in checkpoints."""
+        """The generator of all training randomness (noise, timesteps, dropout) on the module's device.
+
+        :meth:`_reseed` sets it from ``(seed, rank, iteration)`` at every training step, so the noise
+        of a step depends on nothing else: each DDP rank draws its own, and a resumed run draws
+        exactly what an uninterrupted one would, on any device.
+        """
         if self._generator is None or self._generator.device != self.device:
-            seed = self.seed if self.seed is not None else torch.initial_seed()
-            rank = self.trainer.global_rank if self._trainer is not None else 0
-            self._generator = torch.Generator(device=self.device).manual_seed((int(seed) + rank) % 2**63)
-            if self._generator_state is not None and self._generator_device == self.device.type:
-                self._generator.set_state(self._generator_state)
-            elif self._generator_state is not None:
-                rank_zero_warn(
-                    f"The checkpoint's noise generator ran on {self._generator_device}, this run on "
-                    f"{self.device.type}: training noise restarts from the seed, so the resumed run is not "
-                    "bit-identical to an uninterrupted one."
-                )
-            self._generator_state = None
+            self._generator = torch.Generator(device=self.device)
+            self._reseed()
         return self._generator
+
+    def _reseed(self) -> None:
+        seed = self.seed if self.seed is not None else torch.initial_seed()
+        words = np.random.SeedSequence([int(seed), self.global_rank, self._iteration]).generate_state(2)
+        self._rng().manual_seed(int(words[0]) << 31 ^ int(words[1]))
 
     def _null(self, cond: Any) -> Any:
         if self.null_condition is None and self._trainer is not None:

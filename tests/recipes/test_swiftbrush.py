@@ -149,9 +149,9 @@ def test_fake_score_moves_from_the_teacher_towards_the_score_of_the_student_samp
             )
 
     before = error()  # the fake score starts as the teacher: the score of the data, not of the samples
-    for _ in range(300):
-        labels = torch.randint(0, K, (256,))
-        loss = recipe.fake_score_loss(student_mixture.sample(256, labels=labels), labels)
+    for _ in range(100):
+        labels = torch.randint(0, K, (128,))
+        loss = recipe.fake_score_loss(student_mixture.sample(128, labels=labels), labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
