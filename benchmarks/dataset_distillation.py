@@ -349,9 +349,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="DataDAM runs as POWER:IMAGE_LR[@IPC] (default: paper 4:1, official code 1:1, and 4:0.1 at IPC 1)",
     )
     parser.add_argument("--eval-epochs", type=int, default=300, help="retraining epochs (default 300)")
-    parser.add_argument("--full-epochs", type=int, default=50, help="retraining epochs on the full set")
+    parser.add_argument(
+        "--full-epochs", type=int, default=100, help="retraining epochs on the full set (default 100)"
+    )
     parser.add_argument("--teacher-epochs", type=int, default=30)
-    parser.add_argument("--temperature", type=float, default=4.0, help="soft-label temperature")
+    parser.add_argument("--temperature", type=float, default=1.0, help="soft-label temperature (default 1)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 seed, tiny budgets, no README")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--no-readme", action="store_true", help="write benchmarks/results only")

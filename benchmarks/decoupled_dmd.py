@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import logging
 import os
 import platform
@@ -87,6 +88,8 @@ def student_rows(guidance: float, sweep: list[float]) -> list[Row]:
         Row("(3) decoupled, both constrained", {**four, "dm_schedule": "constrained"}, 4),
         Row("(4) decoupled hybrid (paper; config)", dict(four), 4),
         Row("(4) without the normaliser", {**four, "normalise": False}, 4),
+        Row("(4) generator update every iteration", {**four, "generator_update_every": 1}, 4),
+        Row("(4) generator update every 20th", {**four, "generator_update_every": 20}, 4),
     ]
     rows += [
         Row(f"(4) with guidance {a:g}", {**four, "guidance_scale": a}, 4) for a in sweep if a != guidance
@@ -345,16 +348,36 @@ def render(
         *course_table(students, "own_mode"),
         "",
     ]
+    lines += ["Best point of each student's course (lowest mean SWD → guided; picked with hindsight):", ""]
+    for r in students:
+        c = r.course[best_point(r)]
+        lines.append(
+            f"- *{r.name}*: iteration {best_point(r)}, SWD → guided {fmt(c['swd_guided'])} "
+            f"({fmt([a / b for a, b in zip(c['swd_guided'], floor.values['swd_guided'])], 1)} × the floor), "
+            f"on-class {fmt(c['on_class'], 1)} %, |x − μ_c| {fmt(c['own_mode'])}."
+        )
+    lines += [
+        "",
+        "Factors of the config's student (4-step, decoupled hybrid) and of the one-step student:",
+        "",
+    ]
     for name in ("(4) decoupled hybrid (paper; config)", "CA + DM (d-DMD)"):
-        if name in by:
-            r = by[name]
-            ratio = [a / b for a, b in zip(r.values["swd_data"], teacher50.values["swd_data"])]
-            vs_floor = [a / b for a, b in zip(r.values["swd_guided"], floor.values["swd_guided"])]
+        r = by[name]
+        for label, values in (("at the end", r.values), ("at its best point", r.course[best_point(r)])):
+            ratio = [a / b for a, b in zip(values["swd_data"], teacher50.values["swd_data"])]
+            vs_floor = [a / b for a, b in zip(values["swd_guided"], floor.values["swd_guided"])]
+            vs_teacher = [a / b for a, b in zip(values["swd_guided"], teacher50.values["swd_guided"])]
             lines.append(
-                f"- *{name}*: SWD → data is {fmt(ratio, 2)} × the guided 50-step teacher's; SWD → guided "
-                f"is {fmt(vs_floor, 2)} × the guided-vs-guided floor."
+                f"- *{name}*, {label}: SWD → data {fmt(ratio, 2)} × the guided 50-step teacher's; "
+                f"SWD → guided {fmt(vs_floor, 1)} × the guided-vs-guided floor "
+                f"({fmt(vs_teacher, 1)} × the 50-step teacher's own SWD → guided)."
             )
     return "\n".join(lines) + "\n"
+
+
+def best_point(row: Row) -> int:
+    """The course iteration with the lowest mean SWD → guided."""
+    return min(row.course, key=lambda i: statistics.fmean(row.course[i]["swd_guided"]))
 
 
 def update_readme(path: Path, text: str) -> None:
@@ -393,6 +416,11 @@ def main(argv: list[str] | None = None) -> None:
     out = RESULTS / ("quick" if args.quick else "") / "decoupled_dmd.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("# Decoupled DMD on the conditional exact-score bench\n\n" + text)
+    raw = {
+        r.name: {"change": r.change, "steps": r.steps, "final": r.values, "course": r.course}
+        for r in [*baselines, *students]
+    }
+    out.with_suffix(".json").write_text(json.dumps(raw, indent=1))
     if not args.quick:
         update_readme(README, text)
     print(text)

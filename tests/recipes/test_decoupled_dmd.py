@@ -217,7 +217,9 @@ def test_resume_reproduces_the_uninterrupted_run_and_does_not_refit(tmp_path):
             generator_update_every=2, student_init="regress", init_steps=20, max_grad_norm=1.0
         )
         record = Record()
-        checkpoint = ModelCheckpoint(dirpath=tmp_path / f"run{max_steps}", save_last=True, every_n_train_steps=3)
+        checkpoint = ModelCheckpoint(
+            dirpath=tmp_path / f"run{max_steps}", save_last=True, every_n_train_steps=3
+        )
         data = GMMDataModule(
             preset="ring",
             num_classes=CLASSES,
