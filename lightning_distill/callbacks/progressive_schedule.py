@@ -46,8 +46,8 @@ class Schedule:
     """A pure function from a step (or epoch) index ``t >= 0`` to a value."""
 
     def value_at(self, t: int) -> Any:
-        """The value at step (or epoch) ``t``."""
-        raise NotImplementedError
+        """The value at step (or epoch) ``t``; every schedule kind (subclass) defines it."""
+        raise NotImplementedError(f"{type(self).__name__} must implement `value_at`.")
 
 
 @dataclass(frozen=True)

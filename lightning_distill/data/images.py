@@ -221,9 +221,9 @@ class ArrayImageDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self._splits: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
 
-    # -- to implement
     def load_arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        raise NotImplementedError
+        """Abstract: subclasses return ``(images (N, H, W) in [0, 1], labels (N,))``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement `load_arrays`.")
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
