@@ -130,10 +130,19 @@ class ResumableDataLoader(DataLoader):
         super().__init__(*args, **kwargs)
         self._yielded = 0
         self._skip = 0
+        self._skip_epoch: int | None = None
+
+    def _epoch(self) -> int | None:
+        return getattr(self.sampler, "epoch", None)
 
     def __iter__(self):
         iterator = super().__iter__()
-        self._yielded, skip, self._skip = 0, self._skip, 0
+        skip = self._skip
+        # Lightning ends the epoch when a run stops at ``max_steps``, so a checkpoint saved after such
+        # a run resumes at the next epoch: the saved position applies only to the epoch it was saved in.
+        if self._skip_epoch is not None and self._epoch() != self._skip_epoch:
+            skip = 0
+        self._yielded, self._skip, self._skip_epoch = 0, 0, None
         for _ in range(skip):
             next(iterator)
             self._yielded += 1
@@ -142,12 +151,16 @@ class ResumableDataLoader(DataLoader):
             yield batch
 
     def state_dict(self) -> dict[str, int]:
-        return {"yielded": self._yielded}
+        state = {"yielded": self._yielded}
+        if self._epoch() is not None:
+            state["epoch"] = int(self._epoch())
+        return state
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         yielded = int(state.get("yielded", 0))
         # A checkpoint taken at the end of an epoch resumes at the start of the next one.
         self._skip = yielded if yielded < len(self) else 0
+        self._skip_epoch = state.get("epoch")
 
 
 class ArrayImageDataModule(L.LightningDataModule):

@@ -68,13 +68,28 @@ def test_resumable_loader_skips_the_batches_already_trained_on():
     it = iter(loader)
     seen = [next(it)[1] for _ in range(3)]
     state = loader.state_dict()
-    assert state == {"yielded": 3}
+    assert state == {"yielded": 3, "epoch": 0}
     rest = [b[1] for b in it]
     loader.load_state_dict(state)
     resumed = [b[1] for b in loader]
     assert len(resumed) == len(rest) and all(torch.equal(p, q) for p, q in zip(resumed, rest))
     loader.load_state_dict({"yielded": len(loader)})  # end-of-epoch checkpoint: start afresh
     assert len(list(loader)) == len(seen) + len(rest)
+
+
+def test_a_saved_position_applies_only_to_its_own_epoch():
+    """Lightning starts a new epoch after a run stopped at max_steps: nothing of it may be skipped."""
+    loader = DigitsDataModule(batch_size=100, return_index=True).train_dataloader()
+    loader.sampler.set_epoch(1)
+    epoch1 = [b[2] for b in loader]
+    loader.sampler.set_epoch(0)
+    it = iter(loader)
+    next(it), next(it)
+    state = loader.state_dict()
+    loader.load_state_dict(state)
+    loader.sampler.set_epoch(1)
+    resumed = [b[2] for b in loader]
+    assert len(resumed) == len(epoch1) and all(torch.equal(p, q) for p, q in zip(resumed, epoch1))
 
 
 @pytest.mark.parametrize(
