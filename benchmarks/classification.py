@@ -50,6 +50,7 @@ import lightning  # noqa: E402
 import lightning.pytorch as L  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
+from _report import cpu_model, mean_std, write_block  # noqa: E402
 
 from lightning_distill.cli import DistillCLI  # noqa: E402
 
@@ -339,22 +340,7 @@ def run_recipe(slug: str, seeds: list[int], max_epochs: int | None) -> tuple[lis
 
 # --------------------------------------------------------------------------- report
 def _mean_std(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
-    if not values:
-        return "-"
-    mean = statistics.fmean(values) * scale
-    if len(values) < 2:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+    return mean_std(values, scale=scale, digits=digits)
 
 
 def render(
@@ -401,19 +387,6 @@ def render(
     return "\n".join(lines) + "\n"
 
 
-def update_readme(path: Path, table: str) -> None:
-    """Replace the text between the results markers of ``path`` by ``table``.
-
-    Raises:
-        ValueError: the README lacks the markers, or has them in the wrong order.
-    """
-    text = path.read_text()
-    i, j = text.find(START), text.find(END)
-    if i < 0 or j < i:
-        raise ValueError(f"{path} must contain {START!r} followed by {END!r}; add them where the table goes.")
-    path.write_text(text[: i + len(START)] + "\n" + table + text[j:])
-
-
 # ----------------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -453,7 +426,7 @@ def main(argv: list[str] | None = None) -> None:
         (out_dir / f"{slug}.md").write_text(table)
         print(f"\n{table}", flush=True)
         if not (args.quick or args.no_readme):
-            update_readme(ROOT / "recipes" / slug / "README.md", table)
+            write_block(ROOT / "recipes" / slug / "README.md", table)
     print(f"total wall time: {(time.perf_counter() - total) / 60:.1f} min", flush=True)
 
 

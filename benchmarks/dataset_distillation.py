@@ -48,6 +48,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported
 import lightning  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
+from _report import cpu_model, mean_std, write_block  # noqa: E402
 
 from lightning_distill.cli import DistillCLI  # noqa: E402
 from lightning_distill.data import DigitsDataModule  # noqa: E402
@@ -225,28 +226,13 @@ def run(settings: Settings) -> tuple[list[Row], dict[str, Any]]:
 
 # --------------------------------------------------------------------------- report
 def _mean_std(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
-    if not values:
-        return "-"
-    mean = statistics.fmean(values) * scale
-    if len(values) < 2:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
+    return mean_std(values, scale=scale, digits=digits)
 
 
 def _seconds(row: Row) -> str:
     if not row.seconds:
         return "-"
     return f"{statistics.fmean(row.seconds):.0f} / {statistics.fmean(row.cpu_seconds):.0f}"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def render(rows: list[Row], info: dict[str, Any], settings: Settings, command: str, seconds: float) -> str:
@@ -314,19 +300,6 @@ def render(rows: list[Row], info: dict[str, Any], settings: Settings, command: s
     return "\n".join(lines) + "\n"
 
 
-def update_readme(path: Path, table: str) -> None:
-    """Replace the text between the results markers of ``path`` by ``table``.
-
-    Raises:
-        ValueError: the README lacks the markers, or has them in the wrong order.
-    """
-    text = path.read_text()
-    i, j = text.find(START), text.find(END)
-    if i < 0 or j < i:
-        raise ValueError(f"{path} must contain {START!r} followed by {END!r}; add them where the table goes.")
-    path.write_text(text[: i + len(START)] + "\n" + table + text[j:])
-
-
 def _variant(text: str, parser_error: Any) -> tuple[float, float, int | None]:
     try:
         body, _, only = text.partition("@")
@@ -390,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
     (out_dir / "datadam.md").write_text(table)
     print(f"\n{table}", flush=True)
     if not (args.quick or args.no_readme):
-        update_readme(ROOT / "recipes" / "datadam" / "README.md", table)
+        write_block(ROOT / "recipes" / "datadam" / "README.md", table)
 
 
 if __name__ == "__main__":

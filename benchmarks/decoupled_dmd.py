@@ -48,6 +48,11 @@ import lightning  # noqa: E402
 import lightning.pytorch as L  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
+from _report import (  # noqa: E402
+    cpu_model,
+    mean_std,  # noqa: E402
+    write_block,
+)
 
 from lightning_distill.cli import DistillCLI  # noqa: E402
 from lightning_distill.diffusion import sample  # noqa: E402
@@ -267,14 +272,7 @@ def baseline_rows(benches: list[Bench], guidance: float) -> list[Row]:
 
 # --------------------------------------------------------------------------- report
 def fmt(values: list[float], digits: int = 3) -> str:
-    if not values or all(v != v for v in values):
-        return "-"
-    mean = statistics.fmean(values)
-    return (
-        f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
-        if len(values) > 1
-        else f"{mean:.{digits}f}"
-    )
+    return mean_std(values, digits=digits)
 
 
 def table(rows: list[Row]) -> list[str]:
@@ -302,16 +300,6 @@ def course_table(rows: list[Row], key: str, digits: int = 3) -> list[str]:
             f"| {r.name} | " + " | ".join(fmt(r.course.get(i, {}).get(key, []), digits) for i in at) + " |"
         )
     return lines
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def render(
@@ -380,14 +368,6 @@ def best_point(row: Row) -> int:
     return min(row.course, key=lambda i: statistics.fmean(row.course[i]["swd_guided"]))
 
 
-def update_readme(path: Path, text: str) -> None:
-    content = path.read_text()
-    i, j = content.find(START), content.find(END)
-    if i < 0 or j < i:
-        raise ValueError(f"{path} must contain {START!r} followed by {END!r}.")
-    path.write_text(content[: i + len(START)] + "\n" + text + content[j:])
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -422,7 +402,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     out.with_suffix(".json").write_text(json.dumps(raw, indent=1))
     if not args.quick:
-        update_readme(README, text)
+        write_block(README, text)
     print(text)
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import lightning
 import lightning.pytorch as pl
 import torch
+from _report import cpu_model
 from lightning.pytorch.callbacks import EMAWeightAveraging
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -49,13 +50,7 @@ class Wrapper(pl.LightningModule):
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    return cpu_model()
 
 
 def _load() -> str:

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+from _report import mean_std as _mean_std
 from torch import Tensor
 
 from lightning_distill.diffusion import NoiseSchedule, sample
@@ -111,8 +112,7 @@ def teacher_baseline(
 
 def mean_std(values: Tensor, digits: int = 3) -> str:
     """``"mean ± std"`` over seeds."""
-    std = float(values.std()) if values.numel() > 1 else 0.0
-    return f"{float(values.mean()):.{digits}f} ± {std:.{digits}f}"
+    return _mean_std(values.tolist(), digits=digits)
 
 
 def _format_mmd(values: Tensor) -> str:

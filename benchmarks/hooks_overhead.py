@@ -23,7 +23,6 @@ import argparse
 import datetime
 import os
 import platform
-import re
 import shlex
 import statistics
 import sys
@@ -32,6 +31,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _report import cpu_model, write_block
 from torch import nn
 
 from lightning_distill.callbacks.feature_hooks import FeatureHooks
@@ -140,34 +140,18 @@ def per_tap_cost_us(repeats: int = 7, calls: int = 20_000) -> tuple[float, float
 def machine(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads"
+    return f"{cpu_model()}, {torch.get_num_threads()} threads"
 
 
 def write_section(path: Path, key: str, body: str) -> None:
     """Replaces (or appends) the section between ``<!-- key:start -->`` and ``<!-- key:end -->``."""
-    start, end = f"<!-- {key}:start -->", f"<!-- {key}:end -->"
     header = (
         "# FeatureHooks overhead\n\n"
         "Training-step time (forward + cross-entropy + backward + SGD step) of a small ResNet "
         "with four FeatureHooks taps (outputs of layer1..layer4) against the same model without "
         "hooks. Written by `benchmarks/hooks_overhead.py`; target <= 3% overhead.\n"
     )
-    text = path.read_text() if path.exists() else header
-    section = f"{start}\n{body.rstrip()}\n{end}"
-    if start in text and end in text:
-        text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: section, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    write_block(path, body, key=key, create=header)
 
 
 def main() -> None:

@@ -45,6 +45,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported
 
 import lightning  # noqa: E402
 import torch  # noqa: E402
+from _report import mean_std  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from lightning_distill.cli import DistillCLI  # noqa: E402
@@ -199,10 +200,7 @@ def speed(dm, voxel_size: float, repeats: int) -> list[str]:
 
 
 def fmt(values: list[float], scale: float = 100.0) -> str:
-    vals = [v * scale for v in values]
-    if len(vals) == 1:
-        return f"{vals[0]:.1f}"
-    return f"{statistics.mean(vals):.1f} ± {statistics.stdev(vals):.1f}"
+    return mean_std(values, scale=scale, digits=1)
 
 
 def report(

@@ -52,6 +52,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported
 import lightning  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
+from _report import cpu_model, mean_std, write_block  # noqa: E402
 
 from lightning_distill.cli import DistillCLI  # noqa: E402
 from lightning_distill.diffusion import sample  # noqa: E402
@@ -215,21 +216,7 @@ def run_one(row: Row, config: Config, seed: int, iterations: int | None, n: int)
 
 # ------------------------------------------------------------------------------------------ report
 def _mean_std(values: list[float], digits: int = 3, fmt: str = "f") -> str:
-    if not values:
-        return "-"
-    mean = statistics.fmean(values)
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.{digits}{fmt}} ± {std:.{1 if fmt == 'e' else digits}{fmt}}"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+    return mean_std(values, digits=digits, fmt=fmt)
 
 
 def render(
@@ -293,19 +280,6 @@ def render(
         "score, far cheaper per evaluation than a network, so NFE is the fairer cost measure.",
     ]
     return "\n".join(lines) + "\n"
-
-
-def update_readme(path: Path, table: str) -> None:
-    """Replace the text between the results markers of ``path`` by ``table``.
-
-    Raises:
-        ValueError: the README lacks the markers, or has them in the wrong order.
-    """
-    text = path.read_text()
-    i, j = text.find(START), text.find(END)
-    if i < 0 or j < i:
-        raise ValueError(f"{path} must contain {START!r} followed by {END!r}.")
-    path.write_text(text[: i + len(START)] + "\n" + table + text[j:])
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -375,7 +349,7 @@ def main(argv: list[str] | None = None) -> None:
     (out_dir / "swiftbrush.md").write_text(table)
     print(f"\n{table}", flush=True)
     if not args.quick:
-        update_readme(ROOT / "recipes" / "swiftbrush" / "README.md", table)
+        write_block(ROOT / "recipes" / "swiftbrush" / "README.md", table)
 
 
 if __name__ == "__main__":

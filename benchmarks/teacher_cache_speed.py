@@ -42,6 +42,7 @@ import lightning  # noqa: E402
 import lightning.pytorch as pl  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from _report import cpu_model, mean_std  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
@@ -198,9 +199,7 @@ def run(mode: str, teacher: nn.Module, data, seed: int, epochs: int, batch_size:
 
 
 def fmt(values: list[float], digits: int = 3) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+    return mean_std(values, digits=digits)
 
 
 def main() -> None:
@@ -255,10 +254,7 @@ def main() -> None:
                 print(f"seed {seed} {mode}: epochs {[round(x, 3) for x in seconds]} s, acc {test_acc:.3f}")
 
     speedups = {m: [b / c for b, c in zip(fastest[m], fastest["cache"])] for m in MODES[:2]}
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line),
-        platform.processor(),
-    )
+    cpu = cpu_model()
     command = "python " + " ".join(
         shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]]
     )

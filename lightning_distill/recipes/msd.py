@@ -1,0 +1,533 @@
+"""MSD: K one-step students, each distilled with DMD2 on its own share of the conditions, routed at sampling.
+
+"Multi-student Diffusion Distillation for Better One-step Generators" (Song, Lorraine, Nie, Kreis, Lucas;
+arXiv 2410.23274, ICML 2025). No official code was found; see ``recipes/msd/README.md`` for what was
+verified and what is our reading.
+
+Algorithm:
+
+1. Split the classes into K disjoint blocks (``partition``; default: contiguous id blocks); student
+   G_k owns block C_k and a router (:class:`RoutedDenoiser`) sends every sample to its class's owner.
+2. Optional teacher score matching (TSM) for ``tsm_steps`` iterations, for students that cannot start
+   from the teacher's weights: G_k regresses the teacher's prediction at x_t = α_t x + σ_t ε (x real data
+   of its classes, t ~ U[0, T)); the fake scores then start as copies of their student.
+3. DMD2 per student (distribution matching + fake-score denoising + optional GAN; see
+   :class:`~lightning_distill.recipes.dmd2.DMD2`): every term is reduced per student, Σ_k mean over
+   the samples of C_k, so student k gets exactly the gradient of its own DMD2 run on its samples.
+4. Fake score: one per student (default; the students are independent distillations) or one shared
+   class-conditional fake score (``fake_score_sharing: shared``).
+5. Inference: route each condition to its owner, one step of that student.
+
+Loss: ``Σ_k [L_DM,k + w_G L_G,k]`` (generators), ``Σ_k [L_fake,k + w_D L_D,k]`` (fake scores and heads),
+``Σ_k L_TSM,k`` during the warm-up. Gradients are clipped per student (one parameter group each).
+
+=========================================  =====================================  ===================
+paper                                      config key (``model.init_args``)       default
+=========================================  =====================================  ===================
+number of students K                       ``num_students`` or ``len(student)``   4
+partition of the conditioning set          ``partition``                          contiguous blocks
+TSM pre-stage (smaller students)           ``tsm_steps``                          0 (off)
+fake score initialised from TSM student    ``tsm_init_fake_score``                true
+per-student vs shared fake score           ``fake_score_sharing``                 ``per_student``
+DMD2 terms, weights, ratio, CFG, GAN       DMD2's keys (``real_guidance_scale``)  DMD2's defaults
+=========================================  =====================================  ===================
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from diffusers import UNet2DConditionModel, UNet2DModel
+from torch import Tensor, nn
+
+from lightning_distill.callbacks.feature_hooks import FeatureHooks
+from lightning_distill.diffusion import (
+    Cond,
+    GANHead,
+    MLPDenoiser,
+    discriminator_logits,
+    feature_path,
+    model_output,
+    uniform_timesteps,
+)
+from lightning_distill.losses.distribution_matching import (
+    denoising_loss,
+    gan_discriminator_loss,
+    gan_generator_loss,
+    pseudo_target_loss,
+)
+from lightning_distill.recipes.dmd2 import DMD2
+
+__all__ = ["MSD", "RoutedDenoiser", "contiguous_partition"]
+
+_CKPT_KEY = "msd"
+
+
+def contiguous_partition(num_classes: int, num_students: int) -> list[list[int]]:
+    """Classes ``0 .. num_classes - 1`` in ``num_students`` contiguous blocks whose sizes differ by at most one.
+
+    Raises:
+        ValueError: fewer classes than students, or a count below 1.
+
+    Example:
+        >>> contiguous_partition(10, 4)
+        [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9]]
+    """
+    if num_students < 1 or num_classes < num_students:
+        raise ValueError(
+            f"Cannot split {num_classes} classes among {num_students} students; each student needs at least one "
+            "class. Set `model.init_args.num_students` (or `partition`)."
+        )
+    return [[int(c) for c in block] for block in np.array_split(np.arange(num_classes), num_students)]
+
+
+class RoutedDenoiser(nn.Module):
+    """K denoisers, one per block of class labels, called like one: sample ``i`` goes to the owner of its label.
+
+    Each expert receives the original (global) class labels of its samples, so an expert with the
+    teacher's architecture can start from the teacher's weights.
+
+    Args:
+        experts: the K denoisers (diffusers call convention).
+        partition: K disjoint blocks of class ids that together cover ``0 .. C - 1``.
+
+    Raises:
+        ValueError: ``partition`` with another number of blocks than ``experts``, an empty block,
+            a class in two blocks, a missing class, or a negative id.
+
+    Example:
+        >>> router = RoutedDenoiser([MLPDenoiser(hidden=8, depth=1, num_classes=4) for _ in range(2)], [[0, 1], [2, 3]])
+        >>> router(torch.randn(3, 2), torch.tensor(999), torch.tensor([3, 0, 2])).shape, router.owners(torch.tensor([3, 0]))
+        (torch.Size([3, 2]), tensor([1, 0]))
+    """
+
+    def __init__(self, experts: Sequence[nn.Module], partition: Sequence[Sequence[int]]) -> None:
+        super().__init__()
+        self.partition = check_partition(partition, len(experts))
+        self.experts = nn.ModuleList(experts)
+        owner = torch.empty(sum(len(block) for block in self.partition), dtype=torch.long)
+        for k, block in enumerate(self.partition):
+            owner[list(block)] = k
+        self.register_buffer("owner", owner, persistent=False)
+
+    @property
+    def num_classes(self) -> int:
+        """``C``, the number of classes the partition covers."""
+        return self.owner.numel()
+
+    def owners(self, cond: Cond) -> Tensor:
+        """The owning expert of each sample ``(B,)`` from integer class labels ``(B,)``; override for other conditions.
+
+        Raises:
+            ValueError: no labels, floating or mapping conditions, or labels outside ``[0, C)``.
+        """
+        if not isinstance(cond, Tensor) or cond.is_floating_point() or cond.dtype == torch.bool:
+            raise ValueError(
+                "MSD routes samples by integer class labels, got "
+                f"{'no condition' if cond is None else type(cond).__name__ + ' ' + str(getattr(cond, 'dtype', ''))}. "
+                "Use labelled data (`data.init_args.conditional: true`) or override `RoutedDenoiser.owners`."
+            )
+        labels = cond.reshape(-1).long()
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+            raise ValueError(
+                f"Class labels must be in [0, {self.num_classes}) to be routed (the null label has no owner), got "
+                f"{sorted(set(labels.tolist()))[:10]}."
+            )
+        return self.owner.to(labels.device)[labels]
+
+    def forward(
+        self, sample: Tensor, timestep: Tensor | int | float, class_labels: Tensor | None = None
+    ) -> Tensor:
+        """Each expert's prediction on its own samples, reassembled in batch order ``(B, ...)``."""
+        labels = torch.as_tensor(class_labels, device=sample.device) if class_labels is not None else None
+        if labels is not None and labels.numel() == 1 and sample.shape[0] > 1:
+            labels = labels.reshape(1).expand(sample.shape[0])
+        owners = self.owners(labels)
+        t = torch.as_tensor(timestep, device=sample.device)
+        t = t.expand(sample.shape[0]) if t.ndim == 0 else t
+        parts, indices = [], []
+        for k, expert in enumerate(self.experts):
+            index = (owners == k).nonzero(as_tuple=True)[0]
+            if index.numel():
+                parts.append(model_output(expert, sample[index], t[index], labels[index]))
+                indices.append(index)
+        return _reassemble(parts, indices)
+
+
+def check_partition(partition: Sequence[Sequence[int]], num_students: int) -> tuple[tuple[int, ...], ...]:
+    """``partition`` as tuples after checking it splits ``0 .. C - 1`` into ``num_students`` non-empty blocks.
+
+    Raises:
+        ValueError: naming the problem (count, empty block, overlap, missing or negative class).
+    """
+    blocks = tuple(tuple(int(c) for c in block) for block in partition)
+    key = "set `model.init_args.partition`"
+    if len(blocks) != num_students:
+        raise ValueError(f"`partition` has {len(blocks)} blocks for {num_students} students; {key}.")
+    seen: dict[int, int] = {}
+    for k, block in enumerate(blocks):
+        if not block:
+            raise ValueError(f"`partition[{k}]` is empty: every student must own a class; {key}.")
+        for c in block:
+            if c < 0:
+                raise ValueError(f"`partition[{k}]` holds the negative class {c}; {key}.")
+            if c in seen:
+                raise ValueError(f"Class {c} is in `partition[{seen[c]}]` and `partition[{k}]`; {key}.")
+            seen[c] = k
+    missing = sorted(set(range(max(seen) + 1)) - set(seen))
+    if missing:
+        raise ValueError(
+            f"Classes {missing} belong to no student in `partition`={list(map(list, blocks))}; {key}."
+        )
+    return blocks
+
+
+class MSD(DMD2):
+    """Multi-student distillation (manual optimization, two optimizers with one parameter group per student).
+
+    Args:
+        student: one generator (copied ``num_students`` times: same-size students start alike, as when
+            they all start from the teacher) or a list of K generators.
+        teacher: the frozen class-conditional teacher (see :class:`DMD2`).
+        num_students: K when ``student`` is one module (default: ``len(partition)``, else 4).
+        partition: K blocks of class ids; ``None``: :func:`contiguous_partition` of the teacher's classes.
+        num_classes: the number of classes when the teacher does not tell (``teacher.num_classes``).
+        fake_score: ``None`` (a copy of the teacher per student), one network (copied per student, or the
+            shared one), or a list of K networks.
+        fake_score_sharing: ``"per_student"`` (one fake score and GAN head per student) or ``"shared"``.
+        tsm_steps: iterations of teacher score matching before distribution matching (0: none).
+        tsm_init_fake_score: after TSM, start each fake score as a copy of its student (same architecture).
+        student_init: ``"teacher"`` loads the teacher's weights into every student; ``"random"`` keeps them.
+        gan: DMD2's GAN term (per student with per-student fake scores).
+        gan_feature_path: the tapped module inside each fake score (default: its bottleneck).
+        gan_channels: channels of those features (default: read from the architecture).
+        **dmd2_args: the other :class:`DMD2` arguments (``schedule``, ``real_guidance_scale``,
+            ``dfake_gen_update_ratio``, loss weights, ``optimizer``, ...), passed on unchanged.
+
+    Raises:
+        ValueError: a bad partition or count (naming ``model.init_args.partition``), a ``fake_score`` list
+            of the wrong length, ``tsm_init_fake_score`` with mismatched or shared fake scores, or any
+            :class:`DMD2` argument error.
+    """
+
+    loss_terms: ClassVar[tuple[str, ...]] = (*DMD2.loss_terms, "tsm")
+
+    def __init__(
+        self,
+        student: nn.Module | Sequence[nn.Module],
+        teacher: nn.Module,
+        num_students: int | None = None,
+        partition: Sequence[Sequence[int]] | None = None,
+        num_classes: int | None = None,
+        fake_score: nn.Module | Sequence[nn.Module] | None = None,
+        fake_score_sharing: Literal["per_student", "shared"] = "per_student",
+        tsm_steps: int = 0,
+        tsm_init_fake_score: bool = True,
+        student_init: Literal["teacher", "random"] = "teacher",
+        gan: bool = True,
+        gan_feature_path: str | None = None,
+        gan_channels: int | None = None,
+        **dmd2_args: Any,
+    ) -> None:
+        students = _as_list(
+            student, num_students or (len(partition) if partition is not None else 4), "student"
+        )
+        K = len(students)
+        if partition is None:
+            classes = num_classes or getattr(teacher, "num_classes", None)
+            if not classes:
+                raise ValueError(
+                    "Cannot tell the number of classes; set `model.init_args.num_classes` or `partition`."
+                )
+            partition = contiguous_partition(int(classes), K)
+        _check(fake_score_sharing in ("per_student", "shared"), "fake_score_sharing", fake_score_sharing,
+               "'per_student' or 'shared'")  # fmt: skip
+        _check(tsm_steps >= 0, "tsm_steps", tsm_steps, "an integer >= 0")
+        if student_init == "teacher":
+            for k, s in enumerate(students):
+                try:
+                    s.load_state_dict(teacher.state_dict())
+                except RuntimeError as error:
+                    raise ValueError(
+                        f"`student_init='teacher'` needs students with the teacher's architecture (student {k} differs); "
+                        "set `model.init_args.student_init: random` (and `tsm_steps` for a teacher-like start)."
+                    ) from error
+        router = RoutedDenoiser(students, partition)
+        per_student = fake_score_sharing == "per_student"
+        if per_student:
+            if fake_score is None and next(teacher.parameters(), None) is None:
+                raise ValueError("The teacher has no parameters to copy; give `model.init_args.fake_score`.")
+            fakes = _as_list(teacher if fake_score is None else fake_score, K, "fake_score")
+            fake_score = RoutedDenoiser([f.requires_grad_(True).train() for f in fakes], partition)
+        elif fake_score is not None and not isinstance(fake_score, nn.Module):
+            raise ValueError(
+                "`fake_score_sharing: shared` takes one `model.init_args.fake_score` network, got a list."
+            )
+        if tsm_steps and tsm_init_fake_score:
+            if not per_student:
+                raise ValueError(
+                    "`tsm_init_fake_score` needs per-student fake scores; set `fake_score_sharing: per_student`."
+                )
+            for k, (s, f) in enumerate(zip(students, fake_score.experts)):
+                if {n: p.shape for n, p in s.state_dict().items()} != {
+                    n: p.shape for n, p in f.state_dict().items()
+                }:
+                    raise ValueError(
+                        f"`tsm_init_fake_score` copies student {k} into its fake score, but their architectures differ; "
+                        "set `model.init_args.tsm_init_fake_score: false`."
+                    )
+        super().__init__(
+            router,
+            teacher,
+            fake_score=fake_score,
+            student_init="random",
+            gan=gan and not per_student,
+            gan_feature_path=gan_feature_path,
+            gan_channels=gan_channels,
+            **dmd2_args,
+        )
+        self.per_student_fake = per_student
+        self.tsm_steps = tsm_steps
+        self.tsm_init_fake_score = tsm_init_fake_score
+        if gan and per_student:  # one head per student, on its own fake score's bottleneck
+            experts = self.fake_score.model.experts
+            self.gan_hooks = FeatureHooks(
+                {f"student{k}": f"fake_score.model.experts.{k}.{gan_feature_path or feature_path(e)}"
+                 for k, e in enumerate(experts)}
+            )  # fmt: skip
+            self.gan_head = nn.ModuleList(GANHead(gan_channels or _channels(e)) for e in experts)
+
+    @property
+    def router(self) -> RoutedDenoiser:
+        """The students and their partition."""
+        return self.student
+
+    # ------------------------------------------------------------------ the paper, one method per equation
+    def per_student_mean(self, values: Tensor, cond: Cond) -> Tensor:
+        """Σ_k mean_{i: owner(c_i) = k} values_i: each student's own mean of a per-sample loss ``(B,)``, summed."""
+        owners = self.router.owners(cond)
+        counts = torch.bincount(owners, minlength=len(self.router.experts)).to(values.dtype)
+        return (values / counts[owners]).sum()
+
+    def teacher_score_matching_loss(self, real: Tensor, cond: Cond, generator: torch.Generator) -> Tensor:
+        """L_TSM = Σ_k mean_k ‖G_k(x_t, t, c) − sg(y_teacher)‖², x_t = α_t x + σ_t ε, t ~ U[0, T).
+
+        ``y_teacher`` is the conditional teacher's prediction (no CFG) converted to the student's
+        parameterisation, so the student learns the teacher's denoiser on its classes.
+        """
+        t = uniform_timesteps(real.shape[0], 0, self.schedule.num_train_timesteps,
+                              num_train_timesteps=self.schedule.num_train_timesteps, generator=generator,
+                              device=real.device)  # fmt: skip
+        x_t = self.schedule.add_noise(
+            real, torch.randn(real.shape, generator=generator, device=real.device), t
+        )
+        with torch.no_grad():
+            target = self.schedule.convert(
+                model_output(self.teacher, x_t, t, cond), x_t, t,
+                target=self.student_prediction_type or self.schedule.prediction_type,
+            )  # fmt: skip
+        return self.per_student_mean(
+            denoising_loss(model_output(self.student, x_t, t, cond), target, reduction="none"), cond
+        )
+
+    def distribution_matching_loss(
+        self, x0: Tensor, cond: Cond, null_cond: Cond, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """L_DM = Σ_k mean_k ½‖x̂₀ − sg(x̂₀ − g)‖² with DMD2's ``g`` (each sample's fake score and the teacher)."""
+        g = self.distribution_matching_gradient(x0, cond, null_cond, generator)
+        return self.per_student_mean(pseudo_target_loss(x0, g, reduction="none"), cond)
+
+    def generator_gan_loss(self, x0: Tensor, cond: Cond, generator: torch.Generator | None = None) -> Tensor:
+        """L_G = Σ_k mean_k softplus(−D_k(x̂₀))."""
+        return self.per_student_mean(
+            gan_generator_loss(self.discriminator_logits(x0, cond, generator), reduction="none"), cond
+        )
+
+    def fake_score_loss(self, x0: Tensor, cond: Cond, generator: torch.Generator | None = None) -> Tensor:
+        """L_fake = Σ_k mean_k ‖f_k(x_t, t, c) − ε‖² on detached samples, t ~ U[0, T) (the batch mean when shared)."""
+        T = self.schedule.num_train_timesteps
+        t = uniform_timesteps(x0.shape[0], 0, T, num_train_timesteps=T, generator=generator, device=x0.device)
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        per_sample = self.fake_score.denoising_loss(x0.detach(), t, noise, cond, reduction="none")
+        return self.per_student_mean(per_sample, cond) if self.per_student_fake else per_sample.mean()
+
+    def guidance_cls_loss(
+        self,
+        real: Tensor,
+        fake: Tensor,
+        real_cond: Cond,
+        fake_cond: Cond,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """L_D = Σ_k mean_k [softplus(−D_k(real)) + softplus(D_k(sg(fake)))] and the logits ``(B,)``, ``(B,)``.
+
+        Raises:
+            ValueError: real and fake samples whose conditions belong to different students.
+        """
+        if not torch.equal(self.router.owners(real_cond), self.router.owners(fake_cond)):
+            raise ValueError("MSD's discriminator loss pairs real and fake samples of the same student.")
+        x = torch.cat([real.detach(), fake.detach().to(real.dtype)])
+        logits = self.discriminator_logits(x, torch.cat([real_cond, fake_cond]), generator)
+        real_logits, fake_logits = logits.split([real.shape[0], fake.shape[0]])
+        per_sample = gan_discriminator_loss(real_logits, fake_logits, reduction="none")
+        loss = self.per_student_mean(per_sample, fake_cond) if self.per_student_fake else per_sample.mean()
+        return loss, real_logits, fake_logits
+
+    def discriminator_logits(self, x: Tensor, cond: Cond, generator: torch.Generator | None = None) -> Tensor:
+        """D(x) ``(B,)``: DMD2's discriminator, with each sample read by its student's fake score and head."""
+        if not self.per_student_fake:
+            return super().discriminator_logits(x, cond, generator)
+        if self.gan_hooks is None or self.gan_head is None:
+            raise RuntimeError("The GAN branch is off (`gan: false`); there is no discriminator.")
+        if not self.gan_hooks.is_attached:  # outside a Trainer; inside one the callback attaches in `setup`
+            self.gan_hooks.attach(self)
+        t = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        if self.gan_max_timestep > 0:
+            t = uniform_timesteps(x.shape[0], 0, self.gan_max_timestep, generator=generator, device=x.device,
+                                  num_train_timesteps=self.schedule.num_train_timesteps)  # fmt: skip
+            x = self.schedule.add_noise(
+                x, torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype), t
+            )
+        owners, parts, indices = self.router.owners(cond), [], []
+        for k, (expert, head) in enumerate(zip(self.fake_score.model.experts, self.gan_head)):
+            index = (owners == k).nonzero(as_tuple=True)[0]
+            if index.numel():
+                parts.append(
+                    discriminator_logits(
+                        expert, head, self.gan_hooks, f"student{k}", x[index], t[index], cond[index]
+                    )
+                )
+                indices.append(index)
+        return _reassemble(parts, indices)
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        # 1. Teacher score matching for the first `tsm_steps` iterations (generators only).
+        if self.iteration < self.tsm_steps:
+            opt_gen, _ = self.optimizers()
+            real, cond = self.split_batch(batch)
+            self._record_shape(real)
+            self.toggle_optimizer(opt_gen)
+            loss = self.teacher_score_matching_loss(real, cond, self._tsm_generator())
+            self.manual_update(loss, opt_gen, clip_grad_norm=self.max_grad_norm)
+            self.untoggle_optimizer(opt_gen)
+            self.iteration += 1
+            self.log("train/tsm", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
+            return
+        # 2. Stage change: fake scores start from their TSM student, both optimizers from fresh moments.
+        if self.tsm_steps and self.iteration == self.tsm_steps:
+            self.end_teacher_score_matching()
+        # 3. DMD2 on every student at once, each term reduced per student (the overridden loss methods).
+        super().training_step(batch, batch_idx)
+
+    @torch.no_grad()
+    def end_teacher_score_matching(self) -> None:
+        """Copy each student into its fake score (``tsm_init_fake_score``) and clear both optimizers' state."""
+        if self.tsm_init_fake_score:
+            for student, fake in zip(self.router.experts, self.fake_score.model.experts):
+                fake.load_state_dict(student.state_dict())
+        if self._trainer is not None:
+            for optimizer in self.trainer.optimizers:
+                optimizer.state.clear()
+
+    def manual_update(self, loss: Tensor, optimizer: Any, *, clip_grad_norm: float | None = None) -> None:
+        """Zero grads, backward, clip each parameter group (one per student) on its own, step."""
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        if clip_grad_norm is not None:
+            for group in optimizer.param_groups:
+                torch.nn.utils.clip_grad_norm_(group["params"], clip_grad_norm)
+        optimizer.step()
+
+    def configure_optimizers(self) -> Any:
+        """Generator optimizer: one parameter group per student; fake-score optimizer: one per fake score (+ head)."""
+        fakes = list(self.fake_score.model.experts) if self.per_student_fake else [self.fake_score]
+        heads = (
+            list(self.gan_head) if isinstance(self.gan_head, nn.ModuleList) else [self.gan_head] * len(fakes)
+        )
+        fake_groups = [[*_trainable(f), *([] if h is None else _trainable(h))] for f, h in zip(fakes, heads)]
+        optimizers = [
+            self.optimizer([{"params": _trainable(s)} for s in self.router.experts]),
+            (self.fake_score_optimizer or self.optimizer)([{"params": group} for group in fake_groups]),
+        ]
+        if self.lr_scheduler is None:
+            return optimizers
+        return optimizers, [self.lr_scheduler(opt) for opt in optimizers]
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator, cond: Cond = None) -> Tensor:
+        """``n`` one-step samples ``(n, *sample_shape)``, each from the student owning its label.
+
+        Without ``cond`` the labels are drawn first from ``generator``: in proportion to the class
+        weights of the bench's mixture when known, else uniformly.
+        """
+        if cond is None:
+            cond = torch.multinomial(
+                self.class_weights().to(generator.device), n, replacement=True, generator=generator
+            )
+        return super().sample(n, generator, torch.as_tensor(cond).to(self.device))
+
+    def class_weights(self) -> Tensor:
+        """``p(c)`` ``(C,)``: the mixture's class masses on the exact bench, else uniform."""
+        gmm, C = self.reference_mixture, self.router.num_classes
+        if gmm is not None and gmm.num_classes == C:
+            return torch.zeros(C, dtype=torch.float64).index_add_(
+                0, gmm.class_of_mode.cpu(), gmm.weights.double().cpu()
+            )
+        return torch.full((C,), 1.0 / C, dtype=torch.float64)
+
+    # ------------------------------------------------------------------ helpers
+    def _tsm_generator(self) -> torch.Generator:
+        """TSM noise of one iteration: a pure function of (seed, iteration, rank), apart from DMD2's streams."""
+        rank = self.global_rank if self._trainer is not None else 0
+        state = np.random.SeedSequence([self.noise_seed, self.iteration, rank, 7]).generate_state(
+            2, dtype=np.uint32
+        )
+        return torch.Generator(device=self.device).manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
+
+
+def _reassemble(parts: list[Tensor], indices: list[Tensor]) -> Tensor:
+    """Rows ``parts[j]`` belong at ``indices[j]``: one tensor in batch order (differentiable)."""
+    out, order = torch.cat(parts), torch.cat(indices)
+    return out.new_empty(out.shape).index_copy(0, order, out)
+
+
+def _trainable(module: nn.Module) -> list[nn.Parameter]:
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+def _as_list(module: nn.Module | Sequence[nn.Module], count: int, key: str) -> list[nn.Module]:
+    if isinstance(module, nn.Module):
+        _check(count >= 1, "num_students", count, "an integer >= 1")
+        return [copy.deepcopy(module) for _ in range(count)]
+    modules = list(module)
+    if (
+        not modules
+        or not all(isinstance(m, nn.Module) for m in modules)
+        or (key == "fake_score" and len(modules) != count)
+    ):
+        raise ValueError(
+            f"`{key}` must be one nn.Module or a list of {count if key == 'fake_score' else 'K'} nn.Modules (one per "
+            f"student), got {len(modules)} item(s); set `model.init_args.{key}`."
+        )
+    return modules
+
+
+def _check(ok: bool, key: str, value: object, allowed: str) -> None:
+    if not ok:
+        raise ValueError(f"`{key}` must be {allowed}, got {value!r}; set `model.init_args.{key}`.")
+
+
+def _channels(model: nn.Module) -> int:
+    if isinstance(model, (UNet2DModel, UNet2DConditionModel)):
+        return int(model.config.block_out_channels[-1])
+    if isinstance(model, MLPDenoiser):
+        return model.blocks[-1].linear.out_features
+    raise ValueError(
+        f"Cannot tell the feature channels of {type(model).__name__}; set `model.init_args.gan_channels`."
+    )
