@@ -84,7 +84,9 @@ class ParamLayout:
 
     def __post_init__(self) -> None:
         if len(self.names) != len(self.shapes):
-            raise ValueError(f"`names` and `shapes` differ in length: {len(self.names)} and {len(self.shapes)}.")
+            raise ValueError(
+                f"`names` and `shapes` differ in length: {len(self.names)} and {len(self.shapes)}."
+            )
         object.__setattr__(self, "names", tuple(self.names))
         object.__setattr__(self, "shapes", tuple(tuple(int(d) for d in s) for s in self.shapes))
 
@@ -695,8 +697,11 @@ def expert_trajectories(
             trajectories.append(train_expert(expert, x, y, spec, generator))
         metadata = {"key": key, "seconds": time.perf_counter() - start, "data": key_data["data"]}
         buffer = ExpertTrajectories(
-            torch.stack(trajectories), ParamLayout.of(ConvNet.from_spec(network)), network.to_dict(),
-            spec.to_dict(), metadata,
+            torch.stack(trajectories),
+            ParamLayout.of(ConvNet.from_spec(network)),
+            network.to_dict(),
+            spec.to_dict(),
+            metadata,
         )
         buffer.save(path)
         return buffer

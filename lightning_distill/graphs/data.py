@@ -76,7 +76,7 @@ def load_mutag(root: str | Path = DEFAULT_ROOT) -> TUDataset:
         ...     print(len(dataset), dataset.num_features, dataset.num_classes)
         188 7 2
     """
-    return TUDataset(str(prepare_mutag(root)), name="MUTAG", log=False)
+    return TUDataset(str(prepare_mutag(root)), name="MUTAG")
 
 
 def stratified_folds(labels: Sequence[int], num_folds: int = 10, seed: int = 0) -> list[np.ndarray]:

@@ -42,14 +42,23 @@ from lightning_distill.lidar.scene import (
     camera_rig,
 )
 from lightning_distill.lidar.spconv_cpu import apply_cpu_backward_fix, import_spconv
+from lightning_distill.lidar.visualize import (
+    PointCloudLogger,
+    label_colors,
+    pca_colors,
+    render_points,
+    save_point_cloud,
+    wandb_point_cloud,
+)
 
 __all__ = [
     "CLASS_COLORS",
     "CLASS_NAMES",
-    "IGNORE_INDEX",
     "Frame",
+    "IGNORE_INDEX",
     "ImageHead",
     "Pairs",
+    "PointCloudLogger",
     "PointHead",
     "SegmentationResult",
     "SmallImageBackbone",
@@ -65,12 +74,16 @@ __all__ = [
     "finetune",
     "import_spconv",
     "info_nce",
+    "label_colors",
     "linear_probe",
     "pair_points_with_pixels",
+    "pca_colors",
     "point_inputs",
     "project_points",
     "read_scan",
     "region_pool",
+    "render_points",
+    "save_point_cloud",
     "scaled_segment_count",
     "segmentation_metrics",
     "slic_superpixels",
@@ -80,4 +93,5 @@ __all__ = [
     "superpixel_regions",
     "to_sparse_tensor",
     "voxelize",
+    "wandb_point_cloud",
 ]

@@ -46,7 +46,12 @@ __all__ = [
     "transform_points",
 ]
 
-_PAST_KEYS = {"images": "past_images", "K": "past_K", "T_cam_from_lidar": "past_T_cam_from_lidar", "pose": "past_pose"}
+_PAST_KEYS = {
+    "images": "past_images",
+    "K": "past_K",
+    "T_cam_from_lidar": "past_T_cam_from_lidar",
+    "pose": "past_pose",
+}
 
 
 def relative_pose(pose_to: Tensor, pose_from: Tensor) -> Tensor:

@@ -43,7 +43,11 @@ from torch import Tensor, nn
 
 from lightning_distill.lidar.geometry import Pairs, pair_points_with_pixels, region_pool
 from lightning_distill.lidar.losses import info_nce, superpixel_regions
-from lightning_distill.lidar.sequence import cross_view_mean, gather_pixel_features, pair_points_with_past_pixels
+from lightning_distill.lidar.sequence import (
+    cross_view_mean,
+    gather_pixel_features,
+    pair_points_with_past_pixels,
+)
 from lightning_distill.recipes.slidr import SLidR
 
 __all__ = ["LiMA"]
@@ -218,7 +222,9 @@ class LiMA(SLidR):
         if self.memory_frames:
             memory, frames_seen = self.propagate_memory(batch, pairs)
             targets = self.temporal_fusion(targets, memory, frames_seen)
-            self._stats["memory_coverage"] = float((frames_seen > 0).float().mean()) if len(frames_seen) else 0.0
+            self._stats["memory_coverage"] = (
+                float((frames_seen > 0).float().mean()) if len(frames_seen) else 0.0
+            )
         if self.shuffle_pairs:  # control: the targets stay, the points are permuted
             order = torch.randperm(len(pairs.point), device=pairs.point.device)
             pairs = pairs._replace(point=pairs.point[order])
@@ -228,7 +234,10 @@ class LiMA(SLidR):
         loss, similarity = self.contrastive_loss(batch)
         stats = {"regions": float(len(similarity)), **self._stats}
         self.log_dict(
-            {f"train/{k}": v for k, v in stats.items()}, on_step=True, on_epoch=False, batch_size=self._bs(batch)
+            {f"train/{k}": v for k, v in stats.items()},
+            on_step=True,
+            on_epoch=False,
+            batch_size=self._bs(batch),
         )
         return self.log_losses({"infonce": loss})
 

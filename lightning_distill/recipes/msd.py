@@ -194,8 +194,7 @@ class MSD(DMD2):
             they all start from the teacher) or a list of K generators.
         teacher: the frozen class-conditional teacher (see :class:`DMD2`).
         num_students: K when ``student`` is one module (default: ``len(partition)``, else 4).
-        partition: K blocks of class ids; ``None``: :func:`contiguous_partition` of the teacher's classes.
-        num_classes: the number of classes when the teacher does not tell (``teacher.num_classes``).
+        partition: K blocks of class ids; ``None``: :func:`contiguous_partition` of ``teacher.num_classes``.
         fake_score: ``None`` (a copy of the teacher per student), one network (copied per student, or the
             shared one), or a list of K networks.
         fake_score_sharing: ``"per_student"`` (one fake score and GAN head per student) or ``"shared"``.
@@ -222,7 +221,6 @@ class MSD(DMD2):
         teacher: nn.Module,
         num_students: int | None = None,
         partition: Sequence[Sequence[int]] | None = None,
-        num_classes: int | None = None,
         fake_score: nn.Module | Sequence[nn.Module] | None = None,
         fake_score_sharing: Literal["per_student", "shared"] = "per_student",
         tsm_steps: int = 0,
@@ -238,12 +236,12 @@ class MSD(DMD2):
         )
         K = len(students)
         if partition is None:
-            classes = num_classes or getattr(teacher, "num_classes", None)
-            if not classes:
+            classes = _teacher_classes(teacher)
+            if classes is None:
                 raise ValueError(
-                    "Cannot tell the number of classes; set `model.init_args.num_classes` or `partition`."
+                    "The teacher does not tell its number of classes; set `model.init_args.partition`."
                 )
-            partition = contiguous_partition(int(classes), K)
+            partition = contiguous_partition(classes, K)
         _check(fake_score_sharing in ("per_student", "shared"), "fake_score_sharing", fake_score_sharing,
                "'per_student' or 'shared'")  # fmt: skip
         _check(tsm_steps >= 0, "tsm_steps", tsm_steps, "an integer >= 0")
@@ -299,7 +297,12 @@ class MSD(DMD2):
                 {f"student{k}": f"fake_score.model.experts.{k}.{gan_feature_path or feature_path(e)}"
                  for k, e in enumerate(experts)}
             )  # fmt: skip
-            self.gan_head = nn.ModuleList(GANHead(gan_channels or _channels(e)) for e in experts)
+            # Vector features (MLP fake scores) are 1x1 maps: GANHead's default groups would hold one value
+            # each, which GroupNorm sends to 0 (a constant discriminator); one group normalises over channels.
+            self.gan_head = nn.ModuleList(
+                GANHead(gan_channels or _channels(e), num_groups=1 if isinstance(e, MLPDenoiser) else None)
+                for e in experts
+            )
 
     @property
     def router(self) -> RoutedDenoiser:
@@ -516,6 +519,14 @@ def _as_list(module: nn.Module | Sequence[nn.Module], count: int, key: str) -> l
             f"student), got {len(modules)} item(s); set `model.init_args.{key}`."
         )
     return modules
+
+
+def _teacher_classes(teacher: nn.Module) -> int | None:
+    """The teacher's number of classes: ``num_classes``, or a diffusers UNet's class embeddings minus the null one."""
+    if isinstance(teacher, UNet2DModel) and teacher.config.num_class_embeds:
+        return int(teacher.config.num_class_embeds) - 1
+    classes = getattr(teacher, "num_classes", None)
+    return classes if isinstance(classes, int) and classes >= 1 else None
 
 
 def _check(ok: bool, key: str, value: object, allowed: str) -> None:
