@@ -94,16 +94,19 @@ class TensorImageDataset(Dataset):
 
 
 class EpochShuffleSampler(Sampler):
-    """A new permutation each epoch, a pure function of ``(seed, epoch)``; yields ``(epoch, index)``.
+    """A new permutation each epoch, a pure function of ``(seed, epoch)``.
 
-    Lightning calls :meth:`set_epoch` at the start of every epoch, also after a resume, so the
-    order does not depend on the global random state.
+    Yields ``(epoch, index)`` pairs (for datasets whose augmentation depends on the epoch, like
+    :class:`TensorImageDataset`) or, with ``yield_epoch=False``, plain indices. Lightning calls
+    :meth:`set_epoch` at the start of every epoch, also after a resume, so the order does not
+    depend on the global random state.
     """
 
-    def __init__(self, length: int, seed: int = 0) -> None:
+    def __init__(self, length: int, seed: int = 0, yield_epoch: bool = True) -> None:
         self.length = length
         self.seed = seed
         self.epoch = 0
+        self.yield_epoch = yield_epoch
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -114,7 +117,7 @@ class EpochShuffleSampler(Sampler):
     def __iter__(self):
         gen = torch.Generator().manual_seed(hash((self.seed, self.epoch)) & 0x7FFF_FFFF_FFFF)
         for index in torch.randperm(self.length, generator=gen).tolist():
-            yield self.epoch, index
+            yield (self.epoch, index) if self.yield_epoch else index
 
 
 class ResumableDataLoader(DataLoader):
@@ -218,7 +221,9 @@ class ArrayImageDataModule(L.LightningDataModule):
                 "set `data.init_args.train_split`."
             )
         if train_split == "unlabelled" and labelled_fraction == 1.0:
-            raise ValueError("`train_split='unlabelled'` needs `labelled_fraction` < 1: no image is unlabelled.")
+            raise ValueError(
+                "`train_split='unlabelled'` needs `labelled_fraction` < 1: no image is unlabelled."
+            )
         if batch_size < 1:
             raise ValueError(f"`batch_size` must be >= 1, got {batch_size}.")
         self.save_hyperparameters()

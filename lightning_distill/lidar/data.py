@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from lightning_distill.data.images import EpochShuffleSampler, ResumableDataLoader
 from lightning_distill.lidar.geometry import scaled_segment_count, slic_superpixels
 from lightning_distill.lidar.scene import StreetSceneGenerator
 
@@ -273,10 +274,21 @@ class SyntheticLidarDataModule(L.LightningDataModule):
         return splits
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.scenes(split),
+        scenes = self.scenes(split)
+        if not shuffle:
+            return DataLoader(
+                scenes,
+                batch_size=self.hparams.batch_size,
+                collate_fn=collate,
+                num_workers=self.hparams.num_workers,
+            )
+        # The order is a function of (run seed, data seed, epoch) and the loader's position is saved
+        # in checkpoints, so a resumed run trains on the batches an uninterrupted one would.
+        seed = int(torch.initial_seed()) ^ int(self.hparams.seed)
+        return ResumableDataLoader(
+            scenes,
             batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
+            sampler=EpochShuffleSampler(len(scenes), seed=seed, yield_epoch=False),
             collate_fn=collate,
             num_workers=self.hparams.num_workers,
         )

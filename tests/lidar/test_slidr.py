@@ -99,3 +99,41 @@ def test_slidr_config_fits_with_fast_dev_run(tmp_path, monkeypatch):
             *data,
         ]
     )
+
+
+@pytest.mark.parametrize("stop", [1, 2])
+def test_resume_reproduces_the_uninterrupted_losses(tmp_path, stop):
+    """Stopped mid-epoch (1) or at an epoch end (2), a resumed run trains on the same batches."""
+    from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+    from lightning_distill.lidar.data import SyntheticLidarDataModule
+
+    class Record(Callback):
+        def __init__(self) -> None:
+            self.losses: list[float] = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            self.losses.append(float(outputs["loss"]))
+
+    def run(max_steps, ckpt_path=None):
+        L.seed_everything(3)
+        record = Record()
+        checkpoint = ModelCheckpoint(
+            dirpath=tmp_path / f"run{max_steps}", every_n_train_steps=1, save_top_k=-1
+        )
+        trainer = L.Trainer(
+            **quiet_trainer_kwargs(
+                max_steps=max_steps,
+                enable_checkpointing=True,
+                callbacks=[record, checkpoint],
+                limit_val_batches=0,
+            )
+        )
+        trainer.fit(make_recipe(), datamodule=SyntheticLidarDataModule(**TINY), ckpt_path=ckpt_path)
+        return record.losses
+
+    full = run(3)
+    first = run(stop)
+    (ckpt,) = (tmp_path / f"run{stop}").glob(f"*step={stop}.ckpt")
+    resumed = run(3, ckpt_path=str(ckpt))
+    torch.testing.assert_close(torch.tensor(first + resumed), torch.tensor(full))

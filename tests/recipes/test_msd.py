@@ -202,7 +202,7 @@ def test_each_sample_is_judged_by_its_own_students_fake_score_and_head():
     logits, x, yy = [], torch.cat([real, fake]), torch.cat([y, y])
     for i, k in enumerate(owners_of(yy)):
         expert, captured = recipe.fake_score.model.experts[k], {}
-        handle = expert.blocks[-1].register_forward_hook(lambda m, a, out: captured.update(h=out))
+        handle = expert.blocks[-1].register_forward_hook(lambda m, a, out, box=captured: box.update(h=out))
         expert(x[i : i + 1], torch.zeros(1, dtype=torch.long), yy[i : i + 1])
         handle.remove()
         logits.append(recipe.gan_head[k](captured["h"])[0])
