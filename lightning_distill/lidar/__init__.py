@@ -13,6 +13,7 @@ from lightning_distill.lidar.evaluate import (
     linear_probe,
     segmentation_metrics,
 )
+from lightning_distill.lidar.formats import from_openpcdet, from_pointcept, to_openpcdet, to_pointcept
 from lightning_distill.lidar.geometry import (
     Pairs,
     Voxels,
@@ -71,6 +72,8 @@ __all__ = [
     "camera_rig",
     "collate",
     "extract_point_features",
+    "from_openpcdet",
+    "from_pointcept",
     "finetune",
     "import_spconv",
     "info_nce",
@@ -91,6 +94,8 @@ __all__ = [
     "superpixel_info_nce",
     "superpixel_pool",
     "superpixel_regions",
+    "to_openpcdet",
+    "to_pointcept",
     "to_sparse_tensor",
     "voxelize",
     "wandb_point_cloud",

@@ -29,8 +29,9 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader, Sampler
 
+from lightning_distill.data.images import EpochShuffleSampler, ResumableDataLoader
 from lightning_distill.lidar.cylindrical import CylindricalGrid, cylindrical_point_features
 from lightning_distill.lidar.data import SyntheticLidarDataModule, collate
 from lightning_distill.lidar.networks import sparse_point_features
@@ -149,24 +150,46 @@ class SemiSupervisedLidarDataModule(SyntheticLidarDataModule):
         labelled, unlabelled = self.labelled_samples(), self.unlabelled_samples()
         # one epoch = one pass over the unlabelled scans, whether they are served or not
         batches = math.ceil(max(len(unlabelled), len(labelled)) / self.unlabelled_batch_size)
+        # orders are functions of (run seed, data seed, epoch), positions are saved in checkpoints
+        seed = int(torch.initial_seed()) ^ int(self.hparams.seed)
         loaders = {
-            "labelled": DataLoader(
+            "labelled": ResumableDataLoader(
                 labelled,
                 batch_size=self.hparams.batch_size,
-                sampler=RandomSampler(labelled, num_samples=batches * self.hparams.batch_size),
+                sampler=_CyclingSampler(len(labelled), batches * self.hparams.batch_size, seed=seed),
                 collate_fn=collate,
                 num_workers=self.hparams.num_workers,
             )
         }
         if self.use_unlabelled:
-            loaders["unlabelled"] = DataLoader(
+            loaders["unlabelled"] = ResumableDataLoader(
                 unlabelled,
                 batch_size=self.unlabelled_batch_size,
-                shuffle=True,
+                sampler=EpochShuffleSampler(len(unlabelled), seed=seed + 1, yield_epoch=False),
                 collate_fn=collate,
                 num_workers=self.hparams.num_workers,
             )
         return loaders
+
+
+class _CyclingSampler(Sampler):
+    """``num_samples`` indices of ``range(length)``: fresh permutations back to back, a function of
+    ``(seed, epoch)`` (Lightning calls :meth:`set_epoch`)."""
+
+    def __init__(self, length: int, num_samples: int, seed: int = 0) -> None:
+        self.length, self.num_samples, self.seed, self.epoch = length, num_samples, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(hash((self.seed, self.epoch)) & 0x7FFF_FFFF_FFFF)
+        rounds = math.ceil(self.num_samples / self.length)
+        order = torch.cat([torch.randperm(self.length, generator=gen) for _ in range(rounds)])
+        yield from order[: self.num_samples].tolist()
 
 
 class PointSegmenter(nn.Module):

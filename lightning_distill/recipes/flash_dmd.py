@@ -35,6 +35,7 @@ DMD2 SDXL settings              ``real_guidance_scale``, ...     8, ratio 5, ``g
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
@@ -154,36 +155,38 @@ class FlashDMD(DMD2):
         fake_score_optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
-        super().__init__(
-            student,
-            teacher,
-            schedule=schedule,
-            fake_score=fake_score,
-            student_init=student_init,
-            student_prediction_type=student_prediction_type,
-            real_guidance_scale=real_guidance_scale,
-            min_step_percent=min_step_percent,
-            max_step_percent=max_step_percent,
-            normalise_dmd_gradient=normalise_dmd_gradient,
-            dfake_gen_update_ratio=dfake_gen_update_ratio,
-            denoising_timesteps=denoising_timesteps,
-            backward_simulation=backward_simulation,
-            gan=gan,
-            gen_cls_loss_weight=gen_cls_loss_weight,
-            guidance_cls_loss_weight=guidance_cls_loss_weight,
-            dm_loss_weight=dm_loss_weight,
-            gan_max_timestep=gan_max_timestep,
-            gan_feature_path=gan_feature_path,
-            gan_channels=gan_channels,
-            null_label=null_label,
-            max_grad_norm=max_grad_norm,
-            sample_shape=sample_shape,
-            noise_seed=noise_seed,
-            eval_teacher_steps=eval_teacher_steps,
-            optimizer=optimizer,
-            fake_score_optimizer=fake_score_optimizer,
-            lr_scheduler=lr_scheduler,
-        )
+        with warnings.catch_warnings():  # DMD2 saves its hyper-parameters without knowing `reward_model`
+            warnings.filterwarnings("ignore", message=".*'reward_model' is an instance of `nn.Module`")
+            super().__init__(
+                student,
+                teacher,
+                schedule=schedule,
+                fake_score=fake_score,
+                student_init=student_init,
+                student_prediction_type=student_prediction_type,
+                real_guidance_scale=real_guidance_scale,
+                min_step_percent=min_step_percent,
+                max_step_percent=max_step_percent,
+                normalise_dmd_gradient=normalise_dmd_gradient,
+                dfake_gen_update_ratio=dfake_gen_update_ratio,
+                denoising_timesteps=denoising_timesteps,
+                backward_simulation=backward_simulation,
+                gan=gan,
+                gen_cls_loss_weight=gen_cls_loss_weight,
+                guidance_cls_loss_weight=guidance_cls_loss_weight,
+                dm_loss_weight=dm_loss_weight,
+                gan_max_timestep=gan_max_timestep,
+                gan_feature_path=gan_feature_path,
+                gan_channels=gan_channels,
+                null_label=null_label,
+                max_grad_norm=max_grad_norm,
+                sample_shape=sample_shape,
+                noise_seed=noise_seed,
+                eval_teacher_steps=eval_teacher_steps,
+                optimizer=optimizer,
+                fake_score_optimizer=fake_score_optimizer,
+                lr_scheduler=lr_scheduler,
+            )
         self.save_hyperparameters(ignore=list(_IGNORE))
         T = self.schedule.num_train_timesteps
         checks = [

@@ -132,20 +132,30 @@ class LaserMixPP(DistillationModule):
                 )
         segmenter = PointSegmenter(student, num_classes, voxel_size, grid, input_features)
         super().__init__(
-            segmenter, teacher=teacher, loss_weights=loss_weights, optimizer=optimizer, lr_scheduler=lr_scheduler
+            segmenter,
+            teacher=teacher,
+            loss_weights=loss_weights,
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
         )
         self.num_bands = [int(n) for n in num_bands]
         if not self.num_bands or min(self.num_bands) < 1:
             raise ValueError(f"`num_bands` must be a non-empty list of ints >= 1, got {list(num_bands)}.")
         if len(pitch_range_deg) != 2 or not pitch_range_deg[0] < pitch_range_deg[1]:
-            raise ValueError(f"`pitch_range_deg` must be (down, up) with down < up, got {tuple(pitch_range_deg)}.")
+            raise ValueError(
+                f"`pitch_range_deg` must be (down, up) with down < up, got {tuple(pitch_range_deg)}."
+            )
         if not 0.0 <= pseudo_threshold <= 1.0:
             raise ValueError(f"`pseudo_threshold` must be in [0, 1], got {pseudo_threshold}.")
         if not 0.0 <= ema_momentum <= 1.0:
-            raise ValueError(f"`ema_momentum` must be in [0, 1], got {ema_momentum}; set `model.init_args.ema_momentum`.")
+            raise ValueError(
+                f"`ema_momentum` must be in [0, 1], got {ema_momentum}; set `model.init_args.ema_momentum`."
+            )
         if ema_buffers not in ("copy", "average"):
             raise ValueError(f"`ema_buffers` must be 'copy' or 'average', got {ema_buffers!r}.")
-        self.save_hyperparameters(ignore=["student", "teacher", "optimizer", "lr_scheduler", "augmentation", "grid"])
+        self.save_hyperparameters(
+            ignore=["student", "teacher", "optimizer", "lr_scheduler", "augmentation", "grid"]
+        )
         self.pitch_range_deg = (float(pitch_range_deg[0]), float(pitch_range_deg[1]))
         self.pseudo_threshold = pseudo_threshold
         self.ema_momentum = ema_momentum
@@ -344,6 +354,15 @@ class LaserMixPP(DistillationModule):
                 log_name="ema/momentum",
             )
         ]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["lasermix_pp_generator"] = self._rng().get_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        if "lasermix_pp_generator" in checkpoint:
+            self._rng().set_state(checkpoint["lasermix_pp_generator"])
 
     # ---------------------------------------------------------------- helpers
     def _rng(self) -> torch.Generator:

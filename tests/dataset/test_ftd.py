@@ -39,7 +39,9 @@ from tests.conftest import quiet_trainer_kwargs
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = ConvNetSpec(in_channels=1, num_classes=10, image_size=(8, 8), width=8, depth=2)
-TINY_EXPERTS = ExpertSpec(num_experts=2, epochs=3, optimizer="sgd", batch_size=256, augment=None, momentum=0.9)
+TINY_EXPERTS = ExpertSpec(
+    num_experts=2, epochs=3, optimizer="sgd", batch_size=256, augment=None, momentum=0.9
+)
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +109,9 @@ def test_matching_loss_equals_a_direct_computation():
     )
     assert float(trajectory_matching_loss(student, start, end)) == pytest.approx(expected, rel=1e-6)
     # The official code divides numerator and denominator by P first: the same value.
-    official = (F.mse_loss(student, end, reduction="sum") / 50) / (F.mse_loss(start, end, reduction="sum") / 50)
+    official = (F.mse_loss(student, end, reduction="sum") / 50) / (
+        F.mse_loss(start, end, reduction="sum") / 50
+    )
     torch.testing.assert_close(trajectory_matching_loss(student, start, end), official.float())
     with pytest.raises(ValueError, match="one length"):
         trajectory_matching_loss(student, start, end[:3])
@@ -123,8 +127,16 @@ def test_unrolled_student_equals_an_explicit_sgd_loop(with_augment):
     augment = SiameseAugment("crop_scale_rotate", siamese=False) if with_augment else None
     before = layout.flatten(net)
     got = unroll_student(
-        net, layout, layout.flatten(net), images, labels, lr, steps,
-        batch_size=batch, augment=augment, generator=torch.Generator().manual_seed(3),
+        net,
+        layout,
+        layout.flatten(net),
+        images,
+        labels,
+        lr,
+        steps,
+        batch_size=batch,
+        augment=augment,
+        generator=torch.Generator().manual_seed(3),
     )
     # The same training written as a plain loop on a copy of the module.
     reference = copy.deepcopy(net)
@@ -171,7 +183,9 @@ def test_hessian_top_eigenvalue_matches_the_explicit_hessian():
 
     eigenvalues = torch.linalg.eigvalsh(torch.autograd.functional.hessian(loss, flat))
     top = eigenvalues[eigenvalues.abs().argmax()]
-    got = hessian_top_eigenvalue(net, layout, flat, x, y, iterations=200, generator=torch.Generator().manual_seed(0))
+    got = hessian_top_eigenvalue(
+        net, layout, flat, x, y, iterations=200, generator=torch.Generator().manual_seed(0)
+    )
     torch.testing.assert_close(got, top, rtol=1e-3, atol=1e-5)
 
 
@@ -198,7 +212,9 @@ def test_sam_step_matches_the_closed_form_perturbation(adaptive):
     ExpertStep(model, ExpertSpec(optimizer="sam", lr=lr, rho=rho, adaptive=adaptive))(x, y)
     g = _grad_at(model, w0, x, y)
     t = w0.abs() if adaptive else torch.ones_like(w0)
-    e = rho * t**2 * g / (t * g).norm()  # SAM (and ASAM with T_w = |w|): the ascent to the neighbourhood's worst point
+    e = (
+        rho * t**2 * g / (t * g).norm()
+    )  # SAM (and ASAM with T_w = |w|): the ascent to the neighbourhood's worst point
     expected = w0 - lr * _grad_at(model, w0 + e, x, y)
     torch.testing.assert_close(ParamLayout.of(model).flatten(model), expected, rtol=1e-5, atol=1e-6)
 
@@ -228,13 +244,22 @@ def test_sam_experts_are_flatter_than_sgd_experts():
         torch.manual_seed(0)  # both experts start from the same weights
         expert = ConvNet.from_spec(spec)
         settings = ExpertSpec(
-            num_experts=1, epochs=15, optimizer=optimizer, lr=0.1, momentum=0.9, batch_size=50, augment=None,
-            rho=0.2, adaptive=False,
+            num_experts=1,
+            epochs=15,
+            optimizer=optimizer,
+            lr=0.1,
+            momentum=0.9,
+            batch_size=50,
+            augment=None,
+            rho=0.2,
+            adaptive=False,
         )
         trajectory = train_expert(expert, x, y, settings, generator)
         layout = ParamLayout.of(expert)
         sharpness[optimizer] = float(
-            hessian_top_eigenvalue(expert, layout, trajectory[-1], x, y, generator=torch.Generator().manual_seed(1))
+            hessian_top_eigenvalue(
+                expert, layout, trajectory[-1], x, y, generator=torch.Generator().manual_seed(1)
+            )
         )
     assert sharpness["sam"] < 0.8 * sharpness["sgd"], sharpness
 
@@ -260,7 +285,9 @@ def test_buffer_is_cached_by_its_settings_and_reloads(tmp_path):
 
 
 # ---------------------------------------------------------------------------- recipe
-def test_step_loss_matches_an_independent_unroll_and_gradients_reach_images_and_lr_only(buffer_path, tmp_path):
+def test_step_loss_matches_an_independent_unroll_and_gradients_reach_images_and_lr_only(
+    buffer_path, tmp_path
+):
     recipe, record = make(buffer_path, save_path=str(tmp_path / "set.pt")), Record()
     trainer = L.Trainer(**quiet_trainer_kwargs(max_steps=3, limit_val_batches=0, callbacks=[record]))
     trainer.fit(recipe, datamodule=data())
@@ -272,7 +299,13 @@ def test_step_loss_matches_an_independent_unroll_and_gradients_reach_images_and_
         start, target = buffer.params[expert, epoch], buffer.params[expert, epoch + 1]
         net = ConvNet.from_spec(SPEC)
         end = unroll_student(
-            net, ParamLayout.of(net), start, step["images"], recipe.synthetic.labels, step["log_lr"].exp(), 3,
+            net,
+            ParamLayout.of(net),
+            start,
+            step["images"],
+            recipe.synthetic.labels,
+            step["log_lr"].exp(),
+            3,
             generator=generator,
         )
         assert step["match"] == pytest.approx(float(trajectory_matching_loss(end, start, target)), rel=1e-5)
@@ -291,7 +324,9 @@ def test_ema_of_the_images_equals_the_closed_form_and_is_what_is_saved(buffer_pa
     trainer.fit(recipe, datamodule=data())
     live = [record.initial] + [s["after"] for s in record.steps]
     k_max = len(live) - 1
-    closed_form = decay**k_max * live[0] + sum((1 - decay) * decay ** (k_max - k) * live[k] for k in range(1, k_max + 1))
+    closed_form = decay**k_max * live[0] + sum(
+        (1 - decay) * decay ** (k_max - k) * live[k] for k in range(1, k_max + 1)
+    )
     torch.testing.assert_close(recipe.ema_synthetic.images, closed_form)
     assert not torch.allclose(closed_form, live[-1])  # the EMA is not the live set
     evaluated = recipe.evaluated_set()
@@ -336,7 +371,10 @@ def test_bad_arguments_are_rejected(buffer_path, tmp_path):
     with pytest.raises(ValueError, match="syn_steps"):
         make(buffer_path, syn_steps=0)
     with pytest.raises(ValueError, match="network"):
-        make(buffer_path, network=ConvNetSpec(in_channels=3, num_classes=10, image_size=(8, 8), width=8, depth=2))
+        make(
+            buffer_path,
+            network=ConvNetSpec(in_channels=3, num_classes=10, image_size=(8, 8), width=8, depth=2),
+        )
     with pytest.raises(TypeError, match="SyntheticSet"):
         FTD(nn.Linear(2, 2))
     with pytest.raises(ValueError, match="optimizer"):
