@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_distill.diffusion.guidance import Cond, model_output
@@ -33,7 +34,9 @@ class GANHead(nn.Module):
     """conv 3x3 → GroupNorm → SiLU → global average pool → linear: one logit per sample.
 
     Accepts ``(B, C, H, W)`` feature maps or ``(B, C)`` vectors (treated as 1x1 maps).
-    Features are cast to the head's dtype (DMD2 casts the bottleneck to float32).
+    Features are cast to the head's dtype (DMD2 casts the bottleneck to float32). On 1x1 maps the
+    normalisation uses one group over all channels (a LayerNorm with the same affine parameters):
+    with ``num_groups`` groups of one or two values each, GroupNorm would keep only their signs.
 
     Args:
         in_channels: ``C`` of the features.
@@ -84,7 +87,9 @@ class GANHead(nn.Module):
                 f"`features` must have shape (B, {self.in_channels}, H, W) or (B, {self.in_channels}), "
                 f"got {tuple(features.shape)}."
             )
-        h = self.act(self.norm(self.conv(features.to(self.conv.weight.dtype))))
+        h = self.conv(features.to(self.conv.weight.dtype))
+        groups = 1 if h.shape[-2:] == (1, 1) else self.norm.num_groups
+        h = self.act(F.group_norm(h, groups, self.norm.weight, self.norm.bias, self.norm.eps))
         return self.out(h.mean(dim=(2, 3))).squeeze(-1)
 
 

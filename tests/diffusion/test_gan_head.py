@@ -35,6 +35,18 @@ def test_head_matches_its_layers_written_out() -> None:
     assert GANHead(12).norm.num_groups == 12 and GANHead(48).norm.num_groups == 24
 
 
+def test_vector_features_are_layer_normalised_not_reduced_to_signs() -> None:
+    """Groups of two values would normalise to +-1 and make the logit piecewise constant."""
+    torch.manual_seed(0)
+    head = GANHead(64)  # 32 groups of 2 channels on 4x4 maps
+    x = torch.randn(4, 64)
+    h = F.conv2d(x[:, :, None, None], head.conv.weight, head.conv.bias, padding=1).flatten(1)
+    expected = F.linear(F.silu(F.layer_norm(h, (64,)) * head.norm.weight + head.norm.bias), head.out.weight)
+    assert_close(head(x), expected.squeeze(-1) + head.out.bias)
+    nudged = head(x + 1e-2 * torch.randn(4, 64))
+    assert not torch.equal(nudged, head(x))
+
+
 def test_head_rejects_bad_features_and_arguments() -> None:
     with pytest.raises(ValueError, match=r"\(B, 8, H, W\)"):
         GANHead(8)(torch.randn(2, 4, 3, 3))
