@@ -7,8 +7,8 @@ validation is off during the fits):
 - the issue's comparison: MSD with 4 students (config) against one student of the same *total*
   parameter count (single.yaml, width 68) and one student of the same *per-student* size
   (single.yaml with width 32, as fast as one MSD student);
-- ablations of MSD's choices: one shared fake score instead of one per student; a teacher-score-
-  matching warm-up (the paper's pre-stage for students that cannot start from the teacher);
+- with ``--ablations``, MSD's choices: one shared fake score instead of one per student; a teacher-
+  score-matching warm-up (the paper's pre-stage for students that cannot start from the teacher);
 - the data-vs-data floor and the analytic teacher sampled with DDIM in 1, 4 and 50 steps.
 
 Every sampler is scored twice: *overall* (labels drawn by class weight, ``n`` samples against an
@@ -18,6 +18,7 @@ independent data sample: SWD, MMD², mode coverage, mode-weight TV over all 24 m
 Usage (from the repository root)::
 
     python benchmarks/msd.py                 # seeds 0 1 2, every row
+    python benchmarks/msd.py --ablations     # also the shared-fake-score and TSM rows (about twice as long)
     python benchmarks/msd.py --quick         # smoke run: 1 seed, 1 epoch, no README update
 
 Writes ``benchmarks/results/msd.md`` and the results block of ``recipes/msd/README.md`` (``--quick``
@@ -72,8 +73,8 @@ class Row:
     us_per_sample: float | None = None
 
 
-def trained_rows() -> list[Row]:
-    return [
+def trained_rows(ablations: bool) -> list[Row]:
+    rows = [
         Row("MSD, 4 students (config)", "none", "config.yaml"),
         Row("1 student, same total size", "single.yaml (width 68)", "single.yaml"),
         Row(
@@ -81,15 +82,19 @@ def trained_rows() -> list[Row]:
             "single.yaml, student width 32",
             "single.yaml",
             {"student": {"init_args": {"hidden": 32}}},
-        ),  # fmt: skip
-        Row(
-            "MSD, shared fake score",
-            "`fake_score_sharing: shared`, fake width 68",
-            "config.yaml",
-            {"fake_score_sharing": "shared", "fake_score": {"init_args": {"hidden": 68}}},
-        ),  # fmt: skip
-        Row("MSD, 200 TSM steps first", "`tsm_steps: 200`", "config.yaml", {"tsm_steps": 200}),
+        ),
     ]
+    if ablations:
+        rows += [
+            Row(
+                "MSD, shared fake score",
+                "`fake_score_sharing: shared`, fake width 68",
+                "config.yaml",
+                {"fake_score_sharing": "shared", "fake_score": {"init_args": {"hidden": 68}}},
+            ),
+            Row("MSD, 200 TSM steps first", "`tsm_steps: 200`", "config.yaml", {"tsm_steps": 200}),
+        ]
+    return rows
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> None:
@@ -147,7 +152,7 @@ def score(
         row.per_class[name].append(statistics.fmean(per_class[name]))
 
 
-def microseconds_per_sample(draw: Sampler, n: int, class_weights: torch.Tensor, repeats: int = 5) -> float:
+def microseconds_per_sample(draw: Sampler, n: int, class_weights: torch.Tensor, repeats: int = 11) -> float:
     """Median wall-clock of one call drawing ``n`` labelled samples, divided by ``n``."""
     times = []
     for k in range(repeats):
@@ -216,6 +221,7 @@ def main(argv: list[str] | None = None) -> None:
         "--quick", action="store_true", help="1 seed, 1 epoch, results under quick/, no README"
     )
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--ablations", action="store_true", help="also a shared fake score and a TSM warm-up")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
@@ -227,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     command = shlex.join(["python", "benchmarks/msd.py", *(sys.argv[1:] if argv is None else argv)])
     start = time.perf_counter()
 
-    rows, models = trained_rows(), {}
+    rows, models = trained_rows(args.ablations), {}
     for seed in seeds:
         for row in rows:
             tic = time.perf_counter()

@@ -271,7 +271,9 @@ class WeakTeacherEnsemble(nn.Module):
         self.temperature = float(temperature)
 
     def forward(self, x: Tensor) -> Tensor:
-        log_probs = torch.stack([F.log_softmax(t(x).float() / self.temperature, dim=-1) for t in self.teachers])
+        log_probs = torch.stack(
+            [F.log_softmax(t(x).float() / self.temperature, dim=-1) for t in self.teachers]
+        )
         return torch.logsumexp(log_probs, dim=0) - math.log(len(self.teachers))
 
 
@@ -349,7 +351,9 @@ def trajectory_checkpoints(
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 _reset_parameters(model)
-                optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+                optimizer = torch.optim.SGD(
+                    model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
+                )
                 generator = torch.Generator().manual_seed(seed)
                 model.train()
                 for epoch in range(1, max(epochs) + 1):
@@ -362,7 +366,9 @@ def trajectory_checkpoints(
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.save(stored, path.with_suffix(".tmp"))
             os.replace(path.with_suffix(".tmp"), path)
-            rank_zero_info(f"Trajectory of {max(epochs)} epochs trained in {time.perf_counter() - start:.1f} s: {path}")
+            rank_zero_info(
+                f"Trajectory of {max(epochs)} epochs trained in {time.perf_counter() - start:.1f} s: {path}"
+            )
     model.load_state_dict(stored[str(max(epochs))])
     return [stored[str(e)] for e in epochs]
 
@@ -548,7 +554,9 @@ class CLIPImageEncoder(nn.Module):
 
 
 @torch.no_grad()
-def clip_class_embeddings(clip_model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+def clip_class_embeddings(
+    clip_model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None = None
+) -> Tensor:
     """Unit-norm CLIP text embeddings ``(K, D)`` of tokenised prompts, one prompt per class (``(K, L)``)."""
     text = clip_model.text_model(input_ids=input_ids, attention_mask=attention_mask).pooler_output
     return F.normalize(clip_model.text_projection(text).float(), dim=-1)
@@ -594,12 +602,14 @@ def clip_label_projector(
     encoder = CLIPImageEncoder(model)
     if lora_targets is None:
         lora_targets = [
-            n for n, _ in encoder.named_modules() if n.endswith("self_attn.q_proj") or n.endswith("self_attn.v_proj")
+            n
+            for n, _ in encoder.named_modules()
+            if n.endswith("self_attn.q_proj") or n.endswith("self_attn.v_proj")
         ]
     return LabelProjector(
         encoder,
         embeddings,
-        logit_scale=float(model.logit_scale.exp()),
+        logit_scale=float(model.logit_scale.detach().exp()),
         lora_rank=lora_rank,
         head_rank=head_rank,
         lora_alpha=lora_alpha,
@@ -638,7 +648,9 @@ def soft_label_cache_bytes(
         if value < 1:
             raise ValueError(f"`{name}` must be >= 1, got {value}.")
     if views_per_epoch < 1 or bytes_per_value < 1:
-        raise ValueError(f"`views_per_epoch` and `bytes_per_value` must be >= 1, got {views_per_epoch}, {bytes_per_value}.")
+        raise ValueError(
+            f"`views_per_epoch` and `bytes_per_value` must be >= 1, got {views_per_epoch}, {bytes_per_value}."
+        )
     return epochs * views_per_epoch * num_images * num_classes * bytes_per_value
 
 
@@ -661,11 +673,19 @@ class OnlineLabelClassifier(RetrainClassifier):
     """
 
     def __init__(
-        self, model: nn.Module, label_fn: nn.Module, *, loss: LabelLoss = "kl", hard_weight: float = 0.0, **kwargs: Any
+        self,
+        model: nn.Module,
+        label_fn: nn.Module,
+        *,
+        loss: LabelLoss = "kl",
+        hard_weight: float = 0.0,
+        **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
         if loss not in ("kl", "mse") or hard_weight < 0:
-            raise ValueError(f"`loss` must be 'kl' or 'mse' and `hard_weight` >= 0, got {loss!r} and {hard_weight}.")
+            raise ValueError(
+                f"`loss` must be 'kl' or 'mse' and `hard_weight` >= 0, got {loss!r} and {hard_weight}."
+            )
         self.label_fn = label_fn.requires_grad_(False).eval()
         self.loss, self.hard_weight = loss, hard_weight
 
@@ -727,7 +747,12 @@ def retrain_with_online_labels(
     tensors = [images.detach().cpu().float().clone(), labels.detach().cpu().long().clone()]
     was_training = label_fn.training
     flags = [p.requires_grad for p in label_fn.parameters()]
-    with torch.inference_mode(False), torch.enable_grad(), torch.random.fork_rng(devices=[]), _quiet_lightning():
+    with (
+        torch.inference_mode(False),
+        torch.enable_grad(),
+        torch.random.fork_rng(devices=[]),
+        _quiet_lightning(),
+    ):
         torch.manual_seed(seed)
         model = model_fn()
         module = OnlineLabelClassifier(

@@ -143,6 +143,7 @@ class GraphCVDataModule(L.LightningDataModule):
         self.train_set: list[Data] = []
         self.val_set: list[Data] = []
         self.test_set: list[Data] = []
+        self.indices: dict[str, list[int]] = {}
 
     def prepare_data(self) -> None:
         prepare_mutag(self.root)
@@ -160,6 +161,11 @@ class GraphCVDataModule(L.LightningDataModule):
             train_idx, val_idx = train_test_split(
                 train_idx, test_size=self.val_fraction, stratify=labels[train_idx], random_state=self.seed
             )
+        self.indices = {
+            "train": sorted(map(int, train_idx)),
+            "val": sorted(map(int, val_idx)),
+            "test": sorted(map(int, test_idx)),
+        }
         self.train_set = [dataset[int(i)] for i in sorted(train_idx)]
         self.val_set = [dataset[int(i)] for i in sorted(val_idx)]
         self.test_set = [dataset[int(i)] for i in sorted(test_idx)]

@@ -66,16 +66,23 @@ class GraphClassifier(nn.Module):
             raise ValueError(f"`conv` must be one of {_CONVS}, got {conv!r}.")
         if readout not in ("sum", "mean"):
             raise ValueError(f"`readout` must be 'sum' or 'mean', got {readout!r}.")
-        for name, value in (("in_channels", in_channels), ("num_classes", num_classes), ("hidden", hidden),
-                            ("num_layers", num_layers), ("heads", heads)):
+        for name, value in (
+            ("in_channels", in_channels),
+            ("num_classes", num_classes),
+            ("hidden", hidden),
+            ("num_layers", num_layers),
+            ("heads", heads),
+        ):
             if value < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {value}.")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"`dropout` must be in [0, 1), got {dropout}.")
         self.conv, self.readout, self.dropout = conv, readout, dropout
         self.num_layers = num_layers
-        self.convs = nn.ModuleList(self._layer(conv, in_channels if k == 0 else hidden, hidden, heads,
-                                               last=k == num_layers - 1) for k in range(num_layers))
+        self.convs = nn.ModuleList(
+            self._layer(conv, in_channels if k == 0 else hidden, hidden, heads, last=k == num_layers - 1)
+            for k in range(num_layers)
+        )
         self.head = nn.Linear(hidden, num_classes)
 
     @staticmethod
@@ -93,7 +100,7 @@ class GraphClassifier(nn.Module):
 
     def node_embeddings(self, x: Tensor, edge_index: Tensor) -> Tensor:
         """Node embeddings after the ``L`` layers: ``(N, F)`` features, ``(2, E)`` edges -> ``(N, hidden)``."""
-        h = x.float()
+        h = x if x.is_floating_point() else x.float()
         for k, layer in enumerate(self.convs):
             h = layer(h, edge_index)
             if k < self.num_layers - 1:

@@ -49,7 +49,9 @@ class GraphSet:
     ) -> None:
         for k, g in enumerate(graphs):
             if not isinstance(g, Data) or g.x is None or g.edge_index is None or g.y is None:
-                raise ValueError(f"`graphs[{k}]` must be a torch_geometric Data with `x`, `edge_index` and `y`.")
+                raise ValueError(
+                    f"`graphs[{k}]` must be a torch_geometric Data with `x`, `edge_index` and `y`."
+                )
         if weights is not None:
             if len(weights) != len(graphs):
                 raise ValueError(f"`weights` needs one value per graph ({len(graphs)}), got {len(weights)}.")
@@ -65,7 +67,11 @@ class GraphSet:
     @property
     def labels(self) -> torch.Tensor:
         """Graph labels ``(G,)``."""
-        return torch.cat([g.y.reshape(-1)[:1] for g in self.graphs]) if self.graphs else torch.empty(0, dtype=torch.long)
+        return (
+            torch.cat([g.y.reshape(-1)[:1] for g in self.graphs])
+            if self.graphs
+            else torch.empty(0, dtype=torch.long)
+        )
 
     def storage(self) -> dict[str, int]:
         """Graphs, nodes, edges and numbers stored (node and edge features, root flags)."""
@@ -146,9 +152,7 @@ def random_graph_subset(
         if num_nodes < 1:
             raise ValueError(f"`num_nodes` must be >= 1, got {num_nodes}.")
         # Interleave the classes in proportion to their sizes: position j/len(pool) for each member.
-        order = sorted(
-            ((j + 0.5) / len(pools[c]), c, i) for c in classes for j, i in enumerate(pools[c])
-        )
+        order = sorted(((j + 0.5) / len(pools[c]), c, i) for c in classes for j, i in enumerate(pools[c]))
         chosen, total = [], 0
         for _, _, i in order:
             if total >= num_nodes:

@@ -19,6 +19,7 @@ import lightning.pytorch as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import DataLoader as TorchDataLoader
 from torch.utils.data import WeightedRandomSampler
 from torch_geometric.data import Batch, Data
 from torch_geometric.loader import DataLoader
@@ -55,7 +56,12 @@ class GraphClassifierModule(L.LightningModule):
         return graph_logits(self.model, batch)
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        loss = F.cross_entropy(self(batch), batch.y.reshape(-1))
+        losses = F.cross_entropy(self(batch), batch.y.reshape(-1), reduction="none")  # (B,)
+        if "sample_weight" in batch:  # weighted mean: the expectation of sampling by weight
+            weight = batch.sample_weight.reshape(-1).to(losses.dtype)
+            loss = (losses * weight).sum() / weight.sum()
+        else:
+            loss = losses.mean()
         self.log("train/loss", loss, batch_size=batch.num_graphs)
         return loss
 
@@ -80,16 +86,17 @@ def train_graph_classifier(
     steps: int,
     lr: float = 1e-3,
     weight_decay: float = 0.0,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     seed: int = 0,
     weights: Sequence[float] | None = None,
     accelerator: str = "cpu",
 ) -> nn.Module:
     """Train a fresh copy of ``model`` on ``graphs`` for ``steps`` Adam steps; return it (CPU, eval mode).
 
-    The copy is re-initialised (``reset_parameters``) under ``seed``; batches are shuffled with a
-    generator seeded by ``seed`` (or drawn with probability proportional to ``weights``, with
-    replacement). The global random state is restored afterwards, and gradients are enabled
+    The copy is re-initialised (``reset_parameters``) under ``seed``. With ``batch_size=None`` every
+    step sees all graphs (collated once; ``weights`` then weigh the per-graph losses); otherwise
+    batches are shuffled with a generator seeded by ``seed``, or drawn with probability
+    proportional to ``weights``, with replacement. The global random state is restored afterwards, and gradients are enabled
     whatever the caller's grad mode, so a recipe may call this from its validation hooks.
 
     Args:
@@ -97,7 +104,7 @@ def train_graph_classifier(
         model: the architecture; it is copied, not trained in place.
         steps: optimizer steps.
         lr, weight_decay: Adam settings.
-        batch_size: graphs per batch (capped at ``len(graphs)``).
+        batch_size: graphs per batch (capped at ``len(graphs)``); ``None``: full batch.
         seed: seed of the initialisation, the order and dropout.
         weights: optional sampling weight per graph.
         accelerator: Lightning accelerator.
@@ -107,17 +114,18 @@ def train_graph_classifier(
     """
     if len(graphs) == 0:
         raise ValueError("`graphs` is empty; there is nothing to train on.")
-    if steps < 1 or batch_size < 1:
-        raise ValueError(f"`steps` and `batch_size` must be >= 1, got {steps} and {batch_size}.")
+    if steps < 1 or (batch_size is not None and batch_size < 1):
+        raise ValueError(f"`steps` must be >= 1 and `batch_size` >= 1 or None, got {steps} and {batch_size}.")
     if weights is not None and len(weights) != len(graphs):
         raise ValueError(f"`weights` needs one value per graph ({len(graphs)}), got {len(weights)}.")
-    generator = torch.Generator().manual_seed(seed)
-    if weights is None:
-        loader = DataLoader(list(graphs), batch_size=min(batch_size, len(graphs)), shuffle=True, generator=generator)
-    else:
-        sampler = WeightedRandomSampler(list(weights), len(graphs), replacement=True, generator=generator)
-        loader = DataLoader(list(graphs), batch_size=min(batch_size, len(graphs)), sampler=sampler)
-    with torch.inference_mode(False), torch.enable_grad(), torch.random.fork_rng(devices=[]), _quiet_lightning():
+    with (
+        torch.inference_mode(False),
+        torch.enable_grad(),
+        torch.random.fork_rng(devices=[]),
+        _quiet_lightning(),
+    ):
+        # Built here: graphs made under inference mode (a recipe's test hooks) are cloned into normal tensors.
+        loader = _loader(graphs, batch_size, weights, seed)
         torch.manual_seed(seed)
         fresh = copy.deepcopy(model).cpu()
         if hasattr(fresh, "reset_parameters"):
@@ -160,6 +168,30 @@ def graph_accuracy(model: nn.Module, graphs: Sequence[Data], batch_size: int = 2
     return correct / len(graphs)
 
 
+def _loader(
+    graphs: Sequence[Data], batch_size: int | None, weights: Sequence[float] | None, seed: int
+) -> Any:
+    generator = torch.Generator().manual_seed(seed)
+    graphs = [g.clone() for g in graphs]
+    if batch_size is None:
+        if weights is not None:
+            for g, w in zip(graphs, weights):
+                g.sample_weight = torch.tensor([float(w)])
+        loader = TorchDataLoader([Batch.from_data_list(graphs)], batch_size=None, collate_fn=_same)
+    elif weights is None:
+        loader = DataLoader(
+            list(graphs), batch_size=min(batch_size, len(graphs)), shuffle=True, generator=generator
+        )
+    else:
+        sampler = WeightedRandomSampler(list(weights), len(graphs), replacement=True, generator=generator)
+        loader = DataLoader(list(graphs), batch_size=min(batch_size, len(graphs)), sampler=sampler)
+    return loader
+
+
+def _same(batch: Batch) -> Batch:
+    return batch
+
+
 @contextlib.contextmanager
 def _quiet_lightning() -> Iterator[None]:
     """Silence Lightning's per-Trainer notices while training many small models."""
@@ -172,6 +204,7 @@ def _quiet_lightning() -> Iterator[None]:
             warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
             warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
+            warnings.filterwarnings("ignore", message=r".*have no `val_dataloader`.*")
             yield
     finally:
         for lg, level in zip(loggers, levels):

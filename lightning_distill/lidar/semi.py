@@ -9,7 +9,8 @@ segmenter (sparse backbone + point-wise classifier) and confidence-filtered pseu
   ``MultiSourceSampler`` with a 1:1 source ratio), or only ``{"labelled": batch}`` for the
   supervised-only baseline. Either way an epoch is ``ceil(unlabelled scans / batch size)`` batches:
   the labelled scans are cycled, so runs with and without unlabelled data see the same number of
-  labelled batches per epoch. Validation and test are the fully labelled val/test splits.
+  labelled batches per epoch; the last incomplete unlabelled batch is dropped, so the two batches
+  hold the same number of clouds. Validation and test are the fully labelled val/test splits.
 * :class:`PointSegmenter`: voxelise (cubic or cylindrical), sparse backbone, linear head;
   returns per-point features and logits.
 * :func:`confident_pseudo_labels`: arg-max of the softmax, ignore index below a confidence threshold
@@ -44,7 +45,7 @@ __all__ = [
     "labelled_split",
     "mask_labels",
 ]
-_SPLIT_ARGUMENTS = ("labelled_fraction", "split_seed", "use_unlabelled", "unlabelled_batch_size")
+_SPLIT_ARGUMENTS = ("labelled_fraction", "split_seed", "use_unlabelled")
 
 
 def labelled_split(num_scenes: int, fraction: float, *, seed: int = 0) -> tuple[Tensor, Tensor]:
@@ -91,7 +92,6 @@ class SemiSupervisedLidarDataModule(SyntheticLidarDataModule):
             1% / 10% / 20% / 50% splits); at least one scene.
         split_seed: which scenes are labelled (fixed across training seeds by default).
         use_unlabelled: serve the unlabelled scans too; ``False`` gives the supervised-only baseline.
-        unlabelled_batch_size: clouds per unlabelled batch; defaults to ``batch_size``.
         **kwargs: the arguments of ``SyntheticLidarDataModule``.
 
     Raises:
@@ -104,7 +104,6 @@ class SemiSupervisedLidarDataModule(SyntheticLidarDataModule):
         labelled_fraction: float = 0.05,
         split_seed: int = 0,
         use_unlabelled: bool = True,
-        unlabelled_batch_size: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -113,12 +112,9 @@ class SemiSupervisedLidarDataModule(SyntheticLidarDataModule):
                 f"`labelled_fraction` must be in (0, 1], got {labelled_fraction}; set "
                 "`data.init_args.labelled_fraction`."
             )
-        if unlabelled_batch_size is not None and unlabelled_batch_size < 1:
-            raise ValueError(f"`unlabelled_batch_size` must be >= 1, got {unlabelled_batch_size}.")
         self.labelled_fraction = labelled_fraction
         self.split_seed = split_seed
         self.use_unlabelled = use_unlabelled
-        self.unlabelled_batch_size = unlabelled_batch_size or self.hparams.batch_size
         labelled, unlabelled = labelled_split(self.hparams.num_scenes, labelled_fraction, seed=split_seed)
         if use_unlabelled and len(unlabelled) == 0:
             raise ValueError(
@@ -148,15 +144,17 @@ class SemiSupervisedLidarDataModule(SyntheticLidarDataModule):
 
     def train_dataloader(self) -> dict[str, DataLoader]:
         labelled, unlabelled = self.labelled_samples(), self.unlabelled_samples()
-        # one epoch = one pass over the unlabelled scans, whether they are served or not
-        batches = math.ceil(max(len(unlabelled), len(labelled)) / self.unlabelled_batch_size)
+        # one epoch = one pass over the unlabelled scans (full batches: LaserMix pairs labelled and
+        # unlabelled clouds one to one), whether they are served or not
+        batch_size = self.hparams.batch_size
+        batches = max(1, max(len(unlabelled), len(labelled)) // batch_size)
         # orders are functions of (run seed, data seed, epoch), positions are saved in checkpoints
         seed = int(torch.initial_seed()) ^ int(self.hparams.seed)
         loaders = {
             "labelled": ResumableDataLoader(
                 labelled,
-                batch_size=self.hparams.batch_size,
-                sampler=_CyclingSampler(len(labelled), batches * self.hparams.batch_size, seed=seed),
+                batch_size=batch_size,
+                sampler=_CyclingSampler(len(labelled), batches * batch_size, seed=seed),
                 collate_fn=collate,
                 num_workers=self.hparams.num_workers,
             )
@@ -164,8 +162,9 @@ class SemiSupervisedLidarDataModule(SyntheticLidarDataModule):
         if self.use_unlabelled:
             loaders["unlabelled"] = ResumableDataLoader(
                 unlabelled,
-                batch_size=self.unlabelled_batch_size,
+                batch_size=batch_size,
                 sampler=EpochShuffleSampler(len(unlabelled), seed=seed + 1, yield_epoch=False),
+                drop_last=len(unlabelled) >= batch_size,
                 collate_fn=collate,
                 num_workers=self.hparams.num_workers,
             )

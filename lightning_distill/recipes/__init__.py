@@ -62,11 +62,29 @@ RECIPES: dict[str, RecipeInfo] = {
         "Phased DMD: Few-step Distribution Matching Distillation via Score Matching within Subintervals",
         "2510.27684",
     ),
+    "msd": RecipeInfo(
+        "diffusion",
+        "lightning_distill.recipes.msd.MSD",
+        "Multi-student Diffusion Distillation for Better One-step Generators",
+        "2410.23274",
+    ),
+    "cda": RecipeInfo(
+        "dataset",
+        "lightning_distill.recipes.cda.CDA",
+        "Dataset Distillation via Curriculum Data Synthesis in Large Data Era",
+        "2311.18838",
+    ),
     "datadam": RecipeInfo(
         "dataset",
         "lightning_distill.recipes.datadam.DataDAM",
         "DataDAM: Efficient Dataset Distillation with Attention Matching",
         "2310.00093",
+    ),
+    "hello": RecipeInfo(
+        "dataset",
+        "lightning_distill.recipes.hello.HeLlO",
+        "Heavy Labels Out! Dataset Distillation with Label Space Lightening",
+        "2408.08201",
     ),
     "slidr": RecipeInfo(
         "lidar",

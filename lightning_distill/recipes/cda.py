@@ -153,6 +153,11 @@ class CDA(DistillationModule):
                     f"`{name}` must be one of {allowed}, got {value!r}; set `model.init_args.{name}`."
                 )
         crop_schedule(curriculum, 1, milestone=milestone, end=min_scale)  # validates the curriculum
+        if not 0.0 < min_scale <= max_scale <= 1.0:
+            raise ValueError(
+                f"Need 0 < `min_scale` <= `max_scale` <= 1, got {min_scale} and {max_scale}; "
+                "set `model.init_args.min_scale` / `max_scale`."
+            )
         if not first_bn_multiplier >= 0:
             raise ValueError(f"`first_bn_multiplier` must be >= 0, got {first_bn_multiplier}.")
         for name, value in (("relabel_epochs", relabel_epochs), ("relabel_batch_size", relabel_batch_size)):

@@ -363,7 +363,8 @@ class FTD(DistillationModule):
                 "`synthetic.init='real'` needs real images: use a datamodule with `train_images()` (e.g. "
                 "lightning_distill.dataset.ClassBalancedDataModule), or `init: noise`."
             )
-        if self.ema_decay is not None:
+        if self.ema_decay is not None and not bool(self.ema_synthetic.initialized):
+            # The EMA starts at the initial images, once: a later `setup("test")` (test_after_fit) keeps it.
             self.ema_synthetic.load_state_dict(self.synthetic.state_dict())
         if stage == "fit" and self.buffer is None:
             self.buffer = self._load_experts(x, y)

@@ -85,7 +85,7 @@ class HeLlO(DistillationModule):
             phase 4 (per-image parameters; projector and teacher see the same view).
         student_loss: ``"mse"`` or ``"kl"``, the students' loss to the projector's labels at evaluation.
         student_hard_weight: weight ``beta`` of the students' cross-entropy on the hard labels.
-        seed: seed of the augmentations (``None``: from ``seed_everything``).
+        augment_seed: seed of the augmentations (``None``: from ``seed_everything``).
         val_epochs: epochs of the evaluation by retraining in validation (``val/syn_acc``).
         val_seeds: students trained per validation.
         save_dir: where the synthetic set and the projector adapters are written at the end of fit
@@ -114,7 +114,7 @@ class HeLlO(DistillationModule):
         augment: str = "color_crop_cutout_scale_rotate",
         student_loss: LabelLoss = "mse",
         student_hard_weight: float = 0.1,
-        seed: int | None = None,
+        augment_seed: int | None = None,
         val_epochs: int = 300,
         val_seeds: Sequence[int] = (0,),
         save_dir: str | None = None,
@@ -131,13 +131,19 @@ class HeLlO(DistillationModule):
             raise TypeError(
                 f"`synthetic` must be a SyntheticSet, got {type(synthetic).__name__}; set `model.init_args.synthetic`."
             )
-        super().__init__(student, teacher, loss_weights=loss_weights, optimizer=optimizer, lr_scheduler=lr_scheduler)
+        super().__init__(
+            student, teacher, loss_weights=loss_weights, optimizer=optimizer, lr_scheduler=lr_scheduler
+        )
         for name, value in (("projector_steps", projector_steps), ("image_steps", image_steps)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"`{name}` must be an integer >= 0, got {value!r}; set `model.init_args.{name}`.")
+                raise ValueError(
+                    f"`{name}` must be an integer >= 0, got {value!r}; set `model.init_args.{name}`."
+                )
         for name, value in (("label_loss", label_loss), ("student_loss", student_loss)):
             if value not in ("mse", "kl"):
-                raise ValueError(f"`{name}` must be 'mse' or 'kl', got {value!r}; set `model.init_args.{name}`.")
+                raise ValueError(
+                    f"`{name}` must be 'mse' or 'kl', got {value!r}; set `model.init_args.{name}`."
+                )
         if student.num_classes != synthetic.num_classes:
             raise ValueError(
                 f"The projector has {student.num_classes} classes but the synthetic set {synthetic.num_classes}."
@@ -147,15 +153,22 @@ class HeLlO(DistillationModule):
                 f"Need `val_epochs` >= 1, non-empty `val_seeds` and `student_hard_weight` >= 0, got {val_epochs}, "
                 f"{list(val_seeds)} and {student_hard_weight}."
             )
-        self.save_hyperparameters(ignore=["student", "teacher", "synthetic", "optimizer", "image_optimizer", "lr_scheduler"])
+        self.save_hyperparameters(
+            ignore=["student", "teacher", "synthetic", "optimizer", "image_optimizer", "lr_scheduler"]
+        )
         self.automatic_optimization = False
         self.synthetic = synthetic
         self.synthetic.images.requires_grad_(image_steps > 0)
         self.projector_steps, self.image_steps = projector_steps, image_steps
-        self.label_loss, self.student_loss, self.student_hard_weight = label_loss, student_loss, student_hard_weight
+        self.label_loss, self.student_loss, self.student_hard_weight = (
+            label_loss,
+            student_loss,
+            student_hard_weight,
+        )
         self.augment = SiameseAugment(augment, siamese=False)
         self.image_optimizer = image_optimizer
-        self.seed, self.val_epochs, self.val_seeds, self.save_dir = seed, val_epochs, tuple(val_seeds), save_dir
+        self.augment_seed, self.val_epochs, self.val_seeds = augment_seed, val_epochs, tuple(val_seeds)
+        self.save_dir = save_dir
         self._eval_models: list[nn.Module] = []
         self._fit_start: float | None = None
 
@@ -201,7 +214,9 @@ class HeLlO(DistillationModule):
             return out
         # 4. Image update: the projector and the teacher are fixed, only the images move.
         images = self.synthetic.images
-        out = self.log_losses({"image": self.image_loss(self.augment(images, self.augment.sample(images, generator)))})
+        out = self.log_losses(
+            {"image": self.image_loss(self.augment(images, self.augment.sample(images, generator)))}
+        )
         optimizers[1].zero_grad(set_to_none=True)
         self.manual_backward(out["loss"], inputs=[images])
         optimizers[1].step()
@@ -210,7 +225,9 @@ class HeLlO(DistillationModule):
     def configure_optimizers(self) -> Any:
         adapters = [p for p in self.projector.parameters() if p.requires_grad]
         if not adapters:
-            raise ValueError("The projector has no trainable parameter: give it `lora_rank`/`head_rank` > 0 or `train_head`.")
+            raise ValueError(
+                "The projector has no trainable parameter: give it `lora_rank`/`head_rank` > 0 or `train_head`."
+            )
         optimizer = self.optimizer(adapters)
         optimizers = [optimizer]
         if self.image_steps:
@@ -299,14 +316,18 @@ class HeLlO(DistillationModule):
         if not self._eval_models:
             return
         x, y = batch[0], batch[1]
-        accuracy = sum(classification_accuracy(m, [(x, y)]) for m in self._eval_models) / len(self._eval_models)
-        self.log(f"{stage}/syn_acc", accuracy, on_epoch=True, batch_size=y.numel(), prog_bar=True, sync_dist=True)
+        accuracy = sum(classification_accuracy(m, [(x, y)]) for m in self._eval_models) / len(
+            self._eval_models
+        )
+        self.log(
+            f"{stage}/syn_acc", accuracy, on_epoch=True, batch_size=y.numel(), prog_bar=True, sync_dist=True
+        )
 
     # ---------------------------------------------------------------- lifecycle
     def setup(self, stage: str) -> None:
         """Fill the set from the datamodule's real images (``init="real"``) and fix the seed."""
-        if self.seed is None:
-            self.seed = int(torch.initial_seed()) & 0x7FFF_FFFF
+        if self.augment_seed is None:
+            self.augment_seed = int(torch.initial_seed()) & 0x7FFF_FFFF
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         train_images = getattr(datamodule, "train_images", None)
         if callable(train_images):
@@ -332,10 +353,15 @@ class HeLlO(DistillationModule):
         folder = Path(self.save_dir) if self.save_dir else Path(self.trainer.log_dir)
         seconds = time.perf_counter() - self._fit_start if self._fit_start is not None else None
         storage = self.label_storage(self.synthetic.eval_spec.epochs)
-        metadata = {"method": "hello", "steps": int(self.global_step), "fit_seconds": seconds, "label_bytes": storage}
+        metadata = {
+            "method": "hello",
+            "steps": int(self.global_step),
+            "fit_seconds": seconds,
+            "label_bytes": storage,
+        }
         self.synthetic.save(folder / "synthetic_set.pt", metadata=metadata)
         torch.save(self.projector.adapter_state_dict(), folder / "label_projector.pt")
         rank_zero_info(f"Saved the set and the projector adapters ({storage['projector']} bytes) to {folder}")
 
     def _step_seed(self, step: int) -> int:
-        return (int(self.seed or 0) * 1_000_003 + step) & 0x7FFF_FFFF_FFFF
+        return (int(self.augment_seed or 0) * 1_000_003 + step) & 0x7FFF_FFFF_FFFF

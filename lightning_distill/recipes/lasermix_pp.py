@@ -255,6 +255,12 @@ class LaserMixPP(DistillationModule):
                     features_l, self.image_features(labelled["images"]), pairs_l
                 )
             return self.log_losses(terms)
+        if unlabelled["images"].shape[0] != labelled["images"].shape[0]:
+            raise ValueError(
+                f"LaserMix pairs labelled and unlabelled clouds one to one, got {labelled['images'].shape[0]} "
+                f"labelled and {unlabelled['images'].shape[0]} unlabelled clouds; serve batches of equal size "
+                "(drop the last incomplete batch)."
+            )
         pairs_u = self.pairs(unlabelled) if distill else None
         points_u = self.augment(unlabelled["points"])
         # 2. pseudo-labels from the mean teacher

@@ -11,7 +11,8 @@ the rest; there are no gradients and no model in the loop:
    (:func:`~lightning_distill.graphs.build_tree_index`).
 2. Per class ``c``: each graph is a transaction (the set of its tree labels); FP-growth finds the
    tree sets contained in at least ``theta_c`` of the class's graphs (``min_support``).
-3. Class-specific selection: a tree set that is also frequent in another class is dropped.
+3. Class-specific selection: the tree sets mined per class; optionally (``class_specific``) those
+   also frequent in another class are dropped.
 4. Each kept tree set becomes one synthetic graph of class ``c``: the disjoint union of its trees,
    edges pointing from child to root, the roots flagged in ``root_mask``; its support is kept as a
    sampling weight.
@@ -21,21 +22,21 @@ graphs (pooling every node). The set is saved as a :class:`~lightning_distill.gr
 
 Hyper-parameters -> config keys (``model.init_args.*``):
 
-===========================================  ========================  ===========================
+===========================================  ========================  ==========================
 paper / official code                        key                       default
-===========================================  ========================  ===========================
+===========================================  ========================  ==========================
 hops ``L`` of the trees (= GNN layers)       ``depth``                 2
-frequency thresholds ``theta_c`` (per class)  ``min_support``           0.3 (share of the class)
-drop tree sets frequent in another class     ``class_specific``        True (Python version)
+frequency thresholds ``theta_c``             ``min_support``           0.3 (share of each class)
+drop tree sets frequent in another class     ``class_specific``        False (released C++ code)
 edge labels in the trees                     ``edge_labels``           True
 sample tree sets by frequency                ``sample_by_frequency``   False (released code)
 largest tree set                             ``max_pattern_size``      None
-===========================================  ========================  ===========================
+===========================================  ========================  ==========================
 
 How it runs under Lightning: distillation needs the whole training split at once and no
 optimizer, so ``Mirage`` uses manual optimization with no optimizer; ``training_step`` gathers
 the training graphs (the datamodule gives a whole split per batch with ``batch_size: null``) and
-``on_train_epoch_end`` distils them (one epoch is the whole algorithm). Validation and test train
+distils them after the epoch's last batch (one epoch is the whole algorithm). Validation and test train
 fresh copies of ``student`` (any GNN) on the distilled set and report ``val/syn_acc`` and
 ``test/syn_acc`` on real graphs; :meth:`Mirage.distill` is a plain method usable without a Trainer.
 """
@@ -115,7 +116,7 @@ class Mirage(DistillationModule):
         eval_steps: Adam steps of each GNN trained on the set.
         eval_lr: Adam learning rate of those GNNs.
         eval_weight_decay: their Adam weight decay.
-        eval_batch_size: tree sets per batch.
+        eval_batch_size: tree sets per batch (``None``: full batch, every step sees the whole set).
         val_seeds: seeds of the GNNs trained at validation and test (their mean accuracy is logged).
         save_path: where the set is saved when fit ends (default ``<log dir>/mirage_set.pt``; nothing
             is saved under ``fast_dev_run`` or without a logger unless it is given).
@@ -134,14 +135,14 @@ class Mirage(DistillationModule):
         student: nn.Module,
         depth: int = 2,
         min_support: float | Sequence[float] = 0.3,
-        class_specific: bool = True,
+        class_specific: bool = False,
         edge_labels: bool = True,
         max_pattern_size: int | None = None,
         sample_by_frequency: bool = False,
-        eval_steps: int = 300,
-        eval_lr: float = 1e-3,
+        eval_steps: int = 100,
+        eval_lr: float = 1e-2,
         eval_weight_decay: float = 0.0,
-        eval_batch_size: int = 32,
+        eval_batch_size: int | None = None,
         val_seeds: Sequence[int] = (0,),
         save_path: str | None = None,
     ) -> None:
@@ -157,7 +158,9 @@ class Mirage(DistillationModule):
         if max_pattern_size is not None and max_pattern_size < 1:
             raise ValueError(f"`max_pattern_size` must be >= 1 or null, got {max_pattern_size}.")
         if eval_steps < 1 or not val_seeds:
-            raise ValueError(f"`eval_steps` must be >= 1 and `val_seeds` non-empty, got {eval_steps}, {val_seeds}.")
+            raise ValueError(
+                f"`eval_steps` must be >= 1 and `val_seeds` non-empty, got {eval_steps}, {val_seeds}."
+            )
         layers = getattr(student, "num_layers", depth)
         if layers != depth:
             rank_zero_warn(
@@ -222,9 +225,15 @@ class Mirage(DistillationModule):
                 out.append(tree_set_graph(trees, c))
                 weights.append(float(pattern.count))
                 supports.append([sorted(pattern.items), pattern.count])
-        metadata = {"method": "mirage", "depth": self.depth, "min_support": self.supports,
-                    "class_specific": self.class_specific, "edge_labels": self.edge_labels,
-                    "tree_sets": supports, "num_trees": len(index.labels)}
+        metadata = {
+            "method": "mirage",
+            "depth": self.depth,
+            "min_support": self.supports,
+            "class_specific": self.class_specific,
+            "edge_labels": self.edge_labels,
+            "tree_sets": supports,
+            "num_trees": len(index.labels),
+        }
         return GraphSet(out, weights, metadata)
 
     @torch.no_grad()
@@ -257,16 +266,21 @@ class Mirage(DistillationModule):
         return None
 
     def training_step(self, batch: Batch, batch_idx: int) -> None:
+        """Gather the training graphs; distil them after the epoch's last batch (before validation)."""
         self._gathered.extend(batch.to_data_list())
-
-    def on_train_epoch_end(self) -> None:
-        if not self._gathered:
+        if batch_idx + 1 < self.trainer.num_training_batches:
             return
         graph_set = self.distill(self._gathered)
         self._gathered = []
         sizes = graph_set.storage()
-        self.log_dict({"distill/graphs": float(sizes["graphs"]), "distill/nodes": float(sizes["nodes"]),
-                       "distill/seconds": graph_set.metadata["seconds"]})
+        self.log_dict(
+            {
+                "distill/graphs": float(sizes["graphs"]),
+                "distill/nodes": float(sizes["nodes"]),
+                "distill/seconds": graph_set.metadata["seconds"],
+            },
+            batch_size=1,
+        )
 
     def on_validation_epoch_start(self) -> None:
         skip = self.trainer.sanity_checking or self.graph_set is None
@@ -300,9 +314,16 @@ class Mirage(DistillationModule):
         steps = 2 if self.trainer.fast_dev_run else self.eval_steps
         weights = self.graph_set.weights if self.sample_by_frequency else None
         return [
-            train_graph_classifier(self.graph_set.graphs, self.student, steps=steps, lr=self.eval_lr,
-                                   weight_decay=self.eval_weight_decay, batch_size=self.eval_batch_size,
-                                   seed=seed, weights=weights).to(self.device)
+            train_graph_classifier(
+                self.graph_set.graphs,
+                self.student,
+                steps=steps,
+                lr=self.eval_lr,
+                weight_decay=self.eval_weight_decay,
+                batch_size=self.eval_batch_size,
+                seed=seed,
+                weights=weights,
+            ).to(self.device)
             for seed in self.val_seeds
         ]
 
@@ -311,8 +332,14 @@ class Mirage(DistillationModule):
             return
         y = batch.y.reshape(-1)
         acc = sum((graph_logits(m, batch).argmax(-1) == y).float().mean() for m in self._eval_models)
-        self.log(f"{stage}/syn_acc", acc / len(self._eval_models), batch_size=y.numel(), on_epoch=True,
-                 prog_bar=True, sync_dist=True)
+        self.log(
+            f"{stage}/syn_acc",
+            acc / len(self._eval_models),
+            batch_size=y.numel(),
+            on_epoch=True,
+            prog_bar=True,
+            sync_dist=True,
+        )
 
     # ------------------------------------------------------------- artifact
     def on_train_end(self) -> None:
@@ -331,12 +358,19 @@ class Mirage(DistillationModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         if self.graph_set is not None:
-            graphs = [{k: v for k, v in g.to_dict().items() if torch.is_tensor(v)} for g in self.graph_set.graphs]
-            checkpoint["mirage_set"] = {"graphs": graphs, "weights": self.graph_set.weights,
-                                        "metadata": self.graph_set.metadata}
+            graphs = [
+                {k: v for k, v in g.to_dict().items() if torch.is_tensor(v)} for g in self.graph_set.graphs
+            ]
+            checkpoint["mirage_set"] = {
+                "graphs": graphs,
+                "weights": self.graph_set.weights,
+                "metadata": self.graph_set.metadata,
+            }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("mirage_set")
         if state is not None:
-            self.graph_set = GraphSet([Data(**g) for g in state["graphs"]], state["weights"], state["metadata"])
+            self.graph_set = GraphSet(
+                [Data(**g) for g in state["graphs"]], state["weights"], state["metadata"]
+            )

@@ -235,6 +235,10 @@ class MSD(DMD2):
             student, num_students or (len(partition) if partition is not None else 4), "student"
         )
         K = len(students)
+        if num_students is not None and num_students != K:
+            raise ValueError(
+                f"`num_students`={num_students} but `student` lists {K} networks; set `model.init_args.num_students`."
+            )
         if partition is None:
             classes = _teacher_classes(teacher)
             if classes is None:
@@ -413,7 +417,8 @@ class MSD(DMD2):
         if self.iteration < self.tsm_steps:
             opt_gen, _ = self.optimizers()
             real, cond = self.split_batch(batch)
-            self._record_shape(real)
+            if self.sample_shape is None:
+                self.sample_shape = tuple(real.shape[1:])
             self.toggle_optimizer(opt_gen)
             loss = self.teacher_score_matching_loss(real, cond, self._tsm_generator())
             self.manual_update(loss, opt_gen, clip_grad_norm=self.max_grad_norm)

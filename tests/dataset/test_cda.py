@@ -310,6 +310,8 @@ def test_saved_set_reloads_and_evaluates_to_the_same_accuracy(tmp_path):
 def test_bad_arguments_are_rejected():
     with pytest.raises(ValueError, match="curriculum"):
         make(curriculum="exp")
+    with pytest.raises(ValueError, match="min_scale"):
+        make(min_scale=0.5, max_scale=0.4)
     with pytest.raises(ValueError, match="groups"):
         make(groups="some")
     with pytest.raises(ValueError, match="BatchNorm"):

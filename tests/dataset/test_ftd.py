@@ -308,7 +308,9 @@ def test_step_loss_matches_an_independent_unroll_and_gradients_reach_images_and_
             3,
             generator=generator,
         )
-        assert step["match"] == pytest.approx(float(trajectory_matching_loss(end, start, target)), rel=1e-5)
+        assert step["match"] == pytest.approx(
+            float(trajectory_matching_loss(end, start, target).detach()), rel=1e-5
+        )
         assert step["image_grad"].abs().sum() > 0 and step["lr_grad"].abs() > 0
         assert all(g is None for g in step["net_grads"])
         assert step["opt_params"] == {id(recipe.synthetic.images), id(recipe.synthetic.log_lr)}
@@ -335,6 +337,8 @@ def test_ema_of_the_images_equals_the_closed_form_and_is_what_is_saved(buffer_pa
     saved = SyntheticSet.load(tmp_path / "set.pt")
     torch.testing.assert_close(saved.images, closed_form)
     assert saved.metadata["method"] == "ftd" and saved.metadata["steps"] == 4
+    trainer.test(recipe, datamodule=data())  # as test_after_fit does: setup("test") keeps the EMA
+    torch.testing.assert_close(recipe.ema_synthetic.images, closed_form)
 
 
 def test_plain_mtt_has_no_ema_and_saves_the_live_set(buffer_path, tmp_path):
@@ -379,7 +383,7 @@ def test_bad_arguments_are_rejected(buffer_path, tmp_path):
         FTD(nn.Linear(2, 2))
     with pytest.raises(ValueError, match="optimizer"):
         ExpertSpec(optimizer="adam")
-    recipe = make(buffer_path, max_start_epoch=3, expert_epochs=1, save_path=str(tmp_path / "s.pt"))
+    recipe = make(buffer_path, max_start_epoch=3, expert_epochs=2, save_path=str(tmp_path / "s.pt"))
     with pytest.raises(ValueError, match="max_start_epoch"):  # the tiny buffer spans 3 epochs
         L.Trainer(**quiet_trainer_kwargs(max_steps=1, limit_val_batches=0)).fit(recipe, datamodule=data())
 

@@ -378,6 +378,7 @@ def test_sample_routes_each_label_and_draws_labels_by_class_weight():
         ),
         ({"student_init": "teacher"}, "model.init_args.student_init: random"),
         ({"dfake_gen_update_ratio": 0}, "model.init_args.dfake_gen_update_ratio"),
+        ({"num_students": 2}, "model.init_args.num_students"),
     ],
 )
 def test_bad_arguments_name_the_config_key(kwargs, message):
