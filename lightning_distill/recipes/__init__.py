@@ -86,6 +86,12 @@ RECIPES: dict[str, RecipeInfo] = {
         "Heavy Labels Out! Dataset Distillation with Label Space Lightening",
         "2408.08201",
     ),
+    "mirage": RecipeInfo(
+        "dataset",
+        "lightning_distill.recipes.mirage.Mirage",
+        "Mirage: Model-Agnostic Graph Distillation for Graph Classification",
+        "2310.09486",
+    ),
     "slidr": RecipeInfo(
         "lidar",
         "lightning_distill.recipes.slidr.SLidR",
