@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from lightning_distill.diffusion.guidance import Cond, guided_output, model_output
 from lightning_distill.diffusion.schedule import NoiseSchedule
 
-__all__ = ["backward_simulation", "few_step_sample", "one_step_generate", "sample"]
+__all__ = ["backward_simulation", "few_step_sample", "one_step_generate", "randn_like", "sample"]
 
 
 @torch.no_grad()
@@ -239,6 +239,19 @@ def backward_simulation(
     )
     fresh = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     return schedule.add_noise(x0, fresh, t).to(noise.dtype), t
+
+
+def randn_like(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Gaussian noise with the shape, dtype and device of ``x``, drawn on the generator's device.
+
+    Like diffusers' ``randn_tensor``: a CPU generator gives the same noise for a tensor on any device.
+
+    Example:
+        >>> a = randn_like(torch.zeros(2, 3), torch.Generator().manual_seed(0))
+        >>> torch.equal(a, torch.randn(2, 3, generator=torch.Generator().manual_seed(0)))
+        True
+    """
+    return randn_tensor(tuple(x.shape), generator=generator, device=x.device, dtype=x.dtype)
 
 
 def _timesteps(t: int | float | Tensor, like: Tensor) -> Tensor:

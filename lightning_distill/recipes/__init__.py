@@ -98,6 +98,12 @@ RECIPES: dict[str, RecipeInfo] = {
         "Image-to-Lidar Self-Supervised Distillation for Autonomous Driving Data",
         "2203.16258",
     ),
+    "lima": RecipeInfo(
+        "lidar",
+        "lightning_distill.recipes.lima.LiMA",
+        "Beyond One Shot, Beyond One Perspective: Cross-View and Long-Horizon Distillation for Better LiDAR Representations",
+        "2507.05260",
+    ),
 }
 
 

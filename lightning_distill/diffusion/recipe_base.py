@@ -1,0 +1,600 @@
+"""`DiffusionDistillationModule`: what every diffusion-distillation recipe needs besides its equations.
+
+The recipes of the DMD family (DMD2, SwiftBrush, Decoupled/Phased/Flash DMD, MSD) train a one- or
+few-step student against a frozen teacher with a trainable fake score and two optimizers
+(manual optimization). This base holds their shared plumbing once:
+
+* the noise ``schedule`` (``None``: the teacher's own, else Stable Diffusion's), checked against
+  the teacher's schedule and prediction type;
+* an ``iteration`` counter saved in checkpoints (under the recipe's ``checkpoint_key``) with the
+  noise seed and the sample shape, so a resumed run is exact;
+* per-iteration random generators, a pure function of ``(noise_seed, iteration, rank)``;
+* batches split into ``(samples, condition)`` and the null condition for classifier-free guidance;
+* the reference :class:`~lightning_distill.diffusion.gmm.GaussianMixture` of the exact-score
+  bench (the analytic teacher's, else the datamodule's ``mixture``), the sample shape, and the
+  validation/test metrics ``<stage>/{swd, mmd, mode_coverage, mode_tv}`` of ``sample`` against
+  the evaluation data, once per run also the teacher's (``<stage>/teacher_<metric>``) and the
+  data-vs-data noise floor (``<stage>/<metric>_floor``);
+* small helpers: the fake score from an argument, the student started from the teacher,
+  timestep and noise draws, the weighted sum of loss terms, scheduler steps, argument checks.
+
+A subclass implements ``training_step`` (its algorithm, in numbered steps) and
+``sample(n, generator, cond=None)`` (its inference path, used by validation, ``predict`` and
+``SampleLogger``), sets ``loss_terms`` and ``checkpoint_key``, and overrides the hooks where its
+conventions differ: ``split_batch`` (other batch layouts), ``null_condition`` (other null
+conditions), ``evaluation_labels`` / ``teacher_samples`` (class-conditional evaluation, CFG),
+``checkpoint_state`` / ``load_checkpoint_state`` (more state to save), ``iteration_seed``.
+
+Example:
+    >>> import torch
+    >>> from lightning_distill.diffusion import MLPDenoiser, NoiseSchedule, one_step_generate
+    >>> class OneStep(DiffusionDistillationModule):
+    ...     loss_terms = ("fake",)
+    ...     checkpoint_key = "one_step"
+    ...     def sample(self, n, generator, cond=None):
+    ...         noise = self.initial_noise(n, generator)
+    ...         return one_step_generate(self.student, self.schedule, noise, self.schedule.max_timestep, cond)
+    >>> module = OneStep(MLPDenoiser(dim=2, hidden=8, depth=1), MLPDenoiser(dim=2, hidden=8, depth=1), noise_seed=0)
+    >>> module.sample(3, torch.Generator().manual_seed(0)).shape, module.resolve_sample_shape()
+    (torch.Size([3, 2]), (2,))
+    >>> module.iteration_seed(0) == module.iteration_seed(0) != module.iteration_seed(1)
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from diffusers import UNet2DModel
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from lightning_distill.diffusion.denoisers import MLPDenoiser
+from lightning_distill.diffusion.fake_score import FakeScore
+from lightning_distill.diffusion.gmm import GaussianMixture
+from lightning_distill.diffusion.guidance import Cond
+from lightning_distill.diffusion.metrics import sample_metrics
+from lightning_distill.diffusion.sampling import sample as teacher_sampler
+from lightning_distill.diffusion.schedule import NoiseSchedule
+from lightning_distill.diffusion.timesteps import uniform_timesteps
+from lightning_distill.module import DistillationModule
+
+__all__ = [
+    "DiffusionDistillationModule",
+    "check_option",
+    "derive_seed",
+    "model_null_label",
+    "model_sample_shape",
+]
+
+
+def check_option(ok: bool, key: str, value: object, allowed: str) -> None:
+    """Raise a ``ValueError`` naming the config key when a constructor argument is invalid.
+
+    Raises:
+        ValueError: ``"`key` must be <allowed>, got <value>; set `model.init_args.<key>`."`` unless ``ok``.
+
+    Example:
+        >>> check_option(2 >= 1, "ratio", 2, "an integer >= 1")
+        >>> check_option(0 >= 1, "ratio", 0, "an integer >= 1")
+        Traceback (most recent call last):
+        ...
+        ValueError: `ratio` must be an integer >= 1, got 0; set `model.init_args.ratio`.
+    """
+    if not ok:
+        raise ValueError(f"`{key}` must be {allowed}, got {value!r}; set `model.init_args.{key}`.")
+
+
+def derive_seed(entropy: Sequence[int], words: int = 2) -> int:
+    """A torch seed from integers via numpy's ``SeedSequence``: well mixed, so nearby inputs give unrelated seeds.
+
+    Args:
+        entropy: non-negative integers, e.g. ``(noise_seed, iteration, rank)``.
+        words: 32-bit words of the sequence used: 2 gives a 62-bit seed, 1 a 32-bit one.
+
+    Raises:
+        ValueError: ``words`` not 1 or 2.
+
+    Example:
+        >>> derive_seed([0, 1, 0]) == derive_seed([0, 1, 0]) != derive_seed([0, 2, 0])
+        True
+    """
+    if words not in (1, 2):
+        raise ValueError(f"`words` must be 1 or 2, got {words!r}.")
+    state = np.random.SeedSequence([int(e) for e in entropy]).generate_state(words, dtype=np.uint32)
+    return int(state[0]) if words == 1 else int(state[0]) << 31 | int(state[1]) >> 1
+
+
+def model_sample_shape(model: nn.Module) -> tuple[int, ...] | None:
+    """The shape of one sample of a known denoiser, ``(D,)`` or ``(C, H, W)``; ``None`` when it cannot tell.
+
+    Knows :class:`~lightning_distill.diffusion.gmm.AnalyticTeacher` (its mixture's dimension),
+    :class:`MLPDenoiser` and models with a diffusers ``config`` holding ``in_channels`` and
+    ``sample_size``.
+
+    Example:
+        >>> model_sample_shape(MLPDenoiser(dim=3, hidden=8, depth=1)), model_sample_shape(nn.Linear(2, 2))
+        ((3,), None)
+    """
+    gmm = getattr(model, "gmm", None)
+    if isinstance(gmm, GaussianMixture):
+        return (gmm.dim,)
+    if isinstance(model, MLPDenoiser):
+        return (model.dim,)
+    config = getattr(model, "config", None)
+    if config is not None and "in_channels" in config and "sample_size" in config:
+        size = config["sample_size"]
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        return (int(config["in_channels"]), *size)
+    return None
+
+
+def model_null_label(model: nn.Module) -> int | None:
+    """The unconditional class label of a class-conditional denoiser, else ``None``.
+
+    ``num_classes`` for :class:`MLPDenoiser` and the analytic teacher (labels ``0 .. C - 1`` are
+    classes), the last class embedding of a ``UNet2DModel`` with ``num_class_embeds``.
+
+    Example:
+        >>> model_null_label(MLPDenoiser(dim=2, hidden=8, depth=1, num_classes=4))
+        4
+    """
+    if isinstance(model, UNet2DModel):
+        return int(model.config.num_class_embeds) - 1 if model.config.num_class_embeds else None
+    if isinstance(model, MLPDenoiser) or isinstance(getattr(model, "gmm", None), GaussianMixture):
+        classes = getattr(model, "num_classes", None)
+        return int(classes) if isinstance(classes, int) and classes > 0 else None
+    return None
+
+
+class DiffusionDistillationModule(DistillationModule):
+    """Base of the diffusion-distillation recipes (manual optimization). See the module docstring.
+
+    Args:
+        student: the generator, a denoiser with the diffusers call signature ``student(x_t, t[, cond])``.
+        teacher: the frozen real score with the same call signature.
+        schedule: the noise schedule; ``None`` takes ``teacher.schedule`` when it is a
+            ``NoiseSchedule``, else Stable Diffusion's (``NoiseSchedule.ddpm()``).
+        noise_seed: seed of all training noise; ``None``: ``torch.initial_seed()`` now (the seed
+            of ``seed_everything``). Saved in checkpoints.
+        sample_shape: shape of one sample; ``None``: from the first training batch, else from
+            the teacher, the student or the reference mixture (:meth:`resolve_sample_shape`).
+        eval_teacher_steps: sampler steps of the teacher's evaluation samples.
+        null_label: the unconditional class label for CFG; ``None``: the teacher's (:func:`model_null_label`).
+        loss_weights: weights of the recipe's ``loss_terms``.
+        optimizer: optimizer of the student (and of the fake score unless ``fake_score_optimizer``).
+        fake_score_optimizer: optimizer of the fake score.
+        lr_scheduler: optional scheduler of every optimizer.
+
+    Raises:
+        TypeError: a ``schedule`` that is not a ``NoiseSchedule``.
+        ValueError: a teacher whose own schedule or prediction type differs from ``schedule``.
+    """
+
+    #: The checkpoint entry of the recipe's state (``iteration``, ``noise_seed``, ``sample_shape``).
+    checkpoint_key: ClassVar[str] = "diffusion_distillation"
+    #: 32-bit words of ``SeedSequence`` per iteration seed (see :func:`derive_seed`).
+    seed_words: ClassVar[int] = 2
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        schedule: NoiseSchedule | None = None,
+        *,
+        noise_seed: int | None = None,
+        sample_shape: Sequence[int] | None = None,
+        eval_teacher_steps: int = 50,
+        null_label: int | None = None,
+        loss_weights: dict[str, float] | None = None,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        fake_score_optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__(
+            student, teacher=teacher, loss_weights=loss_weights, optimizer=optimizer, lr_scheduler=lr_scheduler
+        )
+        self.automatic_optimization = False
+        if schedule is None:
+            own = getattr(teacher, "schedule", None)
+            schedule = own if isinstance(own, NoiseSchedule) else NoiseSchedule.ddpm()
+        if not isinstance(schedule, NoiseSchedule):
+            raise TypeError(
+                f"`schedule` must be a NoiseSchedule, got {type(schedule).__name__}; set `model.init_args.schedule`."
+            )
+        _check_teacher_schedule(teacher, schedule)
+        check_option(
+            isinstance(eval_teacher_steps, int) and not isinstance(eval_teacher_steps, bool) and eval_teacher_steps >= 1,
+            "eval_teacher_steps",
+            eval_teacher_steps,
+            "an integer >= 1",
+        )
+        self.schedule = schedule
+        self.noise_seed = int(torch.initial_seed() if noise_seed is None else noise_seed) % 2**63
+        self.sample_shape = tuple(int(s) for s in sample_shape) if sample_shape is not None else None
+        self.eval_teacher_steps = eval_teacher_steps
+        self.null_label = null_label
+        self.fake_score_optimizer = fake_score_optimizer
+        self.iteration = 0  # training iterations done: the update ratio and the training noise depend on it
+        self._eval_batches: list[tuple[Tensor | None, Tensor | None]] = []
+        self._floor_logged = False
+
+    # ------------------------------------------------------------------ what a subclass implements
+    def sample(self, n: int, generator: torch.Generator, cond: Cond = None) -> Tensor:
+        """``n`` samples ``(n, *sample_shape)`` by the student's inference path, noise from ``generator``.
+
+        Raises:
+            NotImplementedError: always; every recipe implements it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement `sample(n, generator, cond=None)`.")
+
+    # ------------------------------------------------------------------ randomness
+    def iteration_seed(self, iteration: int | None = None, stream: Sequence[int] = ()) -> int:
+        """The seed of one iteration's training noise: :func:`derive_seed` of ``(noise_seed, iteration, rank, *stream)``.
+
+        Each DDP rank draws its own noise, and a resumed run draws what the uninterrupted one
+        would; ``stream`` separates independent sources within one iteration.
+        """
+        iteration = self.iteration if iteration is None else iteration
+        rank = self.global_rank if self._trainer is not None else 0
+        return derive_seed([self.noise_seed, iteration, rank, *stream], self.seed_words)
+
+    def iteration_generator(
+        self, iteration: int | None = None, *, stream: Sequence[int] = (), device: torch.device | None = None
+    ) -> torch.Generator:
+        """A fresh generator seeded with :meth:`iteration_seed` (on ``device``, default the module's)."""
+        generator = torch.Generator(device=device if device is not None else self.device)
+        return generator.manual_seed(self.iteration_seed(iteration, stream))
+
+    def initial_noise(self, n: int, generator: torch.Generator | None) -> Tensor:
+        """Gaussian noise ``(n, *sample_shape)`` drawn on the generator's device, moved to the module's."""
+        device = generator.device if generator is not None else self.device
+        shape = (n, *self.resolve_sample_shape())
+        return torch.randn(shape, generator=generator, device=device).to(self.device)
+
+    def timesteps_like(self, like: Tensor, low: int, high: int, generator: torch.Generator | None) -> Tensor:
+        """Integer timesteps ``(B,)`` uniform on ``[low, high)``, one per sample of ``like`` ``(B, ...)``."""
+        return uniform_timesteps(
+            like.shape[0],
+            low,
+            high,
+            num_train_timesteps=self.schedule.num_train_timesteps,
+            generator=generator,
+            device=like.device,
+        )
+
+    # ------------------------------------------------------------------ batches and conditions
+    def split_batch(self, batch: Any) -> tuple[Tensor, Cond]:
+        """``(samples (B, ...), cond)`` from a tensor, ``(x, y, ...)`` or ``{"x": ..., "cond": ...}`` batch.
+
+        Integer labels ``y`` are the condition unless all are ``-1`` (unlabelled: no condition); a
+        floating ``y`` (e.g. ``(B, L, D)`` text embeddings) is passed on as it is.
+
+        Raises:
+            ValueError: labels that mix ``-1`` and classes, or a batch of another structure.
+        """
+        if isinstance(batch, Tensor):
+            return batch, None
+        if isinstance(batch, Mapping) and "x" in batch:
+            return batch["x"], batch.get("cond")
+        if not (isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], Tensor)):
+            raise ValueError(
+                f"Cannot read a batch of type {type(batch).__name__}; override "
+                f"`{type(self).__name__}.split_batch`."
+            )
+        y = batch[1] if len(batch) > 1 and isinstance(batch[1], Tensor) else None
+        if y is None or y.is_floating_point() or not bool((y < 0).any()):
+            return batch[0], y
+        if not bool((y < 0).all()):
+            raise ValueError(
+                f"The batch mixes unlabelled (-1) and labelled samples; {type(self).__name__} needs one or the other."
+            )
+        return batch[0], None
+
+    def null_condition(self, cond: Cond) -> Cond:
+        """The unconditional counterpart of ``cond`` for classifier-free guidance.
+
+        Embeddings become zeros (SDXL's convention; SD1.5 uses the empty prompt's embedding:
+        override this method); labels become ``null_label``, else the teacher's null label
+        (:func:`model_null_label`).
+
+        Raises:
+            ValueError: no condition, a mapping condition, or no known null label.
+        """
+        if isinstance(cond, Tensor) and cond.is_floating_point():
+            return torch.zeros_like(cond)
+        null = self.null_label if self.null_label is not None else model_null_label(self.teacher)
+        if not isinstance(cond, Tensor) or null is None:
+            raise ValueError(
+                "No known null condition: set `model.init_args.null_label` or override "
+                f"`{type(self).__name__}.null_condition`."
+            )
+        return torch.full_like(cond, null)
+
+    # ------------------------------------------------------------------ models
+    def build_fake_score(self, fake_score: nn.Module | None) -> FakeScore:
+        """The fake score: ``None`` is a trainable copy of the teacher; a module is wrapped and made trainable.
+
+        Raises:
+            ValueError: ``None`` with a teacher without parameters (e.g. the analytic teacher).
+        """
+        if fake_score is None:
+            if next(self.teacher.parameters(), None) is None:
+                raise ValueError(
+                    f"The teacher ({type(self.teacher).__name__}) has no parameters to copy into a fake score; "
+                    "give `model.init_args.fake_score`."
+                )
+            return FakeScore.copy_of(self.teacher, self.schedule)
+        if isinstance(fake_score, FakeScore):
+            return fake_score
+        return FakeScore(fake_score.requires_grad_(True).train(), self.schedule)
+
+    def init_from_teacher(self, module: nn.Module) -> None:
+        """Load the teacher's weights into ``module`` (``student_init: teacher``).
+
+        Raises:
+            ValueError: ``module`` does not have the teacher's architecture (or the teacher has no weights).
+        """
+        try:
+            module.load_state_dict(self.teacher.state_dict())
+        except RuntimeError as error:
+            raise ValueError(
+                f"`student_init: teacher` copies the weights of the teacher ({type(self.teacher).__name__}) into "
+                f"{type(module).__name__}, which needs the teacher's architecture (the analytic teacher has no "
+                f"weights); set `model.init_args.student_init: random`. ({str(error).splitlines()[0]})"
+            ) from error
+
+    # ------------------------------------------------------------------ shapes and the exact bench
+    @property
+    def reference_mixture(self) -> GaussianMixture | None:
+        """The data's Gaussian mixture (exact bench): the teacher's ``gmm``, else the datamodule's ``mixture``."""
+        gmm = getattr(self.teacher, "gmm", None)
+        if gmm is None and self._trainer is not None:
+            gmm = getattr(getattr(self._trainer, "datamodule", None), "mixture", None)
+        return gmm if isinstance(gmm, GaussianMixture) else None
+
+    def record_sample_shape(self, x: Tensor) -> None:
+        """Remember the shape of one sample from a batch ``(B, ...)`` when it is not known yet."""
+        if self.sample_shape is None:
+            self.sample_shape = tuple(x.shape[1:])
+
+    def resolve_sample_shape(self) -> tuple[int, ...]:
+        """``sample_shape``, else inferred from the teacher, the student or the reference mixture.
+
+        Raises:
+            ValueError: none of them tells it.
+        """
+        if self.sample_shape is not None:
+            return self.sample_shape
+        for model in (self.teacher, self.student):
+            shape = model_sample_shape(model)
+            if shape is not None:
+                return shape
+        if self.reference_mixture is not None:
+            return (self.reference_mixture.dim,)
+        raise ValueError(
+            f"Cannot tell the sample shape of {type(self.student).__name__} before training; set "
+            "`model.init_args.sample_shape` (e.g. [4, 64, 64])."
+        )
+
+    def label_prior(self, num_classes: int) -> Tensor:
+        """``p(c)`` ``(C,)`` float64: the mixture's class masses on the exact bench, else uniform."""
+        gmm = self.reference_mixture
+        if gmm is not None and gmm.num_classes == num_classes:
+            return torch.zeros(num_classes, dtype=torch.float64).index_add_(
+                0, gmm.class_of_mode.cpu(), gmm.weights.double().cpu()
+            )
+        return torch.full((num_classes,), 1.0 / num_classes, dtype=torch.float64)
+
+    def draw_labels(self, n: int, generator: torch.Generator, num_classes: int) -> Tensor:
+        """``n`` class labels ``(n,)`` drawn from :meth:`label_prior` with ``generator``, on the module's device."""
+        prior = self.label_prior(num_classes).to(generator.device)
+        return torch.multinomial(prior, n, replacement=True, generator=generator).to(self.device)
+
+    # ------------------------------------------------------------------ evaluation on the exact bench
+    @property
+    def evaluation_seed(self) -> int:
+        """Seed of the evaluation samples (the noise floor uses ``evaluation_seed + 1``)."""
+        return self.noise_seed
+
+    def evaluation_labels(self, cond: Cond) -> Tensor | None:
+        """Labels ``(B,)`` the evaluation samples are conditioned on; default ``None`` (unconditional)."""
+        return None
+
+    def evaluation_samples(self, n: int, labels: Tensor | None, generator: torch.Generator) -> Tensor:
+        """The student's ``n`` evaluation samples: :meth:`sample` (with ``labels`` when given)."""
+        return self.sample(n, generator) if labels is None else self.sample(n, generator, labels)
+
+    def teacher_samples(self, noise: Tensor, labels: Tensor | None) -> Tensor:
+        """The teacher's evaluation samples from ``noise``: its sampler in ``eval_teacher_steps`` steps."""
+        return teacher_sampler(self.teacher, self.schedule, noise, self.eval_teacher_steps, labels)
+
+    def _evaluation_data(
+        self, batches: list[tuple[Tensor | None, Tensor | None]], gmm: GaussianMixture
+    ) -> tuple[Tensor | None, Tensor | None, int]:
+        """``(data (N, D) or None, labels (N,) or None, N)`` of evaluation batches; ``N = 0``: nothing to score."""
+        labels = None if batches[0][1] is None else torch.cat([b[1] for b in batches])
+        if batches[0][0] is None:
+            n = 0 if labels is None else labels.shape[0]
+            size = 1
+            for s in self.resolve_sample_shape():
+                size *= s
+            return None, labels, n if size == gmm.dim else 0
+        data = torch.cat([b[0] for b in batches]).float().to(gmm.means.device)
+        data = data.reshape(data.shape[0], -1)
+        return data, labels, data.shape[0] if data.shape[1] == gmm.dim else 0
+
+    def _reference(self, data: Tensor | None, labels: Tensor | None, n: int, gmm: GaussianMixture) -> Tensor:
+        """The evaluation data, or for image-free recipes a data sample with the labels (seed + 2)."""
+        if data is not None:
+            return data
+        return gmm.sample(n, torch.Generator().manual_seed(self.evaluation_seed + 2), labels=labels).float()
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batch: Any) -> dict[str, Tensor]:
+        """:func:`~lightning_distill.diffusion.metrics.sample_metrics` of ``model``'s samples against one batch.
+
+        ``model`` is the student (its :meth:`sample` path) or the teacher (:meth:`teacher_samples`);
+        an empty dict off the exact bench.
+        """
+        gmm = self.reference_mixture
+        if gmm is None:
+            return {}
+        x, cond = self.split_batch(batch)
+        data, labels, n = self._evaluation_data([(x, self.evaluation_labels(cond))], gmm)
+        if n == 0:
+            return {}
+        generator = torch.Generator(device=self.device).manual_seed(self.evaluation_seed)
+        if model is self.student:
+            samples = self.evaluation_samples(n, labels, generator)
+        else:
+            samples = self.teacher_samples(self.initial_noise(n, generator), labels)
+        return sample_metrics(samples.reshape(n, -1), self._reference(data, labels, n, gmm), labels, gmm)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        if self.reference_mixture is not None:
+            x, cond = self.split_batch(batch)
+            self._eval_batches.append((None if x is None else x.detach(), self.evaluation_labels(cond)))
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_sample_metrics("val")
+        super().on_validation_epoch_end()
+
+    def on_test_epoch_end(self) -> None:
+        self.log_sample_metrics("test")
+        super().on_test_epoch_end()
+
+    @torch.no_grad()
+    def log_sample_metrics(self, stage: str) -> None:
+        """Log ``<stage>/<metric>`` of ``N`` student samples against the ``N`` evaluation points of the epoch.
+
+        Once per run also the teacher's samples (``<stage>/teacher_<metric>``, noise drawn after the
+        student's from the same generator) and a second data sample (``<stage>/<metric>_floor``, the
+        noise floor). Nothing is logged off the exact bench or during the sanity check.
+        """
+        gmm, batches, self._eval_batches = self.reference_mixture, self._eval_batches, []
+        if gmm is None or not batches or self.trainer.sanity_checking:
+            return
+        data, labels, n = self._evaluation_data(batches, gmm)
+        if n == 0:
+            return
+        reference = self._reference(data, labels, n, gmm)
+        generator = torch.Generator(device=self.device).manual_seed(self.evaluation_seed)
+        rows = [("", self.evaluation_samples(n, labels, generator), "")]
+        if self._teacher_metrics_pending.get(stage, False):
+            rows.append(("teacher_", self.teacher_samples(self.initial_noise(n, generator), labels), ""))
+        if not self._floor_logged:
+            floor_generator = torch.Generator().manual_seed(self.evaluation_seed + 1)
+            rows.append(("", gmm.sample(n, floor_generator, labels=labels), "_floor"))
+            self._floor_logged = True
+        for prefix, x, suffix in rows:
+            metrics = sample_metrics(x.reshape(n, -1), reference, labels, gmm)
+            for name, value in metrics.items():
+                self.log(f"{stage}/{prefix}{name}{suffix}", value, on_epoch=True, sync_dist=True)
+
+    def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
+        """Samples ``(B, *sample_shape)`` for a batch's conditions, noise seeded ``noise_seed + batch_idx``."""
+        x, cond = self.split_batch(batch)
+        if x is not None:
+            self.record_sample_shape(x)
+        n = x.shape[0] if x is not None else _first_tensor(cond).shape[0]
+        generator = torch.Generator(device=self.device).manual_seed(self.noise_seed + batch_idx)
+        return self.sample(n, generator, cond)
+
+    # ------------------------------------------------------------------ optimization
+    def weighted_sum(self, terms: Mapping[str, Tensor]) -> Tensor:
+        """``Σ loss_weights[name] * term`` over the given terms."""
+        return sum(self.loss_weights[name] * value for name, value in terms.items())
+
+    def step_schedulers(self) -> None:
+        """Step every learning-rate scheduler once (manual optimization steps them per iteration)."""
+        schedulers = self.lr_schedulers()
+        for scheduler in schedulers if isinstance(schedulers, list) else [s for s in [schedulers] if s]:
+            scheduler.step()
+
+    def generator_parameters(self) -> list[nn.Parameter]:
+        """The student's trainable parameters (the first optimizer's)."""
+        return [p for p in self.student.parameters() if p.requires_grad]
+
+    def fake_score_parameters(self) -> list[nn.Parameter]:
+        """The fake score's trainable parameters (the second optimizer's)."""
+        return self.fake_score.trainable_parameters()
+
+    def configure_optimizers(self) -> Any:
+        """Two optimizers, student then fake score, each with ``lr_scheduler`` when it is given."""
+        optimizers = [
+            self.optimizer(self.generator_parameters()),
+            (self.fake_score_optimizer or self.optimizer)(self.fake_score_parameters()),
+        ]
+        if self.lr_scheduler is None:
+            return optimizers
+        return optimizers, [self.lr_scheduler(opt) for opt in optimizers]
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What the checkpoint keeps under ``checkpoint_key``; extend it to save more."""
+        return {"iteration": self.iteration, "noise_seed": self.noise_seed, "sample_shape": self.sample_shape}
+
+    def load_checkpoint_state(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`checkpoint_state` (entries missing in older checkpoints keep their values)."""
+        self.iteration = int(state.get("iteration", 0))
+        self.noise_seed = int(state.get("noise_seed", self.noise_seed))
+        if state.get("sample_shape") is not None:
+            self.sample_shape = tuple(state["sample_shape"])
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[self.checkpoint_key] = self.checkpoint_state()
+        # Frozen fake-score weights (the base of a LoRA fake score, a copy of the teacher) are rebuilt.
+        frozen = {f"fake_score.{n}" for n, p in self._fake_score_named_parameters() if not p.requires_grad}
+        state = checkpoint.get("state_dict")
+        if frozen and isinstance(state, dict):
+            checkpoint["state_dict"] = {k: v for k, v in state.items() if k not in frozen}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint.get("state_dict")
+        fake_score = getattr(self, "fake_score", None)
+        if isinstance(state, dict) and isinstance(fake_score, nn.Module):
+            for key, value in fake_score.state_dict(prefix="fake_score.").items():
+                state.setdefault(key, value)
+        self.load_checkpoint_state(checkpoint.get(self.checkpoint_key, {}))
+
+    def _fake_score_named_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        fake_score = getattr(self, "fake_score", None)
+        return list(fake_score.named_parameters()) if isinstance(fake_score, nn.Module) else []
+
+
+def _check_teacher_schedule(teacher: nn.Module, schedule: NoiseSchedule) -> None:
+    """The teacher's own schedule (an analytic teacher has one) and prediction type must be the recipe's."""
+    own = getattr(teacher, "schedule", None)
+    if own is not None and callable(getattr(own, "alpha_sigma", None)):
+        T = schedule.num_train_timesteps
+        t = torch.arange(0, T, max(1, T // 50))
+        if getattr(own, "num_train_timesteps", None) != T or not torch.allclose(
+            own.alpha_sigma(t)[0].float(), schedule.alpha_sigma(t)[0].float(), atol=1e-6
+        ):
+            raise ValueError(
+                "The teacher's schedule differs from `model.init_args.schedule`; build both from the same arguments."
+            )
+    teacher_type = getattr(teacher, "prediction_type", schedule.prediction_type)
+    check_option(
+        teacher_type == schedule.prediction_type,
+        "schedule",
+        schedule.prediction_type,
+        f"a schedule predicting the teacher's {teacher_type!r}",
+    )
+
+
+def _first_tensor(cond: Cond) -> Tensor:
+    if isinstance(cond, Tensor):
+        return cond
+    if isinstance(cond, Mapping) and cond:
+        return _first_tensor(next(iter(cond.values())))
+    raise ValueError(f"A condition must be a tensor or a mapping of tensors, got {type(cond).__name__}.")
