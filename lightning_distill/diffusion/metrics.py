@@ -393,8 +393,8 @@ def sample_metrics(samples: Tensor, data: Tensor, labels: Tensor | None, gmm: Ga
     ``swd`` (:func:`sliced_wasserstein`), ``mmd`` (:func:`rbf_mmd2`), ``mode_coverage`` and
     ``mode_tv`` (:func:`mode_weight_tv`); with ``labels`` ``(N,)`` (the class each sample was
     generated for) and a class-conditional mixture also ``on_class``: the share of samples whose
-    mode (:func:`mode_assignment`, off-mode counts as wrong) belongs to their label. Computed in
-    float32 inputs on the mixture's device; float32 scalars out.
+    mode (:func:`mode_assignment`, off-mode counts as wrong) belongs to their label. Inputs are
+    cast to float32 and moved to the mixture's device; the values are float32 scalars.
 
     Raises:
         ValueError: bad shapes (from the metric functions).
@@ -405,8 +405,8 @@ def sample_metrics(samples: Tensor, data: Tensor, labels: Tensor | None, gmm: Ga
         >>> labels = torch.arange(400) % 4
         >>> x = gmm.sample(400, torch.Generator().manual_seed(0), labels=labels)
         >>> metrics = sample_metrics(x, gmm.sample(400, torch.Generator().manual_seed(1)), labels, gmm)
-        >>> sorted(metrics), float(metrics["on_class"]), float(metrics["mode_coverage"])
-        (['mmd', 'mode_coverage', 'mode_tv', 'on_class', 'swd'], 1.0, 1.0)
+        >>> sorted(metrics), float(metrics["on_class"]) > 0.99, float(metrics["mode_coverage"])
+        (['mmd', 'mode_coverage', 'mode_tv', 'on_class', 'swd'], True, 1.0)
     """
     device = gmm.means.device
     samples, data = samples.detach().float().to(device), data.detach().float().to(device)

@@ -5,6 +5,20 @@ open3d (scene generation, ``.pcd``/``.ply`` reading), spconv (sparse networks) a
 none of them.
 """
 
+from lightning_distill.lidar.augment import (
+    MixedScans,
+    ScanAugmentation,
+    inclination,
+    laser_bands,
+    laser_mix,
+    laser_mix_indices,
+    mix_pairs,
+)
+from lightning_distill.lidar.cylindrical import (
+    CylindricalGrid,
+    cylindrical_coordinates,
+    cylindrical_point_features,
+)
 from lightning_distill.lidar.data import SyntheticLidarDataModule, batch_points, collate, read_scan
 from lightning_distill.lidar.evaluate import (
     SegmentationResult,
@@ -42,6 +56,13 @@ from lightning_distill.lidar.scene import (
     StreetSceneGenerator,
     camera_rig,
 )
+from lightning_distill.lidar.semi import (
+    PointSegmenter,
+    SemiSupervisedLidarDataModule,
+    confident_pseudo_labels,
+    labelled_split,
+    mask_labels,
+)
 from lightning_distill.lidar.sequence import (
     SyntheticSequenceDataModule,
     collate_sequence,
@@ -65,12 +86,17 @@ __all__ = [
     "CLASS_COLORS",
     "CLASS_NAMES",
     "IGNORE_INDEX",
+    "CylindricalGrid",
     "Frame",
     "ImageHead",
+    "MixedScans",
     "Pairs",
     "PointCloudLogger",
     "PointHead",
+    "PointSegmenter",
+    "ScanAugmentation",
     "SegmentationResult",
+    "SemiSupervisedLidarDataModule",
     "SmallImageBackbone",
     "SparseUNet",
     "StreetSceneGenerator",
@@ -82,16 +108,26 @@ __all__ = [
     "camera_rig",
     "collate",
     "collate_sequence",
+    "confident_pseudo_labels",
     "cross_view_mean",
+    "cylindrical_coordinates",
+    "cylindrical_point_features",
     "extract_point_features",
     "finetune",
     "from_openpcdet",
     "from_pointcept",
     "gather_pixel_features",
     "import_spconv",
+    "inclination",
     "info_nce",
     "label_colors",
+    "labelled_split",
+    "laser_bands",
+    "laser_mix",
+    "laser_mix_indices",
     "linear_probe",
+    "mask_labels",
+    "mix_pairs",
     "pair_points_with_past_pixels",
     "pair_points_with_pixels",
     "pca_colors",

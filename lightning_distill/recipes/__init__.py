@@ -98,6 +98,12 @@ RECIPES: dict[str, RecipeInfo] = {
         "Image-to-Lidar Self-Supervised Distillation for Autonomous Driving Data",
         "2203.16258",
     ),
+    "lasermix_pp": RecipeInfo(
+        "lidar",
+        "lightning_distill.recipes.lasermix_pp.LaserMixPP",
+        "Multi-Modal Data-Efficient 3D Scene Understanding for Autonomous Driving",
+        "2405.05258",
+    ),
     "lima": RecipeInfo(
         "lidar",
         "lightning_distill.recipes.lima.LiMA",
