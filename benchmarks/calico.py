@@ -139,7 +139,7 @@ def run_seed(seed: int, args: argparse.Namespace, data: list[str], epochs: list[
             if key == "bev_rad":
                 out["bev_random"] = {"result": probe_bev(bev_of, grid), "train_s": 0.0}
 
-                def teacher_of(points, net=rad.model.teacher):
+                def teacher_of(points, net=rad.model.teacher, grid=grid):
                     with torch.no_grad():
                         features = sparse_point_features(net, points, voxel_size=voxel, input_features=feats)
                     cells, inside = bev_cells(points, grid)
@@ -185,7 +185,7 @@ def report(runs: dict[int, dict], args: argparse.Namespace, command: str, wall: 
         machine_line(),
         "",
         f"Seeds {', '.join(map(str, seeds))} (`seed_everything`: initialisation, data order, views and samples; the "
-        f"scenes are the same for every seed). Data of `prc.yaml` for every run ({args.epochs} epochs). Linear probes "
+        f"scenes are the same for every seed). Data of `prc.yaml` for every run, {args.epochs} epoch(s) of training. Linear probes "
         f"on the labels of {args.probe_scenes} training scenes, scored on the test scenes; IoU in %, mean ± sample "
         "std over seeds.",
         "",

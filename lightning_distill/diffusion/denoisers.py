@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from diffusers import UNet2DConditionModel, UNet2DModel
 from torch import Tensor, nn
 
-__all__ = ["MLPDenoiser", "feature_path", "sinusoidal_embedding", "tiny_unet"]
+__all__ = ["MLPDenoiser", "bottleneck_channels", "feature_path", "sinusoidal_embedding", "tiny_unet"]
 
 
 def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -267,4 +267,26 @@ def feature_path(model: nn.Module) -> str:
         return f"model.{feature_path(inner)}"
     raise ValueError(
         f"No known bottleneck for {type(model).__name__}; give the FeatureHooks tap the path of the layer to use."
+    )
+
+
+def bottleneck_channels(model: nn.Module) -> int:
+    """Channels of the features at :func:`feature_path` (what a GAN head on them takes).
+
+    Raises:
+        ValueError: for models :func:`feature_path` does not know: give the channels yourself.
+
+    Example:
+        >>> bottleneck_channels(MLPDenoiser(hidden=32))
+        32
+    """
+    if isinstance(model, (UNet2DModel, UNet2DConditionModel)):
+        return int(model.config.block_out_channels[-1])
+    if isinstance(model, MLPDenoiser):
+        return model.blocks[-1].linear.out_features
+    inner = getattr(model, "model", None)
+    if isinstance(inner, nn.Module):
+        return bottleneck_channels(inner)
+    raise ValueError(
+        f"Cannot tell the bottleneck channels of {type(model).__name__}; give them (and the tapped path) yourself."
     )

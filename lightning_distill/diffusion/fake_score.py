@@ -15,6 +15,8 @@ Two ways to build one from the teacher:
   parameters and stays out of checkpoints as the base class expects. The cost is one more frozen
   copy of the weights in memory. :meth:`FakeScore.adapters_disabled` still gives SwiftBrush's
   "adapters off = teacher" (bit-identical outputs), e.g. to check the fake score at reset.
+* :class:`ResidualScore` (wrap it in a ``FakeScore``): the frozen teacher plus a gated trainable
+  correction that starts at zero, the LoRA analogue for a teacher without parameters.
 
 The fake score is called like the model it wraps (``fake(x_t, t, cond)``, see
 :func:`~lightning_distill.diffusion.guidance.model_output`) and predicts in the schedule's
@@ -37,7 +39,7 @@ from lightning_distill.diffusion.schedule import NoiseSchedule
 from lightning_distill.losses._checks import Reduction
 from lightning_distill.losses.distribution_matching import denoising_loss as _denoising_loss
 
-__all__ = ["FakeScore"]
+__all__ = ["FakeScore", "ResidualScore"]
 
 _LORA_KEY = "lora_"
 _BASE_LAYER = ".base_layer"
@@ -260,6 +262,43 @@ class FakeScore(nn.Module):
                 nn.init.zeros_(layer.lora_B[adapter].weight)
                 if getattr(layer.lora_B[adapter], "bias", None) is not None:
                     nn.init.zeros_(layer.lora_B[adapter].bias)
+
+
+class ResidualScore(nn.Module):
+    """``base(x_t, t, c) + gate * correction(x_t, t, c)``: a trainable correction on a frozen base model.
+
+    The fake score of SwiftBrush for a teacher without parameters (the analytic teacher of the
+    Gaussian-mixture bench), where LoRA cannot be attached: like LoRA's ``B = 0``, the scalar
+    ``gate`` starts at 0, so the fake score starts equal to the teacher. The base is held by
+    reference, not as a submodule (it belongs to, and is frozen by, the recipe), and runs without grad.
+
+    Args:
+        base: the frozen model (the teacher), called with the diffusers convention.
+        correction: a trainable model with the same call signature and output shape.
+
+    Example:
+        >>> from lightning_distill.diffusion import MLPDenoiser
+        >>> base, correction = MLPDenoiser(dim=2, hidden=8, depth=1), MLPDenoiser(dim=2, hidden=8, depth=1)
+        >>> score = ResidualScore(base, correction)
+        >>> x, t = torch.randn(3, 2), torch.tensor(10)
+        >>> torch.equal(score(x, t), base(x, t)), [name for name, _ in score.named_parameters()][:1]
+        (True, ['gate'])
+    """
+
+    def __init__(self, base: nn.Module, correction: nn.Module) -> None:
+        super().__init__()
+        for name, value in (("base", base), ("correction", correction)):
+            if not isinstance(value, nn.Module):
+                raise TypeError(f"`{name}` must be an nn.Module, got {type(value).__name__}.")
+        self.gate = nn.Parameter(torch.zeros(()))
+        self.correction = correction
+        self._base = (base,)  # a tuple, so that nn.Module does not register the teacher here
+
+    def forward(self, sample: Tensor, timestep: Tensor | int | float, *args: Any, **kwargs: Any) -> Tensor:
+        cond = args[0] if args else (kwargs or None)
+        with torch.no_grad():
+            base = model_output(self._base[0], sample, timestep, cond)
+        return base + self.gate * model_output(self.correction, sample, timestep, cond)
 
 
 def _hook_free_copy(teacher: nn.Module) -> nn.Module:

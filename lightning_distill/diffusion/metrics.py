@@ -387,7 +387,9 @@ def noise_floor(
     return torch.tensor(values, dtype=torch.float64)
 
 
-def sample_metrics(samples: Tensor, data: Tensor, labels: Tensor | None, gmm: GaussianMixture) -> dict[str, Tensor]:
+def sample_metrics(
+    samples: Tensor, data: Tensor, labels: Tensor | None, gmm: GaussianMixture
+) -> dict[str, Tensor]:
     """The bench's metrics of ``samples`` ``(N, D)`` against ``data`` ``(M, D)`` drawn from ``gmm``.
 
     ``swd`` (:func:`sliced_wasserstein`), ``mmd`` (:func:`rbf_mmd2`), ``mode_coverage`` and

@@ -66,6 +66,7 @@ __all__ = [
     "DiffusionDistillationModule",
     "check_option",
     "derive_seed",
+    "first_tensor",
     "model_null_label",
     "model_sample_shape",
 ]
@@ -195,7 +196,11 @@ class DiffusionDistillationModule(DistillationModule):
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         super().__init__(
-            student, teacher=teacher, loss_weights=loss_weights, optimizer=optimizer, lr_scheduler=lr_scheduler
+            student,
+            teacher=teacher,
+            loss_weights=loss_weights,
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
         )
         self.automatic_optimization = False
         if schedule is None:
@@ -207,7 +212,9 @@ class DiffusionDistillationModule(DistillationModule):
             )
         _check_teacher_schedule(teacher, schedule)
         check_option(
-            isinstance(eval_teacher_steps, int) and not isinstance(eval_teacher_steps, bool) and eval_teacher_steps >= 1,
+            isinstance(eval_teacher_steps, int)
+            and not isinstance(eval_teacher_steps, bool)
+            and eval_teacher_steps >= 1,
             "eval_teacher_steps",
             eval_teacher_steps,
             "an integer >= 1",
@@ -503,7 +510,7 @@ class DiffusionDistillationModule(DistillationModule):
         x, cond = self.split_batch(batch)
         if x is not None:
             self.record_sample_shape(x)
-        n = x.shape[0] if x is not None else _first_tensor(cond).shape[0]
+        n = x.shape[0] if x is not None else first_tensor(cond).shape[0]
         generator = torch.Generator(device=self.device).manual_seed(self.noise_seed + batch_idx)
         return self.sample(n, generator, cond)
 
@@ -592,9 +599,18 @@ def _check_teacher_schedule(teacher: nn.Module, schedule: NoiseSchedule) -> None
     )
 
 
-def _first_tensor(cond: Cond) -> Tensor:
+def first_tensor(cond: Cond) -> Tensor:
+    """The first tensor of a condition: the tensor itself, or the first value of a mapping (recursively).
+
+    Raises:
+        ValueError: a condition that holds no tensor.
+
+    Example:
+        >>> first_tensor({"encoder_hidden_states": torch.zeros(2, 3, 4)}).shape
+        torch.Size([2, 3, 4])
+    """
     if isinstance(cond, Tensor):
         return cond
     if isinstance(cond, Mapping) and cond:
-        return _first_tensor(next(iter(cond.values())))
+        return first_tensor(next(iter(cond.values())))
     raise ValueError(f"A condition must be a tensor or a mapping of tensors, got {type(cond).__name__}.")

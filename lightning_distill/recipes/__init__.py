@@ -62,6 +62,13 @@ RECIPES: dict[str, RecipeInfo] = {
         "Phased DMD: Few-step Distribution Matching Distillation via Score Matching within Subintervals",
         "2510.27684",
     ),
+    "flash_dmd": RecipeInfo(
+        "diffusion",
+        "lightning_distill.recipes.flash_dmd.FlashDMD",
+        "Flash-DMD: Towards High-Fidelity Few-Step Image Generation with Efficient Distillation and Joint "
+        "Reinforcement Learning",
+        "2511.20549",
+    ),
     "msd": RecipeInfo(
         "diffusion",
         "lightning_distill.recipes.msd.MSD",

@@ -121,7 +121,7 @@ class _CALICOBase(DistillationModule):
         )
 
     def on_train_batch_start(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._batch_size_hint = int(batch["images"].shape[0]) if "images" in batch else None
+        self._batch_size_hint = int(batch["points"][:, 0].max()) + 1  # scans, not points
 
     def _log_eval(self, metrics: dict[str, Tensor], stage: str, batch: dict[str, Tensor]) -> None:
         self.log_dict(
@@ -415,10 +415,10 @@ def prc_teacher(
     """The stage-1 teacher: ``backbone`` with PRC-pretrained weights, from a checkpoint, the cache, or trained now.
 
     With ``checkpoint`` (a ``CALICOPRC`` Lightning checkpoint or a raw ``state_dict``) the weights
-    are loaded. Otherwise :class:`CALICOPRC` trains ``backbone`` on ``data`` for ``epochs`` (AdamW,
-    cosine schedule, ``prc`` as extra constructor arguments) and the weights are cached under
-    ``cache_dir`` by a key of the architecture, the data settings and these arguments, so a changed
-    teacher config trains a new teacher.
+    are loaded. Otherwise ``backbone`` is re-initialised from ``seed``, :class:`CALICOPRC` trains it on
+    ``data`` for ``epochs`` (AdamW, cosine schedule) and the weights are cached under ``cache_dir`` by
+    a key of the architecture, the data settings and these arguments, so a changed teacher config
+    trains a new teacher.
 
     Args:
         backbone: the sparse 3D backbone to pretrain (:class:`~lightning_distill.lidar.networks.SparseUNet`).
@@ -444,7 +444,13 @@ def prc_teacher(
         ValueError: neither ``checkpoint`` nor ``data``, or ``epochs`` < 1.
         FileNotFoundError: ``checkpoint`` does not exist.
     """
-    from lightning_distill.models.pretrained import _cache_key, _file_lock, default_cache_dir, load_weights
+    from lightning_distill.models.pretrained import (
+        _cache_key,
+        _file_lock,
+        _reset_parameters,
+        default_cache_dir,
+        load_weights,
+    )
 
     if checkpoint is not None:
         load_weights(backbone, checkpoint)
@@ -477,7 +483,8 @@ def prc_teacher(
             start = time.perf_counter()
             rank_zero_info(f"CALICO stage 1 (PRC) for {epochs} epochs; teacher cached at {weights}")
             with torch.random.fork_rng(devices=[]):
-                L.seed_everything(seed, verbose=False)
+                torch.manual_seed(seed)  # initialisation, data order, views and samples
+                _reset_parameters(backbone)
                 model = CALICOPRC(
                     backbone,
                     optimizer=lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=1e-4),

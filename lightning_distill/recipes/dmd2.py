@@ -36,21 +36,17 @@ AdamW (0.9, 0.999), wd 0.01     ``optimizer``, ``fake_score_optimizer``     torc
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
-import numpy as np
 import torch
-from diffusers import UNet2DConditionModel, UNet2DModel
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lightning_distill.callbacks.feature_hooks import FeatureHooks
 from lightning_distill.diffusion import (
     Cond,
-    FakeScore,
     GANHead,
-    MLPDenoiser,
     NoiseSchedule,
     backward_simulation,
     discriminator_logits,
@@ -59,35 +55,24 @@ from lightning_distill.diffusion import (
     guided_output,
     model_output,
     one_step_generate,
-    sample,
-    uniform_timesteps,
 )
-from lightning_distill.diffusion.gmm import AnalyticTeacher, GaussianMixture
-from lightning_distill.diffusion.metrics import mode_coverage, mode_weight_tv, rbf_mmd2, sliced_wasserstein
+from lightning_distill.diffusion.denoisers import bottleneck_channels
+from lightning_distill.diffusion.recipe_base import DiffusionDistillationModule, check_option, derive_seed
+from lightning_distill.diffusion.sampling import randn_like
 from lightning_distill.losses.distribution_matching import (
     dmd_gradient,
     gan_discriminator_loss,
     gan_generator_loss,
     pseudo_target_loss,
 )
-from lightning_distill.module import DistillationModule
 
 __all__ = ["DMD2"]
 
-_CKPT_KEY = "dmd2"
 _TAP = "bottleneck"
-_MODULE_ARGS = (
-    "student",
-    "teacher",
-    "schedule",
-    "fake_score",
-    "optimizer",
-    "fake_score_optimizer",
-    "lr_scheduler",
-)
+_MODULE_ARGS = "student teacher schedule fake_score optimizer fake_score_optimizer lr_scheduler".split()
 
 
-class DMD2(DistillationModule):
+class DMD2(DiffusionDistillationModule):
     """DMD2 recipe (manual optimization, two optimizers). See the module docstring for the algorithm.
 
     Args:
@@ -171,22 +156,24 @@ class DMD2(DistillationModule):
             "guidance_cls": guidance_cls_loss_weight,
         }
         for term, value in weights.items():
-            _check(value >= 0, f"{term}_loss_weight", value, ">= 0")
+            check_option(value >= 0, f"{term}_loss_weight", value, ">= 0")
         super().__init__(
-            student, teacher=teacher, loss_weights=weights, optimizer=optimizer, lr_scheduler=lr_scheduler
+            student,
+            teacher,
+            schedule,
+            noise_seed=noise_seed,
+            sample_shape=sample_shape,
+            eval_teacher_steps=eval_teacher_steps,
+            null_label=null_label,
+            loss_weights=weights,
+            optimizer=optimizer,
+            fake_score_optimizer=fake_score_optimizer,
+            lr_scheduler=lr_scheduler,
         )
-        self.save_hyperparameters(ignore=list(_MODULE_ARGS))
-        self.automatic_optimization = False
-        if schedule is None:
-            own = getattr(teacher, "schedule", None)
-            schedule = own if isinstance(own, NoiseSchedule) else NoiseSchedule.ddpm()
-        if not isinstance(schedule, NoiseSchedule):
-            raise TypeError(f"`schedule` must be a NoiseSchedule, got {type(schedule).__name__}.")
-        self.schedule, T, t_max = schedule, schedule.num_train_timesteps, schedule.max_timestep
+        self.save_hyperparameters(ignore=_MODULE_ARGS)
+        T, t_max = self.schedule.num_train_timesteps, self.schedule.max_timestep
         steps = tuple(int(t) for t in (denoising_timesteps or (t_max,)))
-        teacher_type = getattr(teacher, "prediction_type", schedule.prediction_type)
         checks = [
-            (teacher_type == schedule.prediction_type, "schedule", schedule.prediction_type, f"the teacher's {teacher_type!r}"),
             (student_init in ("teacher", "random"), "student_init", student_init, "'teacher' or 'random'"),
             (0 <= min_step_percent < max_step_percent <= 1, "min_step_percent", min_step_percent, "< max, in [0, 1]"),
             (dfake_gen_update_ratio >= 1, "dfake_gen_update_ratio", dfake_gen_update_ratio, "an integer >= 1"),
@@ -196,29 +183,17 @@ class DMD2(DistillationModule):
              "denoising_timesteps", list(steps), f"strictly decreasing, in [0, {t_max}]"),
         ]  # fmt: skip
         for ok, key, value, allowed in checks:
-            _check(ok, key, value, allowed)
-
+            check_option(ok, key, value, allowed)
         if student_init == "teacher":
-            try:
-                student.load_state_dict(teacher.state_dict())
-            except RuntimeError as error:
-                raise ValueError(
-                    "`student_init='teacher'` needs a student with the teacher's architecture (the analytic teacher "
-                    "has no weights); set `model.init_args.student_init: random`."
-                ) from error
-        if fake_score is None:
-            if next(teacher.parameters(), None) is None:
-                raise ValueError("The teacher has no parameters to copy; give `model.init_args.fake_score`.")
-            fake_score = FakeScore.copy_of(teacher, schedule)
-        self.fake_score = fake_score if isinstance(fake_score, FakeScore) else FakeScore(fake_score, schedule)
-        self.fake_score.requires_grad_(True).train()
+            self.init_from_teacher(student)
+        self.fake_score = self.build_fake_score(fake_score).requires_grad_(True).train()
         self.gan_hooks: FeatureHooks | None = None
         self.gan_head: GANHead | None = None
         if gan:
             self.gan_hooks = FeatureHooks(
                 {_TAP: gan_feature_path or f"fake_score.{feature_path(self.fake_score)}"}
             )
-            self.gan_head = GANHead(gan_channels or _bottleneck_channels(self.fake_score.model))
+            self.gan_head = GANHead(gan_channels or bottleneck_channels(self.fake_score.model))
 
         self.student_prediction_type = student_prediction_type
         self.real_guidance_scale = float(real_guidance_scale)
@@ -228,15 +203,7 @@ class DMD2(DistillationModule):
         self.denoising_timesteps = steps
         self.backward_simulation = backward_simulation
         self.gan_max_timestep = T if gan_max_timestep is None else gan_max_timestep
-        self.null_label = null_label
         self.max_grad_norm = max_grad_norm
-        self.sample_shape = tuple(sample_shape) if sample_shape is not None else None
-        self.noise_seed = int(torch.initial_seed() if noise_seed is None else noise_seed) % 2**63
-        self.eval_teacher_steps = eval_teacher_steps
-        self.fake_score_optimizer = fake_score_optimizer
-        self.iteration = 0  # saved in checkpoints: the update ratio and the training noise depend on it
-        self._val_points: list[Tensor] = []
-        self._floors_logged = False
 
     # ------------------------------------------------------------------ the paper, one method per equation
     def generate(self, x_t: Tensor, t: Tensor, cond: Cond = None) -> Tensor:
@@ -254,7 +221,7 @@ class DMD2(DistillationModule):
         every rank) re-noised to ``t_k``. Without it (the official ``denoising`` mode): real data
         noised to a random ``t_k`` per sample, and pure noise where ``t_k = T - 1``.
         """
-        noise, steps = _randn_like(real, generator), self.denoising_timesteps
+        noise, steps = randn_like(real, generator), self.denoising_timesteps
         if len(steps) == 1:
             return noise, torch.full((real.shape[0],), steps[0], device=real.device, dtype=torch.long)
         if self.backward_simulation:
@@ -269,7 +236,7 @@ class DMD2(DistillationModule):
                 generator=generator,
                 prediction_type=self.student_prediction_type,
             )
-        t = torch.tensor(steps, device=real.device)[self._timesteps(real, 0, len(steps), generator)]
+        t = torch.tensor(steps, device=real.device)[self.timesteps_like(real, 0, len(steps), generator)]
         pure = (t == self.schedule.num_train_timesteps - 1).reshape(-1, *[1] * (real.ndim - 1))
         return torch.where(pure, noise, self.schedule.add_noise(real, noise, t)), t
 
@@ -282,8 +249,8 @@ class DMD2(DistillationModule):
         The real prediction carries CFG (``real_guidance_scale``), the fake one none (the official
         ``fake_guidance_scale`` must be 1). Non-finite entries become 0 (the NaN guard).
         """
-        t = self._timesteps(x0, *self.dm_steps, generator)
-        x_t = self.schedule.add_noise(x0.detach(), _randn_like(x0, generator), t)
+        t = self.timesteps_like(x0, *self.dm_steps, generator)
+        x_t = self.schedule.add_noise(x0.detach(), randn_like(x0, generator), t)
         fake_x0 = self.schedule.to_x0(model_output(self.fake_score, x_t, t, cond), x_t, t)
         real_x0 = self.schedule.to_x0(
             guided_output(self.teacher, x_t, t, cond, null_cond, self.real_guidance_scale), x_t, t
@@ -308,8 +275,8 @@ class DMD2(DistillationModule):
             self.gan_hooks.attach(self)
         t = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         if self.gan_max_timestep > 0:
-            t = self._timesteps(x, 0, self.gan_max_timestep, generator)
-            x = self.schedule.add_noise(x, _randn_like(x, generator), t)
+            t = self.timesteps_like(x, 0, self.gan_max_timestep, generator)
+            x = self.schedule.add_noise(x, randn_like(x, generator), t)
         return discriminator_logits(self.fake_score, self.gan_head, self.gan_hooks, _TAP, x, t, cond)
 
     def generator_gan_loss(self, x0: Tensor, cond: Cond, generator: torch.Generator | None = None) -> Tensor:
@@ -318,8 +285,8 @@ class DMD2(DistillationModule):
 
     def fake_score_loss(self, x0: Tensor, cond: Cond, generator: torch.Generator | None = None) -> Tensor:
         """L_fake = mean ‖f_φ(x_t, t) − y‖², x_t = α_t sg(x̂₀) + σ_t ε, t ~ U[0, T), y the schedule's target (ε)."""
-        t = self._timesteps(x0, 0, self.schedule.num_train_timesteps, generator)
-        return self.fake_score.denoising_loss(x0.detach(), t, _randn_like(x0, generator), cond)
+        t = self.timesteps_like(x0, 0, self.schedule.num_train_timesteps, generator)
+        return self.fake_score.denoising_loss(x0.detach(), t, randn_like(x0, generator), cond)
 
     def guidance_cls_loss(
         self,
@@ -351,8 +318,8 @@ class DMD2(DistillationModule):
         opt_gen, opt_fake = self.optimizers()
         real, cond = self.split_batch(batch)
         null_cond = self.null_condition(cond)
-        self._record_shape(real)
-        rng = self._step_generator(self.iteration)
+        self.record_sample_shape(real)
+        rng = self.iteration_generator()
         generator_turn = self.is_update_step(self.iteration, self.dfake_gen_update_ratio)
         # 1. The generator's samples (with grad on its turns only); the fake-score turn reuses them.
         x_t, t = self.generator_input(real, cond, rng)
@@ -365,7 +332,7 @@ class DMD2(DistillationModule):
             terms["dm"] = self.distribution_matching_loss(x0, cond, null_cond, rng)
             if self.gan_head is not None:
                 terms["gen_cls"] = self.generator_gan_loss(x0, cond, rng)
-            self.manual_update(self._weighted(terms), opt_gen, clip_grad_norm=self.max_grad_norm)
+            self.manual_update(self.weighted_sum(terms), opt_gen, clip_grad_norm=self.max_grad_norm)
             self.untoggle_optimizer(opt_gen)
         # 3. Fake-score turn, every iteration: denoising on the detached samples + discriminator.
         fake_terms = {"fake": self.fake_score_loss(x0, cond, rng)}
@@ -380,66 +347,26 @@ class DMD2(DistillationModule):
                 on_epoch=False,
             )
         self.toggle_optimizer(opt_fake)
-        self.manual_update(self._weighted(fake_terms), opt_fake, clip_grad_norm=self.max_grad_norm)
+        self.manual_update(self.weighted_sum(fake_terms), opt_fake, clip_grad_norm=self.max_grad_norm)
         self.untoggle_optimizer(opt_fake)
         # 4. Schedulers step every iteration (as the official constant-with-warmup ones do).
-        for scheduler in self._schedulers():
-            scheduler.step()
+        self.step_schedulers()
         self.iteration += 1
         for name, value in {**terms, **fake_terms}.items():
             self.log(
                 f"train/{name}", value.detach(), on_step=True, on_epoch=False, prog_bar=name in ("dm", "fake")
             )
 
-    def configure_optimizers(self) -> Any:
-        fake = self.fake_score.trainable_parameters() + (
-            [] if self.gan_head is None else list(self.gan_head.parameters())
-        )
-        optimizers = [
-            self.optimizer([p for p in self.student.parameters() if p.requires_grad]),
-            (self.fake_score_optimizer or self.optimizer)(fake),
-        ]
-        if self.lr_scheduler is None:
-            return optimizers
-        return optimizers, [self.lr_scheduler(opt) for opt in optimizers]
+    def fake_score_parameters(self) -> list[nn.Parameter]:
+        """The fake score's trainable parameters and the discriminator head's (the second optimizer)."""
+        head = [] if self.gan_head is None else list(self.gan_head.parameters())
+        return self.fake_score.trainable_parameters() + head
 
     def configure_callbacks(self) -> list[Any]:
         return [] if self.gan_hooks is None else [self.gan_hooks]
 
-    # ------------------------------------------------------------------ conditions (override for other batches)
-    def split_batch(self, batch: Any) -> tuple[Tensor, Cond]:
-        """``(real (B, ...), cond)`` from a batch: a tensor, ``(x, y, ...)`` or ``{"x": ..., "cond": ...}``.
-
-        Integer labels ``y`` are the condition unless all are ``-1`` (unlabelled: no condition); a
-        floating ``y`` (e.g. ``(B, L, D)`` text embeddings) is passed as ``encoder_hidden_states``.
-
-        Raises:
-            ValueError: labels that mix ``-1`` and classes, or a batch of another structure.
-        """
-        if isinstance(batch, Tensor):
-            return batch, None
-        if isinstance(batch, Mapping) and "x" in batch:
-            return batch["x"], batch.get("cond")
-        if not (isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], Tensor)):
-            raise ValueError(
-                f"Cannot read a batch of type {type(batch).__name__}; override `DMD2.split_batch`."
-            )
-        y = batch[1] if len(batch) > 1 and isinstance(batch[1], Tensor) else None
-        if y is None or y.is_floating_point():
-            return batch[0], y
-        if bool((y < 0).any()):
-            if not bool((y < 0).all()):
-                raise ValueError(
-                    "The batch mixes unlabelled (-1) and labelled samples; DMD2 needs one or the other."
-                )
-            return batch[0], None
-        return batch[0], y
-
     def null_condition(self, cond: Cond) -> Cond:
-        """The unconditional counterpart of ``cond`` for the teacher's CFG (``None`` when the scale is 1).
-
-        Labels become ``null_label`` (default: the teacher's ``num_classes``); embeddings become zeros
-        (SDXL's convention; SD1.5 uses the empty prompt's embedding: override this method).
+        """The null condition of the teacher's CFG (``None`` when the scale is 1); see the base's for the rules.
 
         Raises:
             ValueError: CFG asked for without a condition, a known null label, or with a mapping condition.
@@ -451,190 +378,21 @@ class DMD2(DistillationModule):
                 f"`real_guidance_scale`={self.real_guidance_scale} needs conditioned batches; the data has no labels. "
                 "Set `model.init_args.real_guidance_scale: 1.0`."
             )
-        if isinstance(cond, Tensor) and cond.is_floating_point():
-            return torch.zeros_like(cond)
-        null = self.null_label if self.null_label is not None else _teacher_null_label(self.teacher)
-        if not isinstance(cond, Tensor) or null is None:
-            raise ValueError(
-                "No known null condition: set `model.init_args.null_label` or override `DMD2.null_condition`."
-            )
-        return torch.full_like(cond, null)
+        return super().null_condition(cond)
 
-    # ------------------------------------------------------------------ sampling and evaluation
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator, cond: Cond = None) -> Tensor:
         """``n`` samples ``(n, *sample_shape)`` by the inference path: :func:`few_step_sample` on ``denoising_timesteps``."""
-        noise = torch.randn((n, *self._shape()), generator=generator, device=generator.device).to(self.device)
         return few_step_sample(
             self.student,
             self.schedule,
-            noise,
+            self.initial_noise(n, generator),
             self.denoising_timesteps,
             cond,
             generator=generator,
             prediction_type=self.student_prediction_type,
         )
 
-    @property
-    def reference_mixture(self) -> GaussianMixture | None:
-        """The data's Gaussian mixture (exact bench) from the teacher or the datamodule, else ``None``."""
-        if isinstance(self.teacher, AnalyticTeacher):
-            return self.teacher.gmm
-        gmm = getattr(getattr(self._trainer, "datamodule", None), "mixture", None) if self._trainer else None
-        return gmm if isinstance(gmm, GaussianMixture) else None
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        if self.reference_mixture is not None:
-            self._val_points.append(self.split_batch(batch)[0].detach().float())
-
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        self.validation_step(batch, batch_idx)
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_sample_metrics("val")
-        super().on_validation_epoch_end()
-
-    def on_test_epoch_end(self) -> None:
-        self._log_sample_metrics("test")
-        super().on_test_epoch_end()
-
-    def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
-        real, cond = self.split_batch(batch)
-        self._record_shape(real)
-        generator = torch.Generator(device=self.device).manual_seed(self.noise_seed + batch_idx)
-        return self.sample(real.shape[0], generator, cond)
-
-    # ------------------------------------------------------------------ checkpoints
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint[_CKPT_KEY] = {
-            "iteration": self.iteration,
-            "noise_seed": self.noise_seed,
-            "sample_shape": self.sample_shape,
-        }
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
-        state = checkpoint.get(_CKPT_KEY, {})
-        self.iteration = int(state.get("iteration", 0))
-        self.noise_seed = int(state.get("noise_seed", self.noise_seed))
-        if state.get("sample_shape") is not None:
-            self.sample_shape = tuple(state["sample_shape"])
-
-    # ------------------------------------------------------------------ helpers
-    def _weighted(self, terms: dict[str, Tensor]) -> Tensor:
-        return sum(self.loss_weights[name] * value for name, value in terms.items())
-
-    def _timesteps(self, like: Tensor, low: int, high: int, generator: torch.Generator | None) -> Tensor:
-        T = self.schedule.num_train_timesteps
-        return uniform_timesteps(
-            like.shape[0], low, high, num_train_timesteps=T, generator=generator, device=like.device
-        )
-
-    def _schedulers(self) -> list[Any]:
-        schedulers = self.lr_schedulers()
-        if schedulers is None:
-            return []
-        return list(schedulers) if isinstance(schedulers, (list, tuple)) else [schedulers]
-
-    def _step_generator(self, iteration: int) -> torch.Generator:
-        """Training noise of one iteration: a pure function of (seed, iteration, rank), so resume is exact."""
-        rank = self.global_rank if self._trainer is not None else 0
-        state = np.random.SeedSequence([self.noise_seed, iteration, rank]).generate_state(2, dtype=np.uint32)
-        return torch.Generator(device=self.device).manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
-
     def _shared_generator(self) -> torch.Generator:
         """The same on every rank (DMD2 broadcasts the backward-simulation step from rank 0)."""
-        state = np.random.SeedSequence([self.noise_seed, self.iteration, 2**31]).generate_state(
-            1, dtype=np.uint32
-        )
-        return torch.Generator().manual_seed(int(state[0]))
-
-    def _record_shape(self, real: Tensor) -> None:
-        if self.sample_shape is None:
-            self.sample_shape = tuple(real.shape[1:])
-
-    def _shape(self) -> tuple[int, ...]:
-        if self.sample_shape is not None:
-            return self.sample_shape
-        shape = _teacher_sample_shape(self.teacher)
-        if shape is None:
-            raise ValueError(
-                "Cannot tell the sample shape before training; set `model.init_args.sample_shape`."
-            )
-        return shape
-
-    @torch.no_grad()
-    def _log_sample_metrics(self, stage: str) -> None:
-        """SWD, MMD², mode coverage and mode-weight TV of ``n`` samples against the ``n`` evaluation points.
-
-        Logged as ``<stage>/<metric>``; once per run also the teacher's ``eval_teacher_steps``-step
-        sampler (``<stage>/teacher_<metric>``) and the data-vs-data noise floor (``<stage>/<metric>_floor``).
-        """
-        gmm, points, self._val_points = self.reference_mixture, self._val_points, []
-        if gmm is None or not points or self.trainer.sanity_checking:
-            return
-        device = gmm.means.device  # the metrics run where the mixture lives
-        real = torch.cat(points).float().to(device).reshape(sum(p.shape[0] for p in points), -1)
-        n = real.shape[0]
-        generator = torch.Generator(device=self.device).manual_seed(self.noise_seed)
-        rows = [("", self.sample(n, generator), "")]
-        if self._teacher_metrics_pending.get(stage, False):
-            noise = torch.randn((n, *self._shape()), generator=generator, device=generator.device).to(
-                self.device
-            )
-            rows.append(("teacher_", sample(self.teacher, self.schedule, noise, self.eval_teacher_steps), ""))
-        if not self._floors_logged:
-            rows.append(("", gmm.sample(n, torch.Generator().manual_seed(self.noise_seed + 1)), "_floor"))
-            self._floors_logged = True
-        for prefix, x, suffix in rows:
-            x = x.detach().float().to(device).reshape(n, -1)
-            metrics = {
-                "swd": sliced_wasserstein(x, real),
-                "mmd": rbf_mmd2(x, real),
-                "mode_coverage": mode_coverage(x, gmm),
-                "mode_tv": mode_weight_tv(x, gmm),
-            }
-            for name, value in metrics.items():
-                self.log(f"{stage}/{prefix}{name}{suffix}", float(value), on_epoch=True, sync_dist=True)
-
-
-def _randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-
-
-def _check(ok: bool, key: str, value: object, allowed: str) -> None:
-    if not ok:
-        raise ValueError(f"`{key}` must be {allowed}, got {value!r}; set `model.init_args.{key}`.")
-
-
-def _bottleneck_channels(model: nn.Module) -> int:
-    """Channels of :func:`feature_path`'s bottleneck for the known denoisers."""
-    if isinstance(model, (UNet2DModel, UNet2DConditionModel)):
-        return int(model.config.block_out_channels[-1])
-    if isinstance(model, MLPDenoiser):
-        return model.blocks[-1].linear.out_features
-    raise ValueError(
-        f"Cannot tell the feature channels of {type(model).__name__}; set `model.init_args.gan_channels` "
-        "(and `gan_feature_path`)."
-    )
-
-
-def _teacher_null_label(teacher: nn.Module) -> int | None:
-    if isinstance(teacher, (AnalyticTeacher, MLPDenoiser)) and teacher.num_classes:
-        return int(teacher.num_classes)
-    if isinstance(teacher, UNet2DModel) and teacher.config.num_class_embeds:
-        return int(teacher.config.num_class_embeds) - 1
-    return None
-
-
-def _teacher_sample_shape(teacher: nn.Module) -> tuple[int, ...] | None:
-    if isinstance(teacher, AnalyticTeacher):
-        return (teacher.gmm.dim,)
-    if isinstance(teacher, MLPDenoiser):
-        return (teacher.dim,)
-    if isinstance(teacher, (UNet2DModel, UNet2DConditionModel)):
-        size = teacher.config.sample_size
-        size = (size, size) if isinstance(size, int) else tuple(size)
-        return (int(teacher.config.in_channels), *size)
-    return None
+        return torch.Generator().manual_seed(derive_seed([self.noise_seed, self.iteration, 2**31], words=1))

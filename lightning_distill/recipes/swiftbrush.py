@@ -41,33 +41,26 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
-import lightning.pytorch as L
 import numpy as np
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
 
-from lightning_distill.data.images import EpochShuffleSampler, ResumableDataLoader
+from lightning_distill.data.conditions import ConditionDataModule
 from lightning_distill.diffusion import (
     FakeScore,
-    MLPDenoiser,
     NoiseSchedule,
     drop_condition,
     guided_output,
-    model_output,
     one_step_generate,
     sample,
-    uniform_timesteps,
 )
-from lightning_distill.diffusion.gmm import AnalyticTeacher, GaussianMixture
-from lightning_distill.diffusion.metrics import mode_coverage, rbf_mmd2, sliced_wasserstein
+from lightning_distill.diffusion.fake_score import ResidualScore
+from lightning_distill.diffusion.recipe_base import DiffusionDistillationModule, check_option, first_tensor
+from lightning_distill.diffusion.sampling import randn_like
 from lightning_distill.losses.distribution_matching import pseudo_target_loss, vsd_gradient
-from lightning_distill.module import DistillationModule
 
 __all__ = ["ConditionDataModule", "ResidualScore", "SwiftBrush", "fake_score_adam", "student_adam"]
-
-_CKPT_KEY = "swiftbrush"
 
 
 def student_adam(params: Any) -> torch.optim.Optimizer:
@@ -80,182 +73,7 @@ def fake_score_adam(params: Any) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=1e-3)
 
 
-class ResidualScore(nn.Module):
-    """``base(x_t, t, c) + gate * correction(x_t, t, c)``: a trainable correction on a frozen base model.
-
-    The fake score of SwiftBrush for a teacher without parameters (the analytic teacher of the
-    Gaussian-mixture bench), where LoRA cannot be attached: like LoRA's ``B = 0``, the scalar
-    ``gate`` starts at 0, so the fake score starts equal to the teacher. The base is held by
-    reference, not as a submodule (it belongs to, and is frozen by, the recipe), and runs without grad.
-
-    Args:
-        base: the frozen model (the teacher), called with the diffusers convention.
-        correction: a trainable model with the same call signature and output shape.
-
-    Example:
-        >>> base, correction = MLPDenoiser(dim=2, hidden=8, depth=1), MLPDenoiser(dim=2, hidden=8, depth=1)
-        >>> score = ResidualScore(base, correction)
-        >>> x, t = torch.randn(3, 2), torch.tensor(10)
-        >>> torch.equal(score(x, t), base(x, t)), [name for name, _ in score.named_parameters()][:1]
-        (True, ['gate'])
-    """
-
-    def __init__(self, base: nn.Module, correction: nn.Module) -> None:
-        super().__init__()
-        for name, value in (("base", base), ("correction", correction)):
-            if not isinstance(value, nn.Module):
-                raise TypeError(f"`{name}` must be an nn.Module, got {type(value).__name__}.")
-        self.gate = nn.Parameter(torch.zeros(()))
-        self.correction = correction
-        self._base = (base,)  # a tuple, so that nn.Module does not register the teacher here
-
-    def forward(self, sample: Tensor, timestep: Tensor | int | float, *args: Any, **kwargs: Any) -> Tensor:
-        cond = args[0] if args else (kwargs or None)
-        with torch.no_grad():
-            base = model_output(self._base[0], sample, timestep, cond)
-        return base + self.gate * model_output(self.correction, sample, timestep, cond)
-
-
-class _Conditions(Dataset):
-    """Conditions ``(N, ...)``; items by ``index`` or ``(epoch, index)`` (EpochShuffleSampler)."""
-
-    def __init__(self, conditions: Tensor) -> None:
-        self.conditions = conditions
-
-    def __len__(self) -> int:
-        return self.conditions.shape[0]
-
-    def __getitem__(self, item: int | tuple[int, int]) -> Tensor:
-        return self.conditions[item[1] if isinstance(item, tuple) else item]
-
-
-class ConditionDataModule(L.LightningDataModule):
-    """Conditions only, no images: class labels or prompt embeddings for image-free distillation.
-
-    Give exactly one source: ``num_classes`` (labels uniform in ``[0, num_classes)``; the null
-    label is ``num_classes``), ``embedding_shape`` (random Gaussian stand-ins for text-encoder
-    outputs ``(L, D)``, for tests; null = zeros) or ``embeddings_path`` (a dict saved with ``torch.save``:
-    ``{"prompt_embeds": (N, L, D), "null_embeds": (1, L, D)}``, precomputed as the official
-    ``prepare.py`` does). Batches are condition tensors ``(B,)`` or ``(B, L, D)``.
-
-    Args:
-        num_classes: number of classes of label conditions.
-        embedding_shape: shape ``(L, D)`` of random embeddings.
-        embeddings_path: file of precomputed embeddings (train on all, validate on the first ``num_val``).
-        num_train: conditions per training epoch (labels, random embeddings).
-        num_val: validation conditions (the samples the metrics are computed on).
-        num_test: test conditions.
-        batch_size: batch size of every loader.
-        seed: seed of the conditions and of the training order.
-
-    Raises:
-        ValueError: no source or several, sizes < 1.
-
-    Example:
-        >>> dm = ConditionDataModule(num_classes=8, num_train=64, batch_size=16)
-        >>> dm.setup()
-        >>> next(iter(dm.train_dataloader())).shape, dm.null_condition.tolist()
-        (torch.Size([16]), [8])
-    """
-
-    def __init__(
-        self,
-        num_classes: int | None = None,
-        embedding_shape: Sequence[int] | None = None,
-        embeddings_path: str | None = None,
-        num_train: int = 10000,
-        num_val: int = 2000,
-        num_test: int = 2000,
-        batch_size: int = 256,
-        seed: int = 0,
-    ) -> None:
-        super().__init__()
-        if sum(x is not None for x in (num_classes, embedding_shape, embeddings_path)) != 1:
-            raise ValueError(
-                "Give exactly one of `num_classes`, `embedding_shape` and `embeddings_path` "
-                f"(got {num_classes!r}, {embedding_shape!r}, {embeddings_path!r}); set `data.init_args`."
-            )
-        for name, value in (
-            ("num_train", num_train),
-            ("num_val", num_val),
-            ("num_test", num_test),
-            ("batch_size", batch_size),
-            ("num_classes", num_classes or 1),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(
-                    f"`{name}` must be an integer >= 1, got {value!r}; set `data.init_args.{name}`."
-                )
-        self.num_classes = num_classes
-        self.embedding_shape = tuple(embedding_shape) if embedding_shape is not None else None
-        self.embeddings_path = embeddings_path
-        self.sizes = {"train": num_train, "val": num_val, "test": num_test}
-        self.batch_size = batch_size
-        self.seed = seed
-        self._splits: dict[str, Tensor] | None = None
-        self._null: Tensor | None = None
-
-    @property
-    def null_condition(self) -> Tensor:
-        """The unconditional condition, batch 1: ``tensor([num_classes])`` or the null embedding ``(1, L, D)``."""
-        self._prepare()
-        return self._null  # type: ignore[return-value]
-
-    def draw_conditions(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """``n`` conditions drawn like the training ones (on the generator's device)."""
-        device = generator.device if generator is not None else torch.device("cpu")
-        if self.num_classes is not None:
-            return torch.randint(0, self.num_classes, (n,), generator=generator, device=device)
-        bank = self._prepare()["train"]
-        index = torch.randint(0, bank.shape[0], (n,), generator=generator, device=device)
-        return bank.to(device)[index]
-
-    def _prepare(self) -> dict[str, Tensor]:
-        if self._splits is None:
-            gen = torch.Generator().manual_seed(self.seed)
-            if self.num_classes is not None:
-                self._splits = {
-                    k: torch.randint(0, self.num_classes, (n,), generator=gen) for k, n in self.sizes.items()
-                }
-                self._null = torch.tensor([self.num_classes])
-            elif self.embedding_shape is not None:
-                self._splits = {
-                    k: torch.randn(n, *self.embedding_shape, generator=gen) for k, n in self.sizes.items()
-                }
-                self._null = torch.zeros(1, *self.embedding_shape)
-            else:
-                stored = torch.load(self.embeddings_path, map_location="cpu", weights_only=True)
-                bank, self._null = stored["prompt_embeds"].float(), stored["null_embeds"].float()[:1]
-                self._splits = {
-                    "train": bank,
-                    "val": bank[: self.sizes["val"]],
-                    "test": bank[: self.sizes["test"]],
-                }
-        return self._splits
-
-    def setup(self, stage: str | None = None) -> None:
-        self._prepare()
-
-    def train_dataloader(self) -> DataLoader:
-        dataset = _Conditions(self._prepare()["train"])
-        return ResumableDataLoader(
-            dataset,
-            batch_size=min(self.batch_size, len(dataset)),
-            sampler=EpochShuffleSampler(len(dataset), seed=int(torch.initial_seed()) ^ self.seed),
-            drop_last=len(dataset) > self.batch_size,
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(_Conditions(self._prepare()["val"]), batch_size=self.batch_size)
-
-    def test_dataloader(self) -> DataLoader:
-        return DataLoader(_Conditions(self._prepare()["test"]), batch_size=self.batch_size)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
-
-
-class SwiftBrush(DistillationModule):
+class SwiftBrush(DiffusionDistillationModule):
     """SwiftBrush recipe. See the module docstring for the algorithm.
 
     Args:
@@ -321,7 +139,22 @@ class SwiftBrush(DistillationModule):
         optimizer: OptimizerCallable = student_adam,
         fake_score_optimizer: OptimizerCallable = fake_score_adam,
     ) -> None:
-        super().__init__(student=student, teacher=teacher, optimizer=optimizer)
+        check_option(
+            isinstance(eval_steps, int) and not isinstance(eval_steps, bool) and eval_steps >= 1,
+            "eval_steps",
+            eval_steps,
+            "an integer >= 1",
+        )
+        super().__init__(
+            student,
+            teacher,
+            schedule,
+            noise_seed=seed,
+            sample_shape=sample_shape,
+            eval_teacher_steps=eval_steps,
+            optimizer=optimizer,
+            fake_score_optimizer=fake_score_optimizer,
+        )
         self.save_hyperparameters(
             ignore=[
                 "student",
@@ -333,44 +166,30 @@ class SwiftBrush(DistillationModule):
                 "fake_score_optimizer",
             ]
         )
-        self.automatic_optimization = False
-        self.schedule = schedule if schedule is not None else NoiseSchedule.ddpm()
         T = self.schedule.num_train_timesteps
-        _check_choice("fake_score_mode", fake_score_mode, ("lora", "residual", "separate"))
-        _check_choice("vsd_weighting", vsd_weighting, ("sigma_squared", "none"))
-        _check_choice("fake_score_weighting", fake_score_weighting, ("alpha_squared", "none"))
-        _check_choice("student_init", student_init, ("teacher", "random"))
+        for key, value, allowed in (
+            ("fake_score_mode", fake_score_mode, ("lora", "residual", "separate")),
+            ("vsd_weighting", vsd_weighting, ("sigma_squared", "none")),
+            ("fake_score_weighting", fake_score_weighting, ("alpha_squared", "none")),
+            ("student_init", student_init, ("teacher", "random")),
+        ):
+            check_option(value in allowed, key, value, f"one of {allowed}")
         if not (isinstance(min_step, int) and isinstance(max_step, int) and 0 <= min_step < max_step <= T):
             raise ValueError(
                 f"`min_step` and `max_step` must be integers with 0 <= min_step < max_step <= {T}, got "
                 f"{min_step!r} and {max_step!r}; set `model.init_args.min_step` / `max_step`."
             )
-        if not guidance_scale >= 0:
-            raise ValueError(
-                f"`guidance_scale` must be >= 0, got {guidance_scale}; set `model.init_args.guidance_scale`."
-            )
-        if not 0.0 <= condition_dropout <= 1.0:
-            raise ValueError(
-                f"`condition_dropout` must be in [0, 1], got {condition_dropout}; set `model.init_args.condition_dropout`."
-            )
-        if isinstance(eval_steps, bool) or not isinstance(eval_steps, int) or eval_steps < 1:
-            raise ValueError(f"`eval_steps` must be an integer >= 1, got {eval_steps!r}.")
-        _check_teacher_schedule(teacher, self.schedule)
-        has_params = any(True for _ in teacher.parameters())
+        check_option(guidance_scale >= 0, "guidance_scale", guidance_scale, ">= 0")
+        check_option(0.0 <= condition_dropout <= 1.0, "condition_dropout", condition_dropout, "in [0, 1]")
         if student_init == "teacher":
-            if not has_params:
-                raise ValueError(
-                    f"`student_init='teacher'` copies the teacher's weights, but {type(teacher).__name__} has no "
-                    "parameters; set `model.init_args.student_init: random`."
-                )
-            self.student.load_state_dict(teacher.state_dict())
+            self.init_from_teacher(self.student)
         if fake_score_mode == "lora":
             if fake_score is not None:
                 raise ValueError(
                     "`fake_score` is used by the 'residual' and 'separate' modes only; remove it or set "
                     "`model.init_args.fake_score_mode`."
                 )
-            if not has_params:
+            if next(teacher.parameters(), None) is None:
                 raise ValueError(
                     f"LoRA needs a teacher with parameters, {type(teacher).__name__} has none; set "
                     "`model.init_args.fake_score_mode: residual` and give `model.init_args.fake_score`."
@@ -388,26 +207,18 @@ class SwiftBrush(DistillationModule):
                     f"`fake_score_mode={fake_score_mode!r}` needs a trainable `fake_score` module (e.g. an "
                     "MLPDenoiser); set `model.init_args.fake_score`."
                 )
-            model = ResidualScore(self.teacher, fake_score) if fake_score_mode == "residual" else fake_score
-            self.fake_score = FakeScore(model.requires_grad_(True).train(), self.schedule)
+            residual = fake_score_mode == "residual"
+            self.fake_score = self.build_fake_score(
+                ResidualScore(self.teacher, fake_score) if residual else fake_score
+            )
         self.guidance_scale = float(guidance_scale)
         self.min_step, self.max_step = min_step, max_step
         self.vsd_weighting, self.fake_score_weighting = vsd_weighting, fake_score_weighting
         self.condition_dropout = float(condition_dropout)
-        self.null_condition = (
-            torch.tensor([null_condition]) if isinstance(null_condition, int) else null_condition
-        )
-        self.sample_shape = (
-            tuple(sample_shape) if sample_shape is not None else _infer_sample_shape(student, teacher)
-        )
+        self.null_cond = torch.tensor([null_condition]) if isinstance(null_condition, int) else null_condition
+        self.sample_shape = self.resolve_sample_shape()
         self.clip_grad_norm = clip_grad_norm
-        self.eval_steps = eval_steps
-        self.seed = seed
-        self.fake_score_optimizer = fake_score_optimizer
         self._generator: torch.Generator | None = None
-        self._iteration = 0  # training steps taken; seeds each step's noise, saved in checkpoints
-        self._eval: list[tuple[Tensor, Tensor, Tensor]] = []
-        self._floor_logged = False
 
     # ------------------------------------------------------------------ the paper's equations
     def generate(self, noise: Tensor, cond: Any) -> Tensor:
@@ -416,7 +227,7 @@ class SwiftBrush(DistillationModule):
 
     def guided_eps(self, model: nn.Module, x_t: Tensor, t: Tensor, cond: Any) -> Tensor:
         """Step 3: the CFG prediction ``uncond + s (cond - uncond)`` of ``model``, as ε ``(B, ...)`` float32."""
-        null = self._null(cond) if self.guidance_scale != 1 else None
+        null = self.null_condition(cond) if self.guidance_scale != 1 else None
         out = guided_output(model, x_t, t, cond, null, self.guidance_scale)
         return self.schedule.to_eps(out, x_t, t)
 
@@ -427,13 +238,9 @@ class SwiftBrush(DistillationModule):
 
     def vsd_loss(self, x0: Tensor, cond: Any) -> Tensor:
         """Steps 2-4: ``½‖x̂₀ - sg(x̂₀ - g)‖²`` with ``g = w(t)(ε_teacher - ε_fake)`` at ``x_t`` from ``sg(x̂₀)``."""
-        b, T = x0.shape[0], self.schedule.num_train_timesteps
         gen = self._rng()
-        t = uniform_timesteps(
-            b, self.min_step, self.max_step, num_train_timesteps=T, generator=gen, device=x0.device
-        )
-        noise = torch.randn(x0.shape, generator=gen, device=gen.device).to(x0.device)
-        x_t = self.schedule.add_noise(x0.detach(), noise, t)
+        t = self.timesteps_like(x0, self.min_step, self.max_step, gen)
+        x_t = self.schedule.add_noise(x0.detach(), randn_like(x0, gen), t)
         with torch.no_grad():
             eps_teacher = self.guided_eps(self.teacher, x_t, t, cond)
             eps_fake = self.guided_eps(self.fake_score, x_t, t, cond)
@@ -441,12 +248,11 @@ class SwiftBrush(DistillationModule):
 
     def fake_score_loss(self, x0: Tensor, cond: Any) -> Tensor:
         """Step 5: ``α_t² ‖ε_fake(x_t, t, c') - ε‖²`` on ``sg(x̂₀)``, ``t ~ U[0, T)``, ``c'`` = ``c`` with some nulls."""
-        b, T = x0.shape[0], self.schedule.num_train_timesteps
         gen = self._rng()
-        t = uniform_timesteps(b, 0, T, num_train_timesteps=T, generator=gen, device=x0.device)
-        noise = torch.randn(x0.shape, generator=gen, device=gen.device).to(x0.device)
+        t = self.timesteps_like(x0, 0, self.schedule.num_train_timesteps, gen)
+        noise = randn_like(x0, gen)
         if self.condition_dropout > 0:
-            cond = drop_condition(cond, self._null(cond), self.condition_dropout, generator=gen)
+            cond = drop_condition(cond, self.null_condition(cond), self.condition_dropout, generator=gen)
         weight = (
             self.schedule.alpha_sigma(t)[0] ** 2 if self.fake_score_weighting == "alpha_squared" else None
         )
@@ -458,25 +264,17 @@ class SwiftBrush(DistillationModule):
         self._reseed()
         gen = self._rng()
         # 1. one step from pure noise at t = T - 1
-        noise = torch.randn((_batch_size(cond), *self.sample_shape), generator=gen, device=gen.device).to(
-            self.device
-        )
-        x0 = self.generate(noise, cond)
+        x0 = self.generate(self.initial_noise(first_tensor(cond).shape[0], gen), cond)
         # 2-4. VSD gradient through the pseudo-target loss; the student's update
         vsd = self.vsd_loss(x0, cond)
         self.manual_update(vsd, opt_student, clip_grad_norm=self.clip_grad_norm)
         # 5. the fake score learns the (pre-update) student samples
         fake = self.fake_score_loss(x0.detach(), cond)
         self.manual_update(fake, opt_fake, clip_grad_norm=self.clip_grad_norm)
-        self._iteration += 1
+        self.iteration += 1
         return self.log_losses({"vsd": vsd.detach(), "fake_score": fake.detach()})
 
-    # ------------------------------------------------------------------ sampling and evaluation
-    @property
-    def reference_mixture(self) -> GaussianMixture | None:
-        """The data distribution when the teacher is an ``AnalyticTeacher`` (for metrics and ``SampleLogger``)."""
-        return self.teacher.gmm if isinstance(self.teacher, AnalyticTeacher) else None
-
+    # ------------------------------------------------------------------ sampling and conditions
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, cond: Any = None) -> Tensor:
         """``n`` one-step samples ``(n, *sample_shape)``; conditions drawn with ``generator`` when not given.
@@ -487,149 +285,69 @@ class SwiftBrush(DistillationModule):
         Raises:
             ValueError: no conditions given and none can be drawn.
         """
-        device = generator.device if generator is not None else self.device
         if cond is None:
             cond = self._draw_conditions(n, generator)
-        noise = torch.randn((n, *self.sample_shape), generator=generator, device=device).to(self.device)
-        return self.generate(noise, _to_device(cond, self.device))
+        return self.generate(self.initial_noise(n, generator), _to_device(cond, self.device))
 
-    def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
-        """One-step samples ``(B, *sample_shape)`` for a batch of conditions (seeded by ``batch_idx``)."""
-        cond = _check_batch(batch)
-        gen = torch.Generator(device=self.device).manual_seed(batch_idx)
-        noise = torch.randn((_batch_size(cond), *self.sample_shape), generator=gen, device=self.device)
-        with torch.no_grad():
-            return self.generate(noise, cond)
+    def split_batch(self, batch: Any) -> tuple[None, Any]:
+        """``(None, cond)``: image-free batches are conditions only (a tensor or a mapping of tensors)."""
+        return None, _check_batch(batch)
 
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._eval_step(batch, batch_idx)
+    def null_condition(self, cond: Any) -> Any:
+        """The null condition (batch 1) on ``cond``'s device: the ``null_condition`` argument, else the datamodule's.
 
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._eval_step(batch, batch_idx)
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end("val")
-        super().on_validation_epoch_end()
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end("test")
-        super().on_test_epoch_end()
-
-    # ------------------------------------------------------------------ optimizers and checkpoints
-    def configure_optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
-        return self.optimizer(self.student.parameters()), self.fake_score_optimizer(
-            self.fake_score.trainable_parameters()
-        )
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint[_CKPT_KEY] = {"iteration": self._iteration}
-        # The LoRA fake score's frozen base is a copy of the teacher: rebuilt, not saved.
-        frozen = {f"fake_score.{n}" for n, p in self.fake_score.named_parameters() if not p.requires_grad}
-        state = checkpoint.get("state_dict")
-        if frozen and isinstance(state, dict):
-            checkpoint["state_dict"] = {k: v for k, v in state.items() if k not in frozen}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
-        state = checkpoint.get("state_dict")
-        if isinstance(state, dict):
-            for key, value in self.fake_score.state_dict(prefix="fake_score.").items():
-                state.setdefault(key, value)
-        self._iteration = int(checkpoint.get(_CKPT_KEY, {}).get("iteration", 0))
-
-    # ------------------------------------------------------------------ helpers
-    def _rng(self) -> torch.Generator:
-        """The generator of all training randomness (noise, timesteps, dropout) on the module's device.
-
-        :meth:`_reseed` sets it from ``(seed, rank, iteration)`` at every training step, so the noise
-        of a step depends on nothing else: each DDP rank draws its own, and a resumed run draws
-        exactly what an uninterrupted one would, on any device.
+        Raises:
+            ValueError: neither is known.
         """
-        if self._generator is None or self._generator.device != self.device:
-            self._generator = torch.Generator(device=self.device)
-            self._reseed()
-        return self._generator
-
-    def _reseed(self) -> None:
-        seed = self.seed if self.seed is not None else torch.initial_seed()
-        words = np.random.SeedSequence([int(seed), self.global_rank, self._iteration]).generate_state(2)
-        self._rng().manual_seed(int(words[0]) << 31 ^ int(words[1]))
-
-    def _null(self, cond: Any) -> Any:
-        if self.null_condition is None and self._trainer is not None:
-            self.null_condition = getattr(self.trainer.datamodule, "null_condition", None)
-        if self.null_condition is None:
+        if self.null_cond is None and self._trainer is not None:
+            self.null_cond = getattr(self.trainer.datamodule, "null_condition", None)
+        if self.null_cond is None:
             raise ValueError(
                 "CFG and condition dropout need the null condition; set `model.init_args.null_condition` (the null "
                 "class label) or serve it as `null_condition` from the datamodule."
             )
-        return _to_device(self.null_condition, _first_tensor(cond).device)
+        return _to_device(self.null_cond, first_tensor(cond).device)
+
+    def evaluation_labels(self, cond: Any) -> Tensor | None:
+        """Class labels are scored class-conditionally; embeddings are not scored (no mixture to compare with)."""
+        return cond if isinstance(cond, Tensor) and not cond.is_floating_point() else None
+
+    def teacher_samples(self, noise: Tensor, labels: Tensor | None) -> Tensor:
+        """The teacher's ``eval_steps``-step DDIM samples with CFG at ``guidance_scale``."""
+        null = None if labels is None else self.null_condition(labels)
+        return sample(
+            self.teacher, self.schedule, noise, self.eval_teacher_steps, labels, null, self.guidance_scale
+        )
+
+    # ------------------------------------------------------------------ randomness
+    def iteration_seed(self, iteration: int | None = None, stream: Sequence[int] = ()) -> int:
+        """SwiftBrush's derivation from ``(seed, rank, iteration)``: two ``SeedSequence`` words, xor-combined."""
+        iteration = self.iteration if iteration is None else iteration
+        words = np.random.SeedSequence(
+            [self.noise_seed, self.global_rank, iteration, *stream]
+        ).generate_state(2)
+        return int(words[0]) << 31 ^ int(words[1])
+
+    def _rng(self) -> torch.Generator:
+        """The generator of all training randomness of a step (noise, timesteps, dropout), reseeded by :meth:`_reseed`."""
+        if self._generator is None or self._generator.device != self.device:
+            self._reseed()
+        return self._generator
+
+    def _reseed(self) -> None:
+        self._generator = self.iteration_generator()
 
     def _draw_conditions(self, n: int, generator: torch.Generator | None) -> Tensor:
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         if callable(getattr(datamodule, "draw_conditions", None)):
             return datamodule.draw_conditions(n, generator)
-        null = self.null_condition
+        null = self.null_cond
         if isinstance(null, Tensor) and null.numel() == 1 and not null.is_floating_point():
             device = generator.device if generator is not None else self.device
             return torch.randint(0, int(null), (n,), generator=generator, device=device)
         raise ValueError(
             "`sample` needs `cond`: no datamodule with `draw_conditions` and no integer null label."
         )
-
-    def _eval_step(self, batch: Any, batch_idx: int) -> None:
-        cond = _check_batch(batch)
-        gen = torch.Generator(device=self.device).manual_seed(10_000 + batch_idx)
-        noise = torch.randn((_batch_size(cond), *self.sample_shape), generator=gen, device=self.device)
-        with torch.no_grad():
-            x = self.generate(noise, cond)
-        self._eval.append((x, cond, noise))
-
-    def _eval_epoch_end(self, stage: str) -> None:
-        outputs, self._eval = self._eval, []
-        gmm = self.reference_mixture
-        if self.trainer.sanity_checking or gmm is None or not outputs or len(self.sample_shape) != 1:
-            return
-        x, labels, noise = (torch.cat([o[k] for o in outputs]) for k in range(3))
-        if labels.is_floating_point():
-            return
-        if self.trainer.world_size > 1:  # every rank scores the samples of all ranks
-            x, labels, noise = (self.all_gather(v).flatten(0, 1) for v in (x, labels, noise))
-        gen = torch.Generator().manual_seed(0)
-        reference = gmm.sample(x.shape[0], gen, labels=labels.cpu())
-        metrics = _point_metrics(x.cpu(), reference, gmm)
-        if not self._floor_logged:
-            other = gmm.sample(x.shape[0], gen, labels=labels.cpu())
-            metrics.update({f"{k}_floor": v for k, v in _point_metrics(other, reference, gmm).items()})
-            self._floor_logged = True
-        if self._teacher_metrics_pending.get(stage, False):
-            teacher_x = sample(
-                self.teacher,
-                self.schedule,
-                noise,
-                self.eval_steps,
-                labels,
-                self._null(labels),
-                self.guidance_scale,
-            )
-            metrics.update(
-                {f"teacher_{k}": v for k, v in _point_metrics(teacher_x.cpu(), reference, gmm).items()}
-            )
-        self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, prog_bar=False)
-
-
-def _point_metrics(x: Tensor, reference: Tensor, gmm: GaussianMixture) -> dict[str, float]:
-    return {
-        "swd": float(sliced_wasserstein(x, reference.float())),
-        "mmd": float(rbf_mmd2(x, reference.float())),
-        "mode_coverage": float(mode_coverage(x, gmm)),
-    }
-
-
-def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"`{name}` must be one of {allowed}, got {value!r}; set `model.init_args.{name}`.")
 
 
 def _check_batch(batch: Any) -> Any:
@@ -638,20 +356,8 @@ def _check_batch(batch: Any) -> Any:
             "SwiftBrush is image-free: batches must be conditions only (a tensor of labels or embeddings, or a mapping), "
             f"got a {type(batch).__name__}; use lightning_distill.recipes.swiftbrush.ConditionDataModule."
         )
-    _first_tensor(batch)
+    first_tensor(batch)
     return batch
-
-
-def _first_tensor(cond: Any) -> Tensor:
-    if isinstance(cond, Tensor):
-        return cond
-    if isinstance(cond, Mapping) and cond:
-        return _first_tensor(next(iter(cond.values())))
-    raise ValueError(f"A condition must be a tensor or a mapping of tensors, got {type(cond).__name__}.")
-
-
-def _batch_size(cond: Any) -> int:
-    return _first_tensor(cond).shape[0]
 
 
 def _to_device(cond: Any, device: torch.device) -> Any:
@@ -660,34 +366,3 @@ def _to_device(cond: Any, device: torch.device) -> Any:
     if isinstance(cond, Mapping):
         return {k: _to_device(v, device) for k, v in cond.items()}
     return cond
-
-
-def _infer_sample_shape(student: nn.Module, teacher: nn.Module) -> tuple[int, ...]:
-    for model in (teacher, student):
-        if isinstance(model, AnalyticTeacher):
-            return (model.gmm.dim,)
-        if isinstance(model, MLPDenoiser):
-            return (model.dim,)
-        config = getattr(model, "config", None)
-        if config is not None and "in_channels" in config and "sample_size" in config:
-            size = config["sample_size"]
-            size = (size, size) if isinstance(size, int) else tuple(size)
-            return (int(config["in_channels"]), *size)
-    raise ValueError(
-        f"Cannot infer the sample shape of {type(student).__name__}; set `model.init_args.sample_shape` "
-        "(e.g. [4, 64, 64])."
-    )
-
-
-def _check_teacher_schedule(teacher: nn.Module, schedule: NoiseSchedule) -> None:
-    """An ``AnalyticTeacher`` carries its own schedule: it must be the recipe's."""
-    own = getattr(teacher, "schedule", None)
-    if own is None or not callable(getattr(own, "alpha_sigma", None)):
-        return
-    t = torch.arange(0, schedule.num_train_timesteps, max(1, schedule.num_train_timesteps // 50))
-    if getattr(own, "num_train_timesteps", None) != schedule.num_train_timesteps or not torch.allclose(
-        own.alpha_sigma(t)[0].float(), schedule.alpha_sigma(t)[0].float(), atol=1e-6
-    ):
-        raise ValueError(
-            "The teacher's schedule differs from `model.init_args.schedule`; build both from the same arguments."
-        )

@@ -289,6 +289,9 @@ def test_config_runs_with_fast_dev_run_through_the_cli(tmp_path, monkeypatch):
             "--model.init_args.student.init_args.encoder.init_args.epochs=1",
             "--model.init_args.teacher.init_args.save_epochs=[1]",
             "--model.init_args.synthetic.init_args.ipc=2",
+            "--model.init_args.val_epochs=1",
+            "--model.init_args.student.init_args.encoder.init_args.model.init_args.width=8",
+            "--model.init_args.teacher.init_args.model.init_args.width=8",
         ]
     )
     assert not (tmp_path / "label_projector.pt").exists()  # fast_dev_run writes no artifact

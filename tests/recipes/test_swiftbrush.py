@@ -161,7 +161,7 @@ def test_fake_score_moves_from_the_teacher_towards_the_score_of_the_student_samp
 def test_gradients_reach_the_student_then_the_fake_score_and_never_the_teacher():
     recipe = unet_recipe()
     cond = torch.randn(2, 3, 16)
-    recipe.null_condition = torch.zeros(1, 3, 16)
+    recipe.null_cond = torch.zeros(1, 3, 16)
     x0 = recipe.generate(torch.randn(2, 4, 8, 8), cond)
     recipe.vsd_loss(x0, cond).backward()
     assert all(p.grad is not None for p in recipe.student.parameters() if p.requires_grad)
@@ -177,7 +177,7 @@ def test_gradients_reach_the_student_then_the_fake_score_and_never_the_teacher()
 
 def test_lora_fake_score_starts_equal_to_the_teacher_so_the_vsd_gradient_is_zero():
     recipe = unet_recipe(guidance_scale=4.5)
-    recipe.null_condition = torch.zeros(1, 3, 16)
+    recipe.null_cond = torch.zeros(1, 3, 16)
     x0 = torch.randn(2, 4, 8, 8, requires_grad=True)
     recipe.vsd_loss(x0, torch.randn(2, 3, 16)).backward()
     torch.testing.assert_close(x0.grad, torch.zeros_like(x0))
