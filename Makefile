@@ -35,9 +35,11 @@ lint: venv
 docs: venv
 	$(VENV)/bin/mkdocs build --strict
 
-## Quality and speed benchmarks (minutes; they rewrite the tables in recipes/*/README.md).
+## Quality and speed benchmarks (hours on a 2-core CPU; they rewrite the tables in recipes/*/README.md
+## and benchmarks/results/). One benchmark: `make bench BENCHES=benchmarks/msd.py`.
+BENCHES ?= $(filter-out benchmarks/_report.py,$(sort $(wildcard benchmarks/*.py)))
 bench: venv
-	$(PY) benchmarks/classification.py
+	@set -e; for b in $(BENCHES); do echo "== $$b"; $(PY) $$b --threads 1; done
 
 clean:
 	rm -rf $(VENV) .cache runs site

@@ -208,12 +208,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--teacher-epochs", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks" / "results" / "teacher_cache_speed.md"
     )
     args = parser.parse_args()
     if args.epochs < 2:
         parser.error("--epochs must be >= 2 (the speed-up is measured after the first epoch)")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
 
