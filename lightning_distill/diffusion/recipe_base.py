@@ -5,7 +5,7 @@ few-step student against a frozen teacher with a trainable fake score and two op
 (manual optimization). This base holds their shared plumbing once:
 
 * the noise ``schedule`` (``None``: the teacher's own, else Stable Diffusion's), checked against
-  the teacher's schedule and prediction type;
+  the teacher's prediction type (:func:`check_teacher_schedule` also compares its own schedule);
 * an ``iteration`` counter saved in checkpoints (under the recipe's ``checkpoint_key``) with the
   noise seed and the sample shape, so a resumed run is exact;
 * per-iteration random generators, a pure function of ``(noise_seed, iteration, rank)``;
@@ -43,7 +43,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import itertools
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -55,8 +56,9 @@ from torch import Tensor, nn
 from lightning_distill.diffusion.denoisers import MLPDenoiser
 from lightning_distill.diffusion.fake_score import FakeScore
 from lightning_distill.diffusion.gmm import GaussianMixture
-from lightning_distill.diffusion.guidance import Cond
+from lightning_distill.diffusion.guidance import Cond, model_output
 from lightning_distill.diffusion.metrics import sample_metrics
+from lightning_distill.diffusion.sampling import randn_like
 from lightning_distill.diffusion.sampling import sample as teacher_sampler
 from lightning_distill.diffusion.schedule import NoiseSchedule
 from lightning_distill.diffusion.timesteps import uniform_timesteps
@@ -65,8 +67,10 @@ from lightning_distill.module import DistillationModule
 __all__ = [
     "DiffusionDistillationModule",
     "check_option",
+    "check_teacher_schedule",
     "derive_seed",
     "first_tensor",
+    "fit_to_teacher",
     "model_null_label",
     "model_sample_shape",
 ]
@@ -151,6 +155,46 @@ def model_null_label(model: nn.Module) -> int | None:
     return None
 
 
+def fit_to_teacher(
+    model: nn.Module,
+    teacher: nn.Module,
+    schedule: NoiseSchedule,
+    batches: Iterable[tuple[Tensor, Cond]],
+    steps: int,
+    *,
+    prediction_type: str | None = None,
+    lr: float = 1e-3,
+    generator: torch.Generator | None = None,
+) -> float:
+    """Regress ``model`` onto ``teacher``'s outputs on noised data: "start from the teacher" without its weights.
+
+    Minimises ``||model(x_t, t, c) - teacher(x_t, t, c)||²`` (the teacher's output converted to
+    ``prediction_type``) over ``t ~ U[0, T)`` and ``x_t`` noised from ``(x0, c)`` batches, with Adam.
+    For a parameter-free teacher (the analytic GMM denoiser) this stands in for copying weights.
+
+    Returns:
+        The last step's loss.
+    """
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    loss = torch.zeros(())
+    for _, (x0, cond) in zip(range(steps), itertools.cycle(batches)):
+        T = schedule.num_train_timesteps
+        t = uniform_timesteps(x0.shape[0], 0, T, num_train_timesteps=T, generator=generator, device=x0.device)
+        x_t = schedule.add_noise(x0, randn_like(x0, generator), t)
+        with torch.no_grad():
+            target = schedule.convert(
+                model_output(teacher, x_t, t, cond),
+                x_t,
+                t,
+                target=prediction_type or schedule.prediction_type,
+            )
+        loss = (model_output(model, x_t, t, cond).float() - target).square().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return float(loss.detach())
+
+
 class DiffusionDistillationModule(DistillationModule):
     """Base of the diffusion-distillation recipes (manual optimization). See the module docstring.
 
@@ -172,7 +216,7 @@ class DiffusionDistillationModule(DistillationModule):
 
     Raises:
         TypeError: a ``schedule`` that is not a ``NoiseSchedule``.
-        ValueError: a teacher whose own schedule or prediction type differs from ``schedule``.
+        ValueError: a teacher whose ``prediction_type`` differs from the schedule's.
     """
 
     #: The checkpoint entry of the recipe's state (``iteration``, ``noise_seed``, ``sample_shape``).
@@ -210,7 +254,7 @@ class DiffusionDistillationModule(DistillationModule):
             raise TypeError(
                 f"`schedule` must be a NoiseSchedule, got {type(schedule).__name__}; set `model.init_args.schedule`."
             )
-        _check_teacher_schedule(teacher, schedule)
+        _check_prediction_type(teacher, schedule)
         check_option(
             isinstance(eval_teacher_steps, int)
             and not isinstance(eval_teacher_steps, bool)
@@ -578,18 +622,29 @@ class DiffusionDistillationModule(DistillationModule):
         return list(fake_score.named_parameters()) if isinstance(fake_score, nn.Module) else []
 
 
-def _check_teacher_schedule(teacher: nn.Module, schedule: NoiseSchedule) -> None:
-    """The teacher's own schedule (an analytic teacher has one) and prediction type must be the recipe's."""
+def check_teacher_schedule(teacher: nn.Module, schedule: NoiseSchedule) -> None:
+    """A teacher that carries its own schedule (the analytic teacher) must use the recipe's ``schedule``.
+
+    Compares ``T`` and ``α_t`` at 50 timesteps; a teacher without a ``schedule`` passes.
+
+    Raises:
+        ValueError: the two schedules differ.
+    """
     own = getattr(teacher, "schedule", None)
-    if own is not None and callable(getattr(own, "alpha_sigma", None)):
-        T = schedule.num_train_timesteps
-        t = torch.arange(0, T, max(1, T // 50))
-        if getattr(own, "num_train_timesteps", None) != T or not torch.allclose(
-            own.alpha_sigma(t)[0].float(), schedule.alpha_sigma(t)[0].float(), atol=1e-6
-        ):
-            raise ValueError(
-                "The teacher's schedule differs from `model.init_args.schedule`; build both from the same arguments."
-            )
+    if own is None or not callable(getattr(own, "alpha_sigma", None)):
+        return
+    T = schedule.num_train_timesteps
+    t = torch.arange(0, T, max(1, T // 50))
+    if getattr(own, "num_train_timesteps", None) != T or not torch.allclose(
+        own.alpha_sigma(t)[0].float(), schedule.alpha_sigma(t)[0].float(), atol=1e-6
+    ):
+        raise ValueError(
+            "The teacher's schedule differs from `model.init_args.schedule`; build both from the same arguments."
+        )
+
+
+def _check_prediction_type(teacher: nn.Module, schedule: NoiseSchedule) -> None:
+    """A teacher that states its ``prediction_type`` must predict what the schedule converts from."""
     teacher_type = getattr(teacher, "prediction_type", schedule.prediction_type)
     check_option(
         teacher_type == schedule.prediction_type,

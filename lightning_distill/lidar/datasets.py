@@ -17,6 +17,9 @@ table and :func:`~lightning_distill.lidar.data.collate`), so a recipe that train
   ``cameras=()``) these keys are absent: a LiDAR-only batch.
 * ``pose (B, 4, 4)`` ``world_from_lidar``; ``scene``, ``frame``: sequence index in the split and
   frame (sample) index within it.
+* With ``labelled_fraction``, the training loader yields ``{"labelled": batch, "unlabelled": batch}``
+  like :class:`~lightning_distill.lidar.semi.SemiSupervisedLidarDataModule` (LaserMix++), the
+  split drawn over training scans; unlabelled scans carry -1 labels.
 * With ``history > 0``, the ``past_*`` keys of :mod:`lightning_distill.lidar.sequence` (LiMA's
   memory): the previous frames' images, intrinsics, extrinsics and poses.
 
@@ -41,11 +44,12 @@ import lightning.pytorch as L
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from lightning_distill.data.images import EpochShuffleSampler, ResumableDataLoader
 from lightning_distill.lidar.geometry import scaled_segment_count, slic_superpixels
 from lightning_distill.lidar.scene import IGNORE_INDEX
+from lightning_distill.lidar.semi import _CyclingSampler, labelled_split, mask_labels
 
 __all__ = [
     "NUSCENES_CAMERAS",
@@ -214,6 +218,19 @@ class _FrameDataset(Dataset):
         return self.read(self.records[index])
 
 
+class _MaskedLabels(Dataset):
+    """A dataset whose samples have every label replaced by the ignore index (unlabelled scans)."""
+
+    def __init__(self, data: Dataset) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        return mask_labels(self.data[index])
+
+
 class _RealLidarDataModule(L.LightningDataModule):
     """What both readers share: splits of frame records, image reading, superpixels, loaders."""
 
@@ -224,6 +241,9 @@ class _RealLidarDataModule(L.LightningDataModule):
         root: str,
         image_size: tuple[int, int],
         history: int,
+        labelled_fraction: float | None,
+        split_seed: int,
+        use_unlabelled: bool,
         superpixel_segments: int | None,
         superpixel_compactness: float,
         superpixel_sigma: float | None,
@@ -241,6 +261,16 @@ class _RealLidarDataModule(L.LightningDataModule):
                 raise ValueError(
                     f"`{name}` must be an int >= {least}, got {value!r}; set `data.init_args.{name}`."
                 )
+        if labelled_fraction is not None and not 0 < labelled_fraction <= 1:
+            raise ValueError(
+                f"`labelled_fraction` must be in (0, 1] or None, got {labelled_fraction}; set "
+                "`data.init_args.labelled_fraction`."
+            )
+        self.labelled_fraction, self.split_seed, self.use_unlabelled = (
+            labelled_fraction,
+            split_seed,
+            use_unlabelled,
+        )
         if len(image_size) != 2 or min(image_size) < 1:
             raise ValueError(f"`image_size` must be (H, W) with positive sides, got {image_size!r}.")
         self.root = Path(root)
@@ -338,8 +368,39 @@ class _RealLidarDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+    def train_dataloader(self) -> DataLoader | dict[str, DataLoader]:
+        if self.labelled_fraction is None:
+            return self._loader("train", shuffle=True)
+        data = self.dataset("train")
+        labelled, unlabelled = labelled_split(len(data), self.labelled_fraction, seed=self.split_seed)
+        if self.use_unlabelled and len(unlabelled) == 0:
+            raise ValueError(
+                f"`labelled_fraction`={self.labelled_fraction} labels all {len(data)} training scans; lower it "
+                "or set `data.init_args.use_unlabelled=false`."
+            )
+        # as SemiSupervisedLidarDataModule: an epoch is one pass over the unlabelled scans, the
+        # labelled ones cycled; orders are functions of (run seed, data seed, epoch)
+        batches = max(1, max(len(unlabelled), len(labelled)) // self.batch_size)
+        seed = int(torch.initial_seed()) ^ int(self.seed)
+        loaders = {
+            "labelled": ResumableDataLoader(
+                Subset(data, labelled.tolist()),
+                batch_size=self.batch_size,
+                sampler=_CyclingSampler(len(labelled), batches * self.batch_size, seed=seed),
+                collate_fn=collate_frames,
+                num_workers=self.num_workers,
+            )
+        }
+        if self.use_unlabelled:
+            loaders["unlabelled"] = ResumableDataLoader(
+                _MaskedLabels(Subset(data, unlabelled.tolist())),
+                batch_size=self.batch_size,
+                sampler=EpochShuffleSampler(len(unlabelled), seed=seed + 1, yield_epoch=False),
+                drop_last=len(unlabelled) >= self.batch_size,
+                collate_fn=collate_frames,
+                num_workers=self.num_workers,
+            )
+        return loaders
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)
@@ -405,6 +466,12 @@ class SemanticKITTIDataModule(_RealLidarDataModule):
         cameras: KITTI colour cameras, ``image_2`` (left) and/or ``image_3`` (right).
         image_size: ``(H, W)`` images are resized to (KITTI's are about 370 x 1226).
         history: past frames per sample (LiMA's memory), the frames just before in the same sequence.
+        labelled_fraction: LaserMix++'s semi-supervised split: this fraction of the training scans
+            keeps its labels (at least one) and the training loader yields ``{"labelled",
+            "unlabelled"}`` batches; ``None`` serves plain batches.
+        split_seed: which scans are labelled.
+        use_unlabelled: with ``labelled_fraction``, serve the unlabelled scans too (``False``: the
+            supervised-only baseline).
         superpixel_segments: SLIC segments; default SLidR's 150 scaled by image area.
         superpixel_compactness: SLIC compactness (SLidR: 6).
         superpixel_sigma: SLIC smoothing; default SLidR's 3 scaled by ``H / 224``.
@@ -431,6 +498,9 @@ class SemanticKITTIDataModule(_RealLidarDataModule):
         cameras: Sequence[str] = ("image_2",),
         image_size: tuple[int, int] = (192, 640),
         history: int = 0,
+        labelled_fraction: float | None = None,
+        split_seed: int = 0,
+        use_unlabelled: bool = True,
         superpixel_segments: int | None = None,
         superpixel_compactness: float = 6.0,
         superpixel_sigma: float | None = None,
@@ -439,7 +509,7 @@ class SemanticKITTIDataModule(_RealLidarDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__(
-            root, image_size, history, superpixel_segments, superpixel_compactness, superpixel_sigma,
+            root, image_size, history, labelled_fraction, split_seed, use_unlabelled, superpixel_segments, superpixel_compactness, superpixel_sigma,
             batch_size, num_workers, seed,
         )  # fmt: skip
         self.save_hyperparameters()
@@ -569,6 +639,12 @@ class NuScenesLidarDataModule(_RealLidarDataModule):
         with_labels: read lidarseg labels; ``False`` gives -1 (unlabelled sweeps, or no lidarseg).
         image_size: ``(H, W)`` the 900 x 1600 images are resized to (SLidR: 224 x 416).
         history: past key frames per sample (LiMA's memory), from the same scene.
+        labelled_fraction: LaserMix++'s semi-supervised split: this fraction of the training scans
+            keeps its labels (at least one) and the training loader yields ``{"labelled",
+            "unlabelled"}`` batches; ``None`` serves plain batches.
+        split_seed: which scans are labelled.
+        use_unlabelled: with ``labelled_fraction``, serve the unlabelled scans too (``False``: the
+            supervised-only baseline).
         superpixel_segments: SLIC segments; default SLidR's 150 scaled by image area.
         superpixel_compactness: SLIC compactness (SLidR: 6).
         superpixel_sigma: SLIC smoothing; default SLidR's 3 scaled by ``H / 224``.
@@ -595,6 +671,9 @@ class NuScenesLidarDataModule(_RealLidarDataModule):
         with_labels: bool = True,
         image_size: tuple[int, int] = (224, 416),
         history: int = 0,
+        labelled_fraction: float | None = None,
+        split_seed: int = 0,
+        use_unlabelled: bool = True,
         superpixel_segments: int | None = None,
         superpixel_compactness: float = 6.0,
         superpixel_sigma: float | None = None,
@@ -603,7 +682,7 @@ class NuScenesLidarDataModule(_RealLidarDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__(
-            root, image_size, history, superpixel_segments, superpixel_compactness, superpixel_sigma,
+            root, image_size, history, labelled_fraction, split_seed, use_unlabelled, superpixel_segments, superpixel_compactness, superpixel_sigma,
             batch_size, num_workers, seed,
         )  # fmt: skip
         self.save_hyperparameters()

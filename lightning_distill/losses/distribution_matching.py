@@ -32,6 +32,9 @@ from lightning_distill.losses._checks import (
 )
 
 __all__ = [
+    "cfg_augmentation_gradient",
+    "distribution_matching_gradient",
+    "dmd_normaliser",
     "denoising_loss",
     "dmd_gradient",
     "gan_discriminator_loss",
@@ -311,3 +314,70 @@ def gan_discriminator_loss(
             )
         return real_term + fake_term
     return reduce(real_term, reduction) + reduce(fake_term, reduction)
+
+
+# ----------------------------------------------------------------------------------------------
+# Decoupled DMD: the CFG-augmentation and distribution-matching terms of DMD's gradient
+# ----------------------------------------------------------------------------------------------
+def _per_sample_scale(value: Tensor, like: Tensor) -> Tensor:
+    return value.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def dmd_normaliser(x0: Tensor, x0_real_guided: Tensor) -> Tensor:
+    """DMD2's per-sample normaliser ``mean_{c,h,w} |x0 - x0_real,cfg|`` ``(B,)``, float32, detached.
+
+    Decoupled DMD (Liu et al., arXiv 2511.22677) divides each of its two terms by it.
+
+    Example:
+        >>> dmd_normaliser(torch.tensor([[1.0, 3.0]]), torch.tensor([[0.0, 1.0]]))
+        tensor([1.5000])
+    """
+    return (x0.detach().float() - x0_real_guided.detach().float()).abs().reshape(x0.shape[0], -1).mean(1)
+
+
+def cfg_augmentation_gradient(
+    x0_real_cond: Tensor, x0_real_uncond: Tensor, guidance_scale: float, scale: Tensor | None = None
+) -> Tensor:
+    """The CA term in x0 space, ``g_CA = (a - 1)(x0_real,u - x0_real,c) / scale``, ``(B, ...)`` float32.
+
+    Descending along ``g_CA`` moves a sample by ``(a - 1)(x0_real,c - x0_real,u)``, the CFG
+    direction: Eq. 6's ``(a - 1)(s_real,c - s_real,u)`` up to the factor ``alpha / sigma^2 > 0``.
+    ``scale`` is a per-sample normaliser ``(B,)`` or ``None``; non-finite entries become 0.
+
+    Raises:
+        ValueError: if the two predictions differ in shape.
+
+    Example:
+        >>> cfg_augmentation_gradient(torch.tensor([[2.0]]), torch.tensor([[1.0]]), 3.0)
+        tensor([[-2.]])
+    """
+    if x0_real_cond.shape != x0_real_uncond.shape:
+        raise ValueError(
+            f"`x0_real_cond` and `x0_real_uncond` must have the same shape, got "
+            f"{tuple(x0_real_cond.shape)} and {tuple(x0_real_uncond.shape)}."
+        )
+    grad = (guidance_scale - 1.0) * (x0_real_uncond.detach().float() - x0_real_cond.detach().float())
+    grad = grad if scale is None else grad / _per_sample_scale(scale, grad)
+    return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def distribution_matching_gradient(
+    x0_fake_cond: Tensor, x0_real_cond: Tensor, scale: Tensor | None = None
+) -> Tensor:
+    """The DM term in x0 space, ``g_DM = (x0_fake,c - x0_real,c) / scale``, ``(B, ...)`` float32.
+
+    Raises:
+        ValueError: if the two predictions differ in shape.
+
+    Example:
+        >>> distribution_matching_gradient(torch.tensor([[1.0]]), torch.tensor([[3.0]]), torch.tensor([2.0]))
+        tensor([[-1.]])
+    """
+    if x0_fake_cond.shape != x0_real_cond.shape:
+        raise ValueError(
+            f"`x0_fake_cond` and `x0_real_cond` must have the same shape, got {tuple(x0_fake_cond.shape)} "
+            f"and {tuple(x0_real_cond.shape)}."
+        )
+    grad = x0_fake_cond.detach().float() - x0_real_cond.detach().float()
+    grad = grad if scale is None else grad / _per_sample_scale(scale, grad)
+    return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)

@@ -46,10 +46,9 @@ computed). The paper's schedules: (1) ``shared_timestep: true, ca_schedule: full
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from lightning.pytorch.cli import OptimizerCallable
@@ -57,7 +56,6 @@ from torch import Tensor, nn
 
 from lightning_distill.diffusion import (
     Cond,
-    FakeScore,
     NoiseSchedule,
     backward_simulation,
     cfg,
@@ -68,10 +66,15 @@ from lightning_distill.diffusion import (
     uniform_timesteps,
 )
 from lightning_distill.diffusion import sample as teacher_sample
-from lightning_distill.diffusion.gmm import AnalyticTeacher, GaussianMixture
-from lightning_distill.diffusion.metrics import mode_assignment, mode_coverage, rbf_mmd2, sliced_wasserstein
-from lightning_distill.losses import pseudo_target_loss
-from lightning_distill.module import DistillationModule
+from lightning_distill.diffusion.metrics import sample_metrics
+from lightning_distill.diffusion.recipe_base import DiffusionDistillationModule, check_option, fit_to_teacher
+from lightning_distill.diffusion.sampling import randn_like
+from lightning_distill.losses.distribution_matching import (
+    cfg_augmentation_gradient,
+    distribution_matching_gradient,
+    dmd_normaliser,
+    pseudo_target_loss,
+)
 
 __all__ = [
     "DecoupledDMD",
@@ -85,109 +88,7 @@ __all__ = [
 Schedule = Literal["constrained", "full"]
 
 
-def _per_sample(value: Tensor, like: Tensor) -> Tensor:
-    return value.reshape(-1, *([1] * (like.ndim - 1)))
-
-
-def dmd_normaliser(x0: Tensor, x0_real_guided: Tensor) -> Tensor:
-    """DMD2's per-sample normaliser ``mean_{c,h,w} |x0 - x0_real,cfg|`` ``(B,)``, float32, detached.
-
-    Example:
-        >>> dmd_normaliser(torch.tensor([[1.0, 3.0]]), torch.tensor([[0.0, 1.0]]))
-        tensor([1.5000])
-    """
-    return (x0.detach().float() - x0_real_guided.detach().float()).abs().reshape(x0.shape[0], -1).mean(1)
-
-
-def cfg_augmentation_gradient(
-    x0_real_cond: Tensor, x0_real_uncond: Tensor, guidance_scale: float, scale: Tensor | None = None
-) -> Tensor:
-    """The CA term in x0 space, ``g_CA = (a - 1)(x0_real,u - x0_real,c) / scale``, ``(B, ...)`` float32.
-
-    Descending along ``g_CA`` moves a sample by ``(a - 1)(x0_real,c - x0_real,u)``, the CFG
-    direction: Eq. 6's ``(a - 1)(s_real,c - s_real,u)`` up to the factor ``alpha / sigma^2 > 0``.
-    ``scale`` is a per-sample normaliser ``(B,)`` or ``None``; non-finite entries become 0.
-
-    Raises:
-        ValueError: if the two predictions differ in shape.
-
-    Example:
-        >>> cfg_augmentation_gradient(torch.tensor([[2.0]]), torch.tensor([[1.0]]), 3.0)
-        tensor([[-2.]])
-    """
-    if x0_real_cond.shape != x0_real_uncond.shape:
-        raise ValueError(
-            f"`x0_real_cond` and `x0_real_uncond` must have the same shape, got "
-            f"{tuple(x0_real_cond.shape)} and {tuple(x0_real_uncond.shape)}."
-        )
-    grad = (guidance_scale - 1.0) * (x0_real_uncond.detach().float() - x0_real_cond.detach().float())
-    grad = grad if scale is None else grad / _per_sample(scale, grad)
-    return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
-
-
-def distribution_matching_gradient(
-    x0_fake_cond: Tensor, x0_real_cond: Tensor, scale: Tensor | None = None
-) -> Tensor:
-    """The DM term in x0 space, ``g_DM = (x0_fake,c - x0_real,c) / scale``, ``(B, ...)`` float32.
-
-    Raises:
-        ValueError: if the two predictions differ in shape.
-
-    Example:
-        >>> distribution_matching_gradient(torch.tensor([[1.0]]), torch.tensor([[3.0]]), torch.tensor([2.0]))
-        tensor([[-1.]])
-    """
-    if x0_fake_cond.shape != x0_real_cond.shape:
-        raise ValueError(
-            f"`x0_fake_cond` and `x0_real_cond` must have the same shape, got {tuple(x0_fake_cond.shape)} "
-            f"and {tuple(x0_real_cond.shape)}."
-        )
-    grad = x0_fake_cond.detach().float() - x0_real_cond.detach().float()
-    grad = grad if scale is None else grad / _per_sample(scale, grad)
-    return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
-
-
-def fit_to_teacher(
-    model: nn.Module,
-    teacher: nn.Module,
-    schedule: NoiseSchedule,
-    batches: Iterable[tuple[Tensor, Cond]],
-    steps: int,
-    *,
-    prediction_type: str | None = None,
-    lr: float = 1e-3,
-    generator: torch.Generator | None = None,
-) -> float:
-    """Regress ``model`` onto ``teacher``'s outputs on noised data: "start from the teacher" without its weights.
-
-    Minimises ``||model(x_t, t, c) - teacher(x_t, t, c)||²`` (the teacher's output converted to
-    ``prediction_type``) over ``t ~ U[0, T)`` and ``x_t`` noised from ``(x0, c)`` batches, with Adam.
-    For a parameter-free teacher (the analytic GMM denoiser) this stands in for copying weights.
-
-    Returns:
-        The last step's loss.
-    """
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
-    loss = torch.zeros(())
-    for _, (x0, cond) in zip(range(steps), itertools.cycle(batches)):
-        T = schedule.num_train_timesteps
-        t = uniform_timesteps(x0.shape[0], 0, T, num_train_timesteps=T, generator=generator, device=x0.device)
-        x_t = schedule.add_noise(x0, _randn_like(x0, generator), t)
-        with torch.no_grad():
-            target = schedule.convert(
-                model_output(teacher, x_t, t, cond),
-                x_t,
-                t,
-                target=prediction_type or schedule.prediction_type,
-            )
-        loss = (model_output(model, x_t, t, cond).float() - target).square().mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return float(loss.detach())
-
-
-class DecoupledDMD(DistillationModule):
+class DecoupledDMD(DiffusionDistillationModule):
     """Decoupled DMD; the module docstring has the algorithm and the config keys.
 
     Args:
@@ -208,7 +109,7 @@ class DecoupledDMD(DistillationModule):
         max_grad_norm: gradient clipping of both updates (``None``: none).
         teacher_eval_steps: steps of the guided teacher sampler in validation.
         noise_seed: seed of all training draws (``None``: ``torch.initial_seed()``).
-        sample_shape: shape of one sample (default: the mixture's dimension, else the first batch's).
+        sample_shape: shape of one sample (default: the first batch's, else the teacher's or the mixture's).
         loss_weights: ``{"ca": ..., "dm": ..., "fake": ...}``.
         optimizer, fake_optimizer: of the student and of the fake score (default: the same).
 
@@ -218,6 +119,8 @@ class DecoupledDMD(DistillationModule):
     """
 
     loss_terms: ClassVar[tuple[str, ...]] = ("ca", "dm", "fake")
+    checkpoint_key: ClassVar[str] = "decoupled_dmd"
+    seed_words: ClassVar[int] = 1  # one 32-bit SeedSequence word per iteration seed
 
     def __init__(
         self,
@@ -246,58 +149,45 @@ class DecoupledDMD(DistillationModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         fake_optimizer: OptimizerCallable | None = None,
     ) -> None:
-        super().__init__(student, teacher=teacher, loss_weights=loss_weights, optimizer=optimizer)
+        super().__init__(
+            student,
+            teacher,
+            schedule,
+            noise_seed=noise_seed,
+            sample_shape=sample_shape,
+            eval_teacher_steps=teacher_eval_steps,
+            null_label=num_classes,
+            loss_weights=loss_weights,
+            optimizer=optimizer,
+            fake_score_optimizer=fake_optimizer,
+        )
         T = schedule.num_train_timesteps
         low, high = (int(f * T) for f in timestep_range)
         steps = tuple(generator_timesteps or evenly_spaced_timesteps(num_generator_steps, T))
-        _check(ca_schedule in ("constrained", "full"), "ca_schedule", ca_schedule, "'constrained' or 'full'")
-        _check(dm_schedule in ("constrained", "full"), "dm_schedule", dm_schedule, "'constrained' or 'full'")
-        _check(
-            not shared_timestep or ca_schedule == dm_schedule,
-            "shared_timestep",
-            shared_timestep,
-            "false unless `ca_schedule` equals `dm_schedule` (one tau serves both terms)",
-        )
         conditional = num_classes is not None or type(self).conditions is not DecoupledDMD.conditions
-        _check(
-            guidance_scale >= 1 and (guidance_scale == 1 or conditional),
-            "guidance_scale",
-            guidance_scale,
-            ">= 1, and 1 without `num_classes` or a `conditions` override (CFG needs a null condition)",
-        )
-        _check(0 <= low < high <= T, "timestep_range", timestep_range, "fractions 0 <= low < high <= 1")
-        _check(
-            all(a > b for a, b in zip(steps, steps[1:])) and min(steps) > low,
-            "generator_timesteps",
-            steps,
-            f"decreasing timesteps above the re-noising floor {low}",
-        )
-        _check(
-            generator_update_every >= 1, "generator_update_every", generator_update_every, "an integer >= 1"
-        )
-        _check(
-            student_init in ("teacher", "regress", "random"),
-            "student_init",
-            student_init,
-            "'teacher', 'regress' or 'random'",
-        )
-        _check(
-            self.loss_weights["ca"] > 0 or self.loss_weights["dm"] > 0,
-            "loss_weights",
-            self.loss_weights,
-            "a weight > 0 for `ca` or `dm` (else nothing trains the generator)",
-        )
+        weights = self.loss_weights
+        checks = [
+            (ca_schedule in ("constrained", "full"), "ca_schedule", ca_schedule, "'constrained' or 'full'"),
+            (dm_schedule in ("constrained", "full"), "dm_schedule", dm_schedule, "'constrained' or 'full'"),
+            (not shared_timestep or ca_schedule == dm_schedule, "shared_timestep", shared_timestep,
+             "false unless `ca_schedule` equals `dm_schedule` (one tau serves both terms)"),
+            (guidance_scale >= 1 and (guidance_scale == 1 or conditional), "guidance_scale", guidance_scale,
+             ">= 1, and 1 without `num_classes` or a `conditions` override (CFG needs a null condition)"),
+            (0 <= low < high <= T, "timestep_range", timestep_range, "fractions 0 <= low < high <= 1"),
+            (all(a > b for a, b in zip(steps, steps[1:])) and min(steps) > low, "generator_timesteps", steps,
+             f"decreasing timesteps above the re-noising floor {low}"),
+            (generator_update_every >= 1, "generator_update_every", generator_update_every, "an integer >= 1"),
+            (student_init in ("teacher", "regress", "random"), "student_init", student_init,
+             "'teacher', 'regress' or 'random'"),
+            (weights["ca"] > 0 or weights["dm"] > 0, "loss_weights", weights,
+             "a weight > 0 for `ca` or `dm` (else nothing trains the generator)"),
+        ]  # fmt: skip
+        for ok, key, value, allowed in checks:
+            check_option(ok, key, value, allowed)
         if student_init == "teacher":
-            try:
-                self.student.load_state_dict(self.teacher.state_dict())
-            except RuntimeError as error:
-                raise ValueError(
-                    f"`student_init: teacher` needs the teacher's architecture ({error}); use "
-                    "`regress` for a parameter-free teacher; set `model.init_args.student_init`."
-                ) from error
-        fake_score = FakeScore.copy_of(self.teacher, schedule) if fake_score is None else fake_score
-        fake_score = fake_score if isinstance(fake_score, FakeScore) else FakeScore(fake_score, schedule)
-        _check(
+            self.init_from_teacher(self.student)
+        fake_score = self.build_fake_score(fake_score)
+        check_option(
             bool(fake_score.trainable_parameters()),
             "fake_score",
             type(fake_score.model).__name__,
@@ -306,20 +196,13 @@ class DecoupledDMD(DistillationModule):
         self.save_hyperparameters(
             ignore=["student", "teacher", "schedule", "fake_score", "optimizer", "fake_optimizer"]
         )
-        self.automatic_optimization = False
-        self.fake_score, self.schedule, self.num_classes = fake_score, schedule, num_classes
+        self.fake_score, self.num_classes = fake_score, num_classes
         self.guidance_scale = float(guidance_scale)
         self.ca_schedule, self.dm_schedule, self.shared_timestep = ca_schedule, dm_schedule, shared_timestep
         self.timestep_bounds, self.generator_timesteps = (low, high), steps
         self.generator_update_every, self.normalise = generator_update_every, normalise
         self.student_init, self.init_steps = student_init, init_steps
         self.student_prediction_type, self.max_grad_norm = student_prediction_type, max_grad_norm
-        self.teacher_eval_steps = teacher_eval_steps
-        self.noise_seed = int(torch.initial_seed() if noise_seed is None else noise_seed)
-        self.sample_shape = tuple(sample_shape) if sample_shape is not None else None
-        self.fake_optimizer = fake_optimizer or optimizer
-        self.iteration = 0
-        self._eval_seed = 0
 
     # ------------------------------------------------------------------ the paper
     def conditions(self, labels: Tensor | None) -> tuple[Cond, Cond]:
@@ -336,7 +219,7 @@ class DecoupledDMD(DistillationModule):
                 f"Class labels must be in [0, {self.num_classes}), got {found}; use conditional "
                 "data (e.g. `data.init_args.conditional: true`)."
             )
-        return labels, torch.full_like(labels, self.num_classes)
+        return labels, self.null_condition(labels)
 
     def generator_input(self, noise: Tensor, cond: Cond, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """Step 1: ``(z_t, t)`` at a random step of the chain, by backward simulation (no grad)."""
@@ -402,11 +285,11 @@ class DecoupledDMD(DistillationModule):
         self, x0: Tensor, t_gen: Tensor, cond: Cond, null_cond: Cond, generator: torch.Generator
     ) -> dict[str, Tensor]:
         """Steps 3-4: a ``tau`` and a noise per term (one pair if ``shared_timestep``); terms of weight > 0."""
-        ca = (self.renoising_timesteps(t_gen, self.ca_schedule, generator), _randn_like(x0, generator))
+        ca = (self.renoising_timesteps(t_gen, self.ca_schedule, generator), randn_like(x0, generator))
         dm = (
             ca
             if self.shared_timestep
-            else (self.renoising_timesteps(t_gen, self.dm_schedule, generator), _randn_like(x0, generator))
+            else (self.renoising_timesteps(t_gen, self.dm_schedule, generator), randn_like(x0, generator))
         )
         terms = {"ca": (self.ca_term, ca), "dm": (self.dm_term, dm)}
         return {
@@ -417,20 +300,17 @@ class DecoupledDMD(DistillationModule):
 
     def fake_score_loss(self, x0: Tensor, cond: Cond, generator: torch.Generator) -> Tensor:
         """Step 6: the fake score's denoising loss on ``sg(x0)`` at ``tau' ~ U[0, T)``."""
-        T = self.schedule.num_train_timesteps
-        tau = uniform_timesteps(
-            x0.shape[0], 0, T, num_train_timesteps=T, generator=generator, device=x0.device
-        )
-        return self.fake_score.denoising_loss(x0.detach(), tau, _randn_like(x0, generator), cond)
+        tau = self.timesteps_like(x0, 0, self.schedule.num_train_timesteps, generator)
+        return self.fake_score.denoising_loss(x0.detach(), tau, randn_like(x0, generator), cond)
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
         opt_student, opt_fake = self.optimizers()
-        x, labels = batch[0], batch[1] if len(batch) > 1 else None
-        self.sample_shape = self.sample_shape or tuple(x.shape[1:])
-        gen = self._iteration_generator()
+        x, labels = self.split_batch(batch)
+        self.record_sample_shape(x)
+        gen = self.iteration_generator()
         cond, null_cond = self.conditions(labels)
         # 1. The generator's input at a random step of its chain (backward simulation).
-        z_t, t_gen = self.generator_input(_randn_like(x, gen), cond, gen)
+        z_t, t_gen = self.generator_input(randn_like(x, gen), cond, gen)
         update_generator = self.is_update_step(self.iteration, self.generator_update_every)
         # 2. x0 = G(z_t, t, c), with grad only when the generator learns this iteration.
         with torch.set_grad_enabled(update_generator):
@@ -441,8 +321,7 @@ class DecoupledDMD(DistillationModule):
         if update_generator:
             # 3.-5. CA and DM on their own re-noised copies, weighted sum, generator step.
             terms = self.generator_terms(x0, t_gen, cond, null_cond, gen)
-            loss = sum(self.loss_weights[name] * value for name, value in terms.items())
-            self.manual_update(loss, opt_student, clip_grad_norm=self.max_grad_norm)
+            self.manual_update(self.weighted_sum(terms), opt_student, clip_grad_norm=self.max_grad_norm)
         # 6. Fake score: denoising on the detached sample.
         terms["fake"] = self.fake_score_loss(x0, cond, gen)
         self.manual_update(
@@ -481,118 +360,41 @@ class DecoupledDMD(DistillationModule):
                 dist.broadcast(tensor.data, src=0)
 
     # ------------------------------------------------------------------ sampling and evaluation
-    @property
-    def reference_mixture(self) -> GaussianMixture | None:
-        """The data mixture when known: the analytic teacher's, else the datamodule's ``mixture``."""
-        if isinstance(self.teacher, AnalyticTeacher):
-            return self.teacher.gmm
-        mixture = getattr(getattr(self._trainer, "datamodule", None), "mixture", None)
-        return mixture if isinstance(mixture, GaussianMixture) else None
-
     @torch.no_grad()
     def generate(self, model: nn.Module, labels: Tensor | None, n: int, generator: torch.Generator) -> Tensor:
         """``n`` samples of the student (its chain) or another model (``teacher_eval_steps`` steps with CFG)."""
-        shape = self.sample_shape or (self.reference_mixture.dim,)
-        noise = torch.randn((n, *shape), generator=generator, device=generator.device).to(self.device)
-        cond, null_cond = self.conditions(labels)
-        if model is self.student:
-            return few_step_sample(
-                self.student,
-                self.schedule,
-                noise,
-                self.generator_timesteps,
-                cond,
-                generator=generator,
-                prediction_type=self.student_prediction_type,
-            )
-        return teacher_sample(
-            model, self.schedule, noise, self.teacher_eval_steps, cond, null_cond, self.guidance_scale
+        noise = self.initial_noise(n, generator)
+        if model is not self.student:
+            return self._guided_samples(model, noise, labels)
+        return few_step_sample(
+            self.student,
+            self.schedule,
+            noise,
+            self.generator_timesteps,
+            self.conditions(labels)[0],
+            generator=generator,
+            prediction_type=self.student_prediction_type,
         )
 
-    def sample(self, n: int, generator: torch.Generator) -> Tensor:
-        """``n`` student samples, labels drawn from the mixture's class weights (for ``SampleLogger``)."""
-        labels, gmm = None, self.reference_mixture
-        if self.num_classes is not None:
-            prior = torch.ones(self.num_classes, dtype=torch.float64)
-            if gmm is not None and gmm.num_classes == self.num_classes:
-                prior = prior.zero_().index_add_(0, gmm.class_of_mode.cpu(), gmm.weights.cpu().double())
-            labels = torch.multinomial(prior.to(generator.device), n, replacement=True, generator=generator)
-            labels = labels.to(self.device)
+    def sample(self, n: int, generator: torch.Generator, cond: Tensor | None = None) -> Tensor:
+        """``n`` student samples for the labels ``cond``, drawn from the mixture's class weights when not given."""
+        if cond is None and self.num_classes is not None:
+            cond = self.draw_labels(n, generator, self.num_classes)
+        return self.generate(self.student, cond, n, generator)
+
+    def evaluation_labels(self, cond: Cond) -> Tensor | None:
+        """With ``num_classes`` the student is scored on the evaluation batch's labels (and ``on_class``)."""
+        return cond if self.num_classes is not None else None
+
+    def evaluation_samples(self, n: int, labels: Tensor | None, generator: torch.Generator) -> Tensor:
         return self.generate(self.student, labels, n, generator)
 
-    def evaluate(self, model: nn.Module, batch: Any) -> dict[str, Tensor]:
-        """:func:`sample_metrics` of ``model``'s samples with the batch's labels against the batch."""
-        gmm = self.reference_mixture
-        if gmm is None:
-            return {}
-        x, labels = batch[0], batch[1] if self.num_classes is not None else None
-        samples = self.generate(
-            model, labels, x.shape[0], torch.Generator(device=self.device).manual_seed(self._eval_seed)
+    def teacher_samples(self, noise: Tensor, labels: Tensor | None) -> Tensor:
+        """The teacher's ``teacher_eval_steps``-step sampler with CFG at ``guidance_scale``."""
+        return self._guided_samples(self.teacher, noise, labels)
+
+    def _guided_samples(self, model: nn.Module, noise: Tensor, labels: Tensor | None) -> Tensor:
+        cond, null_cond = self.conditions(labels)
+        return teacher_sample(
+            model, self.schedule, noise, self.eval_teacher_steps, cond, null_cond, self.guidance_scale
         )
-        return sample_metrics(samples.reshape(x.shape[0], -1), x.reshape(x.shape[0], -1), labels, gmm)
-
-    def _evaluate_stage(self, batch: Any, batch_idx: int, stage: str) -> None:
-        self._eval_seed = self.noise_seed + 7919 * (batch_idx + 1)
-        first = self._teacher_metrics_pending.get(stage, False) and not self.trainer.sanity_checking
-        self._evaluation_step(batch, stage)
-        gmm = self.reference_mixture
-        if first and gmm is not None:  # the noise floor: another data sample with the same labels
-            x, labels = batch[0], batch[1].cpu() if self.num_classes is not None else None
-            other = gmm.sample(x.shape[0], torch.Generator().manual_seed(self._eval_seed), labels)
-            floor = sample_metrics(other, x.reshape(x.shape[0], -1), labels, gmm)
-            self.log_dict({f"{stage}/{k}_floor": v for k, v in floor.items()}, batch_size=x.shape[0])
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._evaluate_stage(batch, batch_idx, "val")
-
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._evaluate_stage(batch, batch_idx, "test")
-
-    # ------------------------------------------------------------------ optimizers, checkpoints, helpers
-    def configure_optimizers(self) -> Any:
-        student = [p for p in self.student.parameters() if p.requires_grad]
-        return self.optimizer(student), self.fake_optimizer(self.fake_score.trainable_parameters())
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint["decoupled_dmd"] = {"iteration": self.iteration, "sample_shape": self.sample_shape}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
-        state = checkpoint.get("decoupled_dmd", {})
-        self.iteration = int(state.get("iteration", 0))
-        shape = state.get("sample_shape")
-        self.sample_shape = tuple(shape) if shape is not None else self.sample_shape
-
-    def _iteration_generator(self) -> torch.Generator:
-        """The iteration's only random source, a function of (noise_seed, iteration, rank): resume is exact."""
-        rank = self.global_rank if self._trainer is not None else 0
-        seed = int(np.random.SeedSequence([self.noise_seed, self.iteration, rank]).generate_state(1)[0])
-        return torch.Generator(device=self.device).manual_seed(seed)
-
-
-def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
-    if not ok:
-        raise ValueError(f"`{key}` must be {allowed}, got {value!r}; set `model.init_args.{key}`.")
-
-
-def _randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    device = generator.device if generator is not None else x.device
-    return torch.randn(x.shape, generator=generator, device=device).to(x.device, x.dtype)
-
-
-def sample_metrics(
-    samples: Tensor, data: Tensor, labels: Tensor | None, gmm: GaussianMixture
-) -> dict[str, Tensor]:
-    """SWD, RBF-MMD², mode coverage of ``samples`` ``(N, D)`` against ``data`` ``(N, D)``, and ``on_class``:
-    the share of samples whose nearest mode (within the coverage threshold) belongs to their label."""
-    samples, data = samples.detach().float().cpu(), data.detach().float().cpu()
-    metrics = {
-        "swd": sliced_wasserstein(samples, data),
-        "mmd": rbf_mmd2(samples, data),
-        "mode_coverage": mode_coverage(samples, gmm),
-    }
-    if labels is not None and gmm.num_classes:
-        classes = torch.cat([gmm.class_of_mode.cpu(), torch.tensor([-1])])[mode_assignment(samples, gmm)]
-        metrics["on_class"] = (classes == labels.cpu()).double().mean()
-    return {k: v.float() for k, v in metrics.items()}

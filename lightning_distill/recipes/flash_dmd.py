@@ -39,12 +39,12 @@ import warnings
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
-import numpy as np
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lightning_distill.diffusion import Cond, NoiseSchedule
+from lightning_distill.diffusion.recipe_base import check_option
 from lightning_distill.losses.distribution_matching import gan_generator_loss, pseudo_target_loss
 from lightning_distill.recipes.dmd2 import DMD2
 
@@ -197,8 +197,7 @@ class FlashDMD(DMD2):
             (reward_model is None or isinstance(reward_model, nn.Module), "reward_model", type(reward_model).__name__, "an nn.Module or null"),
         ]  # fmt: skip
         for ok, key, value, allowed in checks:
-            if not ok:
-                raise ValueError(f"`{key}` must be {allowed}, got {value!r}; set `model.init_args.{key}`.")
+            check_option(ok, key, value, allowed)
         self.loss_weights["reward"] = float(reward_weight)
         self.reward_model = (
             None if reward_model is None else self.register_frozen("reward_model", reward_model)
@@ -285,9 +284,8 @@ class FlashDMD(DMD2):
         opt_gen, opt_fake = self.optimizers()
         real, cond = self.split_batch(batch)
         null_cond = self.null_condition(cond)
-        if self.sample_shape is None:
-            self.sample_shape = tuple(real.shape[1:])
-        rng = self._iteration_generator()
+        self.record_sample_shape(real)
+        rng = self.iteration_generator()
         generator_turn = self.is_update_step(self.iteration, self.dfake_gen_update_ratio)
         # 1. The student's input at a step of its chain (backward simulation) and its x̂₀.
         x_t, t = self.generator_input(real, cond, rng)
@@ -299,18 +297,16 @@ class FlashDMD(DMD2):
             self.toggle_optimizer(opt_gen)
             terms = self.generator_terms(x0, t, cond, null_cond, rng)
             if terms:
-                self.manual_update(self._sum(terms), opt_gen, clip_grad_norm=self.max_grad_norm)
+                self.manual_update(self.weighted_sum(terms), opt_gen, clip_grad_norm=self.max_grad_norm)
             self.untoggle_optimizer(opt_gen)
         # 4. Fake-score turn, every iteration: denoising on the detached samples + discriminator.
         fake_terms = {"fake": self.fake_score_loss(x0, cond, rng)}
         if self.gan_head is not None:
             fake_terms["guidance_cls"], _, _ = self.guidance_cls_loss(real, x0, cond, cond, rng)
         self.toggle_optimizer(opt_fake)
-        self.manual_update(self._sum(fake_terms), opt_fake, clip_grad_norm=self.max_grad_norm)
+        self.manual_update(self.weighted_sum(fake_terms), opt_fake, clip_grad_norm=self.max_grad_norm)
         self.untoggle_optimizer(opt_fake)
-        schedulers = self.lr_schedulers()
-        for scheduler in schedulers if isinstance(schedulers, list) else [s for s in [schedulers] if s]:
-            scheduler.step()
+        self.step_schedulers()
         self.iteration += 1
         logged = {f"train/{k}": v.detach() for k, v in {**terms, **fake_terms}.items()}
         if "reward" in terms:
@@ -340,15 +336,3 @@ class FlashDMD(DMD2):
         self.log(
             f"{stage}/reward", self.reward(self.sample(n, generator)).mean(), on_epoch=True, sync_dist=True
         )
-
-    # ------------------------------------------------------------------ helpers
-    def _sum(self, terms: dict[str, Tensor]) -> Tensor:
-        return sum(self.loss_weights[name] * value for name, value in terms.items())
-
-    def _iteration_generator(self) -> torch.Generator:
-        """Training noise of one iteration: a pure function of (seed, iteration, rank), so resume is exact."""
-        rank = self.global_rank if self._trainer is not None else 0
-        state = np.random.SeedSequence([self.noise_seed, self.iteration, rank]).generate_state(
-            2, dtype=np.uint32
-        )
-        return torch.Generator(device=self.device).manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)

@@ -39,9 +39,8 @@ import copy
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
-import numpy as np
 import torch
-from diffusers import UNet2DConditionModel, UNet2DModel
+from diffusers import UNet2DModel
 from torch import Tensor, nn
 
 from lightning_distill.callbacks.feature_hooks import FeatureHooks
@@ -52,8 +51,16 @@ from lightning_distill.diffusion import (
     discriminator_logits,
     feature_path,
     model_output,
-    uniform_timesteps,
 )
+from lightning_distill.diffusion.denoisers import bottleneck_channels
+from lightning_distill.diffusion.recipe_base import check_option
+from lightning_distill.diffusion.routing import (
+    RoutedDenoiser,
+    check_partition,
+    contiguous_partition,
+    reassemble,
+)
+from lightning_distill.diffusion.sampling import randn_like
 from lightning_distill.losses.distribution_matching import (
     denoising_loss,
     gan_discriminator_loss,
@@ -62,128 +69,7 @@ from lightning_distill.losses.distribution_matching import (
 )
 from lightning_distill.recipes.dmd2 import DMD2
 
-__all__ = ["MSD", "RoutedDenoiser", "contiguous_partition"]
-
-_CKPT_KEY = "msd"
-
-
-def contiguous_partition(num_classes: int, num_students: int) -> list[list[int]]:
-    """Classes ``0 .. num_classes - 1`` in ``num_students`` contiguous blocks whose sizes differ by at most one.
-
-    Raises:
-        ValueError: fewer classes than students, or a count below 1.
-
-    Example:
-        >>> contiguous_partition(10, 4)
-        [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9]]
-    """
-    if num_students < 1 or num_classes < num_students:
-        raise ValueError(
-            f"Cannot split {num_classes} classes among {num_students} students; each student needs at least one "
-            "class. Set `model.init_args.num_students` (or `partition`)."
-        )
-    return [[int(c) for c in block] for block in np.array_split(np.arange(num_classes), num_students)]
-
-
-class RoutedDenoiser(nn.Module):
-    """K denoisers, one per block of class labels, called like one: sample ``i`` goes to the owner of its label.
-
-    Each expert receives the original (global) class labels of its samples, so an expert with the
-    teacher's architecture can start from the teacher's weights.
-
-    Args:
-        experts: the K denoisers (diffusers call convention).
-        partition: K disjoint blocks of class ids that together cover ``0 .. C - 1``.
-
-    Raises:
-        ValueError: ``partition`` with another number of blocks than ``experts``, an empty block,
-            a class in two blocks, a missing class, or a negative id.
-
-    Example:
-        >>> router = RoutedDenoiser([MLPDenoiser(hidden=8, depth=1, num_classes=4) for _ in range(2)], [[0, 1], [2, 3]])
-        >>> router(torch.randn(3, 2), torch.tensor(999), torch.tensor([3, 0, 2])).shape, router.owners(torch.tensor([3, 0]))
-        (torch.Size([3, 2]), tensor([1, 0]))
-    """
-
-    def __init__(self, experts: Sequence[nn.Module], partition: Sequence[Sequence[int]]) -> None:
-        super().__init__()
-        self.partition = check_partition(partition, len(experts))
-        self.experts = nn.ModuleList(experts)
-        owner = torch.empty(sum(len(block) for block in self.partition), dtype=torch.long)
-        for k, block in enumerate(self.partition):
-            owner[list(block)] = k
-        self.register_buffer("owner", owner, persistent=False)
-
-    @property
-    def num_classes(self) -> int:
-        """``C``, the number of classes the partition covers."""
-        return self.owner.numel()
-
-    def owners(self, cond: Cond) -> Tensor:
-        """The owning expert of each sample ``(B,)`` from integer class labels ``(B,)``; override for other conditions.
-
-        Raises:
-            ValueError: no labels, floating or mapping conditions, or labels outside ``[0, C)``.
-        """
-        if not isinstance(cond, Tensor) or cond.is_floating_point() or cond.dtype == torch.bool:
-            raise ValueError(
-                "MSD routes samples by integer class labels, got "
-                f"{'no condition' if cond is None else type(cond).__name__ + ' ' + str(getattr(cond, 'dtype', ''))}. "
-                "Use labelled data (`data.init_args.conditional: true`) or override `RoutedDenoiser.owners`."
-            )
-        labels = cond.reshape(-1).long()
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
-            raise ValueError(
-                f"Class labels must be in [0, {self.num_classes}) to be routed (the null label has no owner), got "
-                f"{sorted(set(labels.tolist()))[:10]}."
-            )
-        return self.owner.to(labels.device)[labels]
-
-    def forward(
-        self, sample: Tensor, timestep: Tensor | int | float, class_labels: Tensor | None = None
-    ) -> Tensor:
-        """Each expert's prediction on its own samples, reassembled in batch order ``(B, ...)``."""
-        labels = torch.as_tensor(class_labels, device=sample.device) if class_labels is not None else None
-        if labels is not None and labels.numel() == 1 and sample.shape[0] > 1:
-            labels = labels.reshape(1).expand(sample.shape[0])
-        owners = self.owners(labels)
-        t = torch.as_tensor(timestep, device=sample.device)
-        t = t.expand(sample.shape[0]) if t.ndim == 0 else t
-        parts, indices = [], []
-        for k, expert in enumerate(self.experts):
-            index = (owners == k).nonzero(as_tuple=True)[0]
-            if index.numel():
-                parts.append(model_output(expert, sample[index], t[index], labels[index]))
-                indices.append(index)
-        return _reassemble(parts, indices)
-
-
-def check_partition(partition: Sequence[Sequence[int]], num_students: int) -> tuple[tuple[int, ...], ...]:
-    """``partition`` as tuples after checking it splits ``0 .. C - 1`` into ``num_students`` non-empty blocks.
-
-    Raises:
-        ValueError: naming the problem (count, empty block, overlap, missing or negative class).
-    """
-    blocks = tuple(tuple(int(c) for c in block) for block in partition)
-    key = "set `model.init_args.partition`"
-    if len(blocks) != num_students:
-        raise ValueError(f"`partition` has {len(blocks)} blocks for {num_students} students; {key}.")
-    seen: dict[int, int] = {}
-    for k, block in enumerate(blocks):
-        if not block:
-            raise ValueError(f"`partition[{k}]` is empty: every student must own a class; {key}.")
-        for c in block:
-            if c < 0:
-                raise ValueError(f"`partition[{k}]` holds the negative class {c}; {key}.")
-            if c in seen:
-                raise ValueError(f"Class {c} is in `partition[{seen[c]}]` and `partition[{k}]`; {key}.")
-            seen[c] = k
-    missing = sorted(set(range(max(seen) + 1)) - set(seen))
-    if missing:
-        raise ValueError(
-            f"Classes {missing} belong to no student in `partition`={list(map(list, blocks))}; {key}."
-        )
-    return blocks
+__all__ = ["MSD", "RoutedDenoiser", "check_partition", "contiguous_partition"]
 
 
 class MSD(DMD2):
@@ -246,9 +132,9 @@ class MSD(DMD2):
                     "The teacher does not tell its number of classes; set `model.init_args.partition`."
                 )
             partition = contiguous_partition(classes, K)
-        _check(fake_score_sharing in ("per_student", "shared"), "fake_score_sharing", fake_score_sharing,
+        check_option(fake_score_sharing in ("per_student", "shared"), "fake_score_sharing", fake_score_sharing,
                "'per_student' or 'shared'")  # fmt: skip
-        _check(tsm_steps >= 0, "tsm_steps", tsm_steps, "an integer >= 0")
+        check_option(tsm_steps >= 0, "tsm_steps", tsm_steps, "an integer >= 0")
         if student_init == "teacher":
             for k, s in enumerate(students):
                 try:
@@ -304,7 +190,10 @@ class MSD(DMD2):
             # Vector features (MLP fake scores) are 1x1 maps: GANHead's default groups would hold one value
             # each, which GroupNorm sends to 0 (a constant discriminator); one group normalises over channels.
             self.gan_head = nn.ModuleList(
-                GANHead(gan_channels or _channels(e), num_groups=1 if isinstance(e, MLPDenoiser) else None)
+                GANHead(
+                    gan_channels or bottleneck_channels(e),
+                    num_groups=1 if isinstance(e, MLPDenoiser) else None,
+                )
                 for e in experts
             )
 
@@ -326,12 +215,8 @@ class MSD(DMD2):
         ``y_teacher`` is the conditional teacher's prediction (no CFG) converted to the student's
         parameterisation, so the student learns the teacher's denoiser on its classes.
         """
-        t = uniform_timesteps(real.shape[0], 0, self.schedule.num_train_timesteps,
-                              num_train_timesteps=self.schedule.num_train_timesteps, generator=generator,
-                              device=real.device)  # fmt: skip
-        x_t = self.schedule.add_noise(
-            real, torch.randn(real.shape, generator=generator, device=real.device), t
-        )
+        t = self.timesteps_like(real, 0, self.schedule.num_train_timesteps, generator)
+        x_t = self.schedule.add_noise(real, randn_like(real, generator), t)
         with torch.no_grad():
             target = self.schedule.convert(
                 model_output(self.teacher, x_t, t, cond), x_t, t,
@@ -356,10 +241,10 @@ class MSD(DMD2):
 
     def fake_score_loss(self, x0: Tensor, cond: Cond, generator: torch.Generator | None = None) -> Tensor:
         """L_fake = Σ_k mean_k ‖f_k(x_t, t, c) − ε‖² on detached samples, t ~ U[0, T) (the batch mean when shared)."""
-        T = self.schedule.num_train_timesteps
-        t = uniform_timesteps(x0.shape[0], 0, T, num_train_timesteps=T, generator=generator, device=x0.device)
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        per_sample = self.fake_score.denoising_loss(x0.detach(), t, noise, cond, reduction="none")
+        t = self.timesteps_like(x0, 0, self.schedule.num_train_timesteps, generator)
+        per_sample = self.fake_score.denoising_loss(
+            x0.detach(), t, randn_like(x0, generator), cond, reduction="none"
+        )
         return self.per_student_mean(per_sample, cond) if self.per_student_fake else per_sample.mean()
 
     def guidance_cls_loss(
@@ -394,11 +279,8 @@ class MSD(DMD2):
             self.gan_hooks.attach(self)
         t = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         if self.gan_max_timestep > 0:
-            t = uniform_timesteps(x.shape[0], 0, self.gan_max_timestep, generator=generator, device=x.device,
-                                  num_train_timesteps=self.schedule.num_train_timesteps)  # fmt: skip
-            x = self.schedule.add_noise(
-                x, torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype), t
-            )
+            t = self.timesteps_like(x, 0, self.gan_max_timestep, generator)
+            x = self.schedule.add_noise(x, randn_like(x, generator), t)
         owners, parts, indices = self.router.owners(cond), [], []
         for k, (expert, head) in enumerate(zip(self.fake_score.model.experts, self.gan_head)):
             index = (owners == k).nonzero(as_tuple=True)[0]
@@ -409,7 +291,7 @@ class MSD(DMD2):
                     )
                 )
                 indices.append(index)
-        return _reassemble(parts, indices)
+        return reassemble(parts, indices)
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: Any, batch_idx: int) -> None:
@@ -417,10 +299,9 @@ class MSD(DMD2):
         if self.iteration < self.tsm_steps:
             opt_gen, _ = self.optimizers()
             real, cond = self.split_batch(batch)
-            if self.sample_shape is None:
-                self.sample_shape = tuple(real.shape[1:])
+            self.record_sample_shape(real)
             self.toggle_optimizer(opt_gen)
-            loss = self.teacher_score_matching_loss(real, cond, self._tsm_generator())
+            loss = self.teacher_score_matching_loss(real, cond, self.iteration_generator(stream=(7,)))
             self.manual_update(loss, opt_gen, clip_grad_norm=self.max_grad_norm)
             self.untoggle_optimizer(opt_gen)
             self.iteration += 1
@@ -475,34 +356,12 @@ class MSD(DMD2):
         weights of the bench's mixture when known, else uniformly.
         """
         if cond is None:
-            cond = torch.multinomial(
-                self.class_weights().to(generator.device), n, replacement=True, generator=generator
-            )
+            cond = self.draw_labels(n, generator, self.router.num_classes)
         return super().sample(n, generator, torch.as_tensor(cond).to(self.device))
 
     def class_weights(self) -> Tensor:
         """``p(c)`` ``(C,)``: the mixture's class masses on the exact bench, else uniform."""
-        gmm, C = self.reference_mixture, self.router.num_classes
-        if gmm is not None and gmm.num_classes == C:
-            return torch.zeros(C, dtype=torch.float64).index_add_(
-                0, gmm.class_of_mode.cpu(), gmm.weights.double().cpu()
-            )
-        return torch.full((C,), 1.0 / C, dtype=torch.float64)
-
-    # ------------------------------------------------------------------ helpers
-    def _tsm_generator(self) -> torch.Generator:
-        """TSM noise of one iteration: a pure function of (seed, iteration, rank), apart from DMD2's streams."""
-        rank = self.global_rank if self._trainer is not None else 0
-        state = np.random.SeedSequence([self.noise_seed, self.iteration, rank, 7]).generate_state(
-            2, dtype=np.uint32
-        )
-        return torch.Generator(device=self.device).manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
-
-
-def _reassemble(parts: list[Tensor], indices: list[Tensor]) -> Tensor:
-    """Rows ``parts[j]`` belong at ``indices[j]``: one tensor in batch order (differentiable)."""
-    out, order = torch.cat(parts), torch.cat(indices)
-    return out.new_empty(out.shape).index_copy(0, order, out)
+        return self.label_prior(self.router.num_classes)
 
 
 def _trainable(module: nn.Module) -> list[nn.Parameter]:
@@ -511,7 +370,7 @@ def _trainable(module: nn.Module) -> list[nn.Parameter]:
 
 def _as_list(module: nn.Module | Sequence[nn.Module], count: int, key: str) -> list[nn.Module]:
     if isinstance(module, nn.Module):
-        _check(count >= 1, "num_students", count, "an integer >= 1")
+        check_option(count >= 1, "num_students", count, "an integer >= 1")
         return [copy.deepcopy(module) for _ in range(count)]
     modules = list(module)
     if (
@@ -532,18 +391,3 @@ def _teacher_classes(teacher: nn.Module) -> int | None:
         return int(teacher.config.num_class_embeds) - 1
     classes = getattr(teacher, "num_classes", None)
     return classes if isinstance(classes, int) and classes >= 1 else None
-
-
-def _check(ok: bool, key: str, value: object, allowed: str) -> None:
-    if not ok:
-        raise ValueError(f"`{key}` must be {allowed}, got {value!r}; set `model.init_args.{key}`.")
-
-
-def _channels(model: nn.Module) -> int:
-    if isinstance(model, (UNet2DModel, UNet2DConditionModel)):
-        return int(model.config.block_out_channels[-1])
-    if isinstance(model, MLPDenoiser):
-        return model.blocks[-1].linear.out_features
-    raise ValueError(
-        f"Cannot tell the feature channels of {type(model).__name__}; set `model.init_args.gan_channels`."
-    )

@@ -40,20 +40,23 @@ expert / fake-score initialisation  ``expert_init`` / ``fake_reset`` "teacher" /
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
-from typing import Any, Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Literal
 
-import numpy as np
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 
 from lightning_distill.callbacks.progressive_schedule import ProgressiveSchedule
-from lightning_distill.diffusion import FakeScore, NoiseSchedule, guided_output, model_output, sample
-from lightning_distill.diffusion.gmm import GaussianMixture
-from lightning_distill.diffusion.metrics import mode_coverage, mode_weight_tv, rbf_mmd2, sliced_wasserstein
+from lightning_distill.diffusion import NoiseSchedule, broadcast_to, guided_output, model_output
+from lightning_distill.diffusion.phases import (
+    PhasedGenerator,
+    subinterval_coefficients,
+    subinterval_noise,
+    subinterval_target,
+)
+from lightning_distill.diffusion.recipe_base import DiffusionDistillationModule
 from lightning_distill.losses.distribution_matching import denoising_loss, dmd_gradient, pseudo_target_loss
-from lightning_distill.module import DistillationModule
 
 __all__ = [
     "PhasedDMD",
@@ -64,116 +67,7 @@ __all__ = [
 ]
 
 
-def subinterval_coefficients(
-    alpha_s: Tensor, sigma_s: Tensor, alpha_t: Tensor, sigma_t: Tensor
-) -> tuple[Tensor, Tensor]:
-    """``(α_{t|s}, σ_{t|s})`` of the forward process restarted at ``s < t``: ``x_t = α_{t|s} x_s + σ_{t|s} ε``.
-
-    ``α_{t|s} = α_t / α_s`` and ``σ_{t|s}² = σ_t² - α_{t|s}² σ_s²``, so that ``x_t`` has the marginal
-    of the full process whenever ``x_s`` does. Inputs are scalars or ``(B,)``; float32 out.
-
-    Example:
-        >>> a, b = subinterval_coefficients(*map(torch.tensor, (0.8, 0.6, 0.6, 0.8)))
-        >>> round(a.item(), 4), round(b.item(), 4)  # 0.75 and sqrt(0.64 - 0.5625 * 0.36)
-        (0.75, 0.6614)
-    """
-    alpha_ts = alpha_t.float() / alpha_s.float()
-    sigma_ts = (sigma_t.float() ** 2 - alpha_ts**2 * sigma_s.float() ** 2).clamp_min(1e-12).sqrt()
-    return alpha_ts, sigma_ts
-
-
-def subinterval_noise(
-    x_s: Tensor, noise: Tensor, alpha_s: Tensor, sigma_s: Tensor, alpha_t: Tensor, sigma_t: Tensor
-) -> Tensor:
-    """``x_t = α_{t|s} x_s + σ_{t|s} ε`` for samples ``x_s`` ``(B, ...)`` at time ``s`` (float32)."""
-    a, b = (_per_sample(c, x_s) for c in subinterval_coefficients(alpha_s, sigma_s, alpha_t, sigma_t))
-    return a * x_s.float() + b * noise.float()
-
-
-def subinterval_target(
-    x_s: Tensor, noise: Tensor, alpha_s: Tensor, sigma_s: Tensor, alpha_t: Tensor, sigma_t: Tensor
-) -> tuple[Tensor, Tensor]:
-    """The unbiased ``(x̂₀, ε̂)`` regression pair for ``x_t = subinterval_noise(x_s, noise, ...)``.
-
-    A model of the *full* process predicting ``(x̂₀, ε̂)`` at ``x_t`` has the score
-    ``-ε̂/σ_t``. The score of the subinterval marginal is ``E[-(x_t - α_{t|s} x_s)/σ_{t|s}² | x_t]``,
-    so the unbiased targets are ``ε* = (σ_t/σ_{t|s}) ε`` and ``x₀* = (x_t - σ_t ε*)/α_t``
-    ``= x_s/α_s - α_t σ_s²/(α_s² σ_{t|s}) ε`` (affine in ``x_s``: the denoising target is ``x_s``).
-    Feed them to ``NoiseSchedule.target(x0, eps, t)`` for any parameterisation; for flow this is
-    the paper's Eq. 13. At ``(α_s, σ_s) = (1, 0)`` they are ``(x_s, ε)``: plain denoising.
-
-    Returns:
-        ``(x0_target, eps_target)``, float32, shape of ``x_s``.
-    """
-    a_ts, s_ts = (_per_sample(c, x_s) for c in subinterval_coefficients(alpha_s, sigma_s, alpha_t, sigma_t))
-    a_s, s_s, a_t, s_t = (_per_sample(c.float(), x_s) for c in (alpha_s, sigma_s, alpha_t, sigma_t))
-    eps_target = (s_t / s_ts) * noise.float()
-    x0_target = x_s.float() / a_s - (a_t * s_s**2 / (a_s**2 * s_ts)) * noise.float()
-    return x0_target, eps_target
-
-
-class PhasedGenerator(nn.Module):
-    """A few-step mixture-of-experts generator: expert ``k`` steps from ``timesteps[k]`` to ``timesteps[k+1]``.
-
-    Each expert is a denoiser (diffusers call convention) predicting ``schedule.prediction_type``;
-    a step is deterministic DDIM (Euler for flow): ``x_next = α_next x̂₀ + σ_next ε̂``, and the
-    last expert returns x̂₀. Called as ``generator(x_t, t)`` it routes each sample to the expert
-    whose phase ``(t_{k+1}, t_k]`` holds ``t`` (for export and diffusers-style use).
-
-    Args:
-        experts: ``K`` modules.
-        schedule: the noise schedule.
-        timesteps: the ``K`` decreasing timesteps the experts receive (``t_0 .. t_{K-1}``).
-    """
-
-    def __init__(
-        self, experts: Sequence[nn.Module], schedule: NoiseSchedule, timesteps: Sequence[int | float]
-    ) -> None:
-        super().__init__()
-        if len(experts) != len(timesteps) or not experts:
-            raise ValueError(
-                f"Need one expert per timestep, got {len(experts)} experts and timesteps {list(timesteps)}."
-            )
-        self.experts = nn.ModuleList(experts)
-        self.schedule = schedule
-        self.timesteps = list(timesteps)
-
-    def step(self, k: int, x: Tensor, cond: Any = None) -> Tensor:
-        """Expert ``k`` on ``x`` ``(B, ...)`` at ``timesteps[k]``: the sample at ``timesteps[k+1]`` (x̂₀ for the last)."""
-        t = torch.full((x.shape[0],), self.timesteps[k], device=x.device)
-        t = t.long() if isinstance(self.timesteps[k], int) else t
-        out = model_output(self.experts[k], x, t, cond)
-        x0 = self.schedule.to_x0(out, x, t)
-        if k + 1 == len(self.experts):
-            return x0
-        alpha, sigma = self.schedule.alpha_sigma(torch.tensor(self.timesteps[k + 1], device=x.device))
-        return alpha * x0 + sigma * self.schedule.to_eps(out, x, t)
-
-    def generate(
-        self, noise: Tensor, cond: Any = None, *, last: int | None = None, grad: bool = False
-    ) -> Tensor:
-        """Run experts ``0..last`` from ``noise`` (all by default); only expert ``last`` may keep grad."""
-        last = len(self.experts) - 1 if last is None else last
-        x = noise
-        with torch.no_grad():
-            for k in range(last):
-                x = self.step(k, x, cond).to(noise.dtype)
-        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
-            return self.step(last, x, cond)
-
-    def forward(self, sample: Tensor, timestep: Tensor | int | float, *args: Any, **kwargs: Any) -> Tensor:
-        t = torch.as_tensor(timestep, device=sample.device).expand(sample.shape[0])
-        bounds = torch.tensor(self.timesteps[1:], device=sample.device, dtype=torch.float32)
-        owner = (bounds[None, :] >= t.float()[:, None]).sum(1)  # (B,): the phase of each sample
-        out = torch.empty_like(sample)
-        for k in owner.unique().tolist():
-            rows = owner == k
-            cut = [a[rows] if isinstance(a, Tensor) and a.shape[:1] == sample.shape[:1] else a for a in args]
-            out[rows] = model_output(self.experts[k], sample[rows], t[rows], *cut[:1], **kwargs).to(out.dtype)
-        return out
-
-
-class PhasedDMD(DistillationModule):
+class PhasedDMD(DiffusionDistillationModule):
     """Phased DMD (see the module docstring); the student is the template of every expert.
 
     Args:
@@ -210,6 +104,8 @@ class PhasedDMD(DistillationModule):
     """
 
     loss_terms = ("dm", "fake")
+    checkpoint_key: ClassVar[str] = "phased_dmd"
+    seed_words: ClassVar[int] = 1  # one 32-bit SeedSequence word per iteration seed
 
     def __init__(
         self,
@@ -237,12 +133,14 @@ class PhasedDMD(DistillationModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         loss_weights: dict[str, float] | None = None,
     ) -> None:
-        super().__init__(student=student, teacher=teacher, loss_weights=loss_weights, optimizer=optimizer)
-        self.automatic_optimization = False
         if not isinstance(schedule, NoiseSchedule):
             raise TypeError(
                 f"`schedule` must be a NoiseSchedule, got {type(schedule).__name__}; set `model.init_args.schedule`."
             )
+        super().__init__(
+            student, teacher, schedule, noise_seed=noise_seed, null_label=null_label, loss_weights=loss_weights,
+            optimizer=optimizer,
+        )  # fmt: skip
         _validate(
             phase_boundaries=phase_boundaries,
             phase_steps=phase_steps,
@@ -255,7 +153,6 @@ class PhasedDMD(DistillationModule):
             fake_reset=fake_reset,
         )
         self.save_hyperparameters(ignore=["student", "teacher", "fake_score", "schedule", "optimizer"])
-        self.schedule = schedule
         self.num_phases = len(phase_boundaries) - 1
         self.phase_steps = None if phase_steps is None else list(phase_steps)
         self.fake_updates_per_generator = fake_updates_per_generator
@@ -266,21 +163,11 @@ class PhasedDMD(DistillationModule):
         self.normalise_gradient = normalise_gradient
         self.expert_init, self.fake_reset = expert_init, fake_reset
         self.generator_lr, self.fake_lr, self.clip_grad_norm = generator_lr, fake_lr, clip_grad_norm
-        self.conditional, self.guidance_scale, self.null_label = conditional, guidance_scale, null_label
-        self.phase, self.noise_seed, self._iteration = 0, noise_seed, 0
-        self._eval_points: list[Tensor] = []
-        self._floor_logged = False
+        self.conditional, self.guidance_scale, self.phase = conditional, guidance_scale, 0
         self.timesteps = [self._to_timestep(float(b)) for b in phase_boundaries]
         for k in range(self.num_phases):
             self._timestep_bounds(k)  # raises for an empty range
-        if fake_score is None and not any(True for _ in teacher.parameters()):
-            raise ValueError(
-                "The teacher has no parameters to copy into a fake score; set `model.init_args.fake_score`."
-            )
-        fake = fake_score if fake_score is not None else FakeScore.copy_of(teacher, schedule)
-        self.fake_score = (
-            fake if isinstance(fake, FakeScore) else FakeScore(fake.requires_grad_(True).train(), schedule)
-        )
+        self.fake_score = self.build_fake_score(fake_score)
         if fake_reset == "initial":
             self.register_frozen("fake_initial", copy.deepcopy(self.fake_score.model))
         elif not self.fake_score.is_lora:
@@ -311,8 +198,8 @@ class PhasedDMD(DistillationModule):
         with torch.no_grad():
             eps_real = self.schedule.to_eps(self._real_output(x_t, t, cond), x_t, t)
             eps_fake = self.schedule.to_eps(model_output(self.fake_score, x_t, t, cond), x_t, t)
-        a_ts, s_ts = (_per_sample(c, x_s) for c in subinterval_coefficients(a_s, s_s, a_t, s_t))
-        s_t = _per_sample(s_t, x_s)
+        a_ts, s_ts = (broadcast_to(c, x_s) for c in subinterval_coefficients(a_s, s_s, a_t, s_t))
+        s_t = broadcast_to(s_t.float(), x_s)
         if self.normalise_gradient:  # x̂_s = E[x_s | x_t] under each score, compared as DMD2 compares x̂₀
             x_s_real, x_s_fake = ((x_t.float() - s_ts**2 / s_t * e) / a_ts for e in (eps_real, eps_fake))
             grad = dmd_gradient(x_s_fake, x_s_real, x_s)
@@ -324,11 +211,12 @@ class PhasedDMD(DistillationModule):
     def training_step(self, batch: Any, batch_idx: int) -> None:
         opt_generator, opt_fake = self.optimizers()
         phase = self._check_phase()
-        x, cond = self._unpack(batch)
-        gen = self._iteration_generator(x.device)
+        x, cond = self.split_batch(batch)
+        self.record_sample_shape(x)
+        gen = self.iteration_generator(device=x.device)
         # 1. Backward simulation to x_{t_phase}, then expert `phase` (with grad on generator steps only).
         noise = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
-        generator_step = self._is_generator_step(self._iteration)
+        generator_step = self._is_generator_step(self.iteration)
         x_s = self.student.generate(noise, cond, last=phase, grad=generator_step)
         # 2-4. One update: the fake score on subinterval targets, or the generator on the DM gradient.
         if generator_step:
@@ -336,7 +224,7 @@ class PhasedDMD(DistillationModule):
         else:
             terms, optimizer = {"fake": self.fake_score_loss(x_s.detach(), phase, cond, gen)}, opt_fake
         self.manual_update(self.log_losses(terms)["loss"], optimizer, clip_grad_norm=self.clip_grad_norm)
-        self._iteration += 1
+        self.iteration += 1
 
     def on_stage_change(self, name: str, old: Any, new: Any) -> None:
         """5. A new phase: reset the fake score (and its optimizer state); ``"previous"`` experts start from the last one."""
@@ -364,85 +252,29 @@ class PhasedDMD(DistillationModule):
         stages = {"kind": "stages", "boundaries": self.phase_steps, "values": list(range(self.num_phases))}
         return [ProgressiveSchedule({"phase": stages})]
 
-    # ------------------------------------------------------------------ sampling and evaluation
+    # ------------------------------------------------------------------ sampling, batches, checkpoints
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator, cond: Any = None) -> Tensor:
         """``n`` samples of the full K-step generator from noise drawn with ``generator``."""
-        shape = getattr(self, "_sample_shape", None) or self._mixture_shape()
-        noise = torch.randn((n, *shape), generator=generator, device=generator.device).to(self.device)
-        return self.student.generate(noise, cond)
+        return self.student.generate(self.initial_noise(n, generator), cond)
+
+    def split_batch(self, batch: Any) -> tuple[Tensor, Any]:
+        """``(x, labels)`` with ``conditional``, else ``(x, None)``."""
+        x, cond = super().split_batch(batch)
+        return x, cond if self.conditional else None
 
     @property
-    def reference_mixture(self) -> GaussianMixture | None:
-        """The data mixture when known: the analytic teacher's, else the datamodule's."""
-        gmm = getattr(self.teacher, "gmm", None)
-        if gmm is None and self._trainer is not None:
-            gmm = getattr(getattr(self.trainer, "datamodule", None), "mixture", None)
-        return gmm if isinstance(gmm, GaussianMixture) else None
+    def evaluation_seed(self) -> int:
+        """Validation samples are drawn from seed 0 (the floor from seed 1), whatever ``noise_seed``."""
+        return 0
 
-    def _evaluation_step(self, batch: Any, stage: str) -> None:
-        x = batch[0] if isinstance(batch, (list, tuple)) else batch
-        self._sample_shape = tuple(x.shape[1:])
-        self._eval_points.append(x.detach().reshape(x.shape[0], -1))
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {**super().checkpoint_state(), "phase": self.phase}
 
-    def on_validation_epoch_end(self) -> None:
-        self._log_sample_metrics("val")
-        super().on_validation_epoch_end()
-
-    def on_test_epoch_end(self) -> None:
-        self._log_sample_metrics("test")
-        super().on_test_epoch_end()
-
-    @torch.no_grad()
-    def _log_sample_metrics(self, stage: str) -> None:
-        """``<stage>/{swd,mmd,mode_coverage,mode_tv}`` of the K-step student against the epoch's points.
-
-        Once per run also the teacher's 50-step sampler (``<stage>/teacher_<metric>``) and the
-        data-vs-data floor (``<stage>/<metric>_floor``). Needs a known Gaussian mixture.
-        """
-        gmm, points, self._eval_points = self.reference_mixture, self._eval_points, []
-        if gmm is None or not points or self.trainer.sanity_checking or points[0].shape[1] != gmm.dim:
-            return
-        real = torch.cat(points).float()
-        n, gen = real.shape[0], torch.Generator(device=self.device).manual_seed(0)
-        rows = [("", self.sample(n, gen).reshape(n, -1), "")]
-        if self._teacher_metrics_pending.get(stage, False):
-            noise = torch.randn(real.shape, generator=gen, device=self.device)
-            rows.append(("teacher_", sample(self.teacher, self.schedule, noise, num_steps=50), ""))
-        if not self._floor_logged:
-            rows.append(("", gmm.sample(n, torch.Generator().manual_seed(1)).to(real), "_floor"))
-            self._floor_logged = True
-        for prefix, x, suffix in rows:
-            metrics = {
-                "swd": sliced_wasserstein(x.float(), real),
-                "mmd": rbf_mmd2(x.float(), real),
-                "mode_coverage": mode_coverage(x, gmm),
-                "mode_tv": mode_weight_tv(x, gmm),
-            }
-            for name, value in metrics.items():
-                self.log(f"{stage}/{prefix}{name}{suffix}", float(value), on_epoch=True)
-
-    # ------------------------------------------------------------------ checkpoints
-    def setup(self, stage: str) -> None:
-        if self.noise_seed is None:
-            self.noise_seed = int(torch.initial_seed())
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint["phased_dmd"] = {
-            "iteration": self._iteration,
-            "seed": self.noise_seed,
-            "phase": self.phase,
-        }
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
-        state = checkpoint.get("phased_dmd", {})
-        self._iteration, self.noise_seed, self.phase = (
-            state.get("iteration", 0),
-            state.get("seed", self.noise_seed),
-            state.get("phase", 0),
-        )
+    def load_checkpoint_state(self, state: Mapping[str, Any]) -> None:
+        legacy = {} if state.get("seed") is None else {"noise_seed": state["seed"]}  # older checkpoints
+        super().load_checkpoint_state({**legacy, **state})
+        self.phase = state.get("phase", 0)
 
     # ------------------------------------------------------------------ helpers
     def _is_generator_step(self, iteration: int) -> bool:
@@ -509,27 +341,6 @@ class PhasedDMD(DistillationModule):
             torch.full_like(cond, self.null_label) if self.null_label is not None else torch.zeros_like(cond)
         )
         return guided_output(self.teacher, x_t, t, cond, null, self.guidance_scale)
-
-    def _unpack(self, batch: Any) -> tuple[Tensor, Any]:
-        x = batch[0] if isinstance(batch, (list, tuple)) else batch
-        self._sample_shape = tuple(x.shape[1:])
-        return x, (batch[1] if self.conditional else None)
-
-    def _iteration_generator(self, device: torch.device) -> torch.Generator:
-        rank = self.global_rank if self._trainer is not None else 0
-        seed = np.random.SeedSequence([int(self.noise_seed or 0), self._iteration, rank]).generate_state(1)[0]
-        return torch.Generator(device=device).manual_seed(int(seed))
-
-    def _mixture_shape(self) -> tuple[int, ...]:
-        gmm = self.reference_mixture
-        if gmm is None:
-            raise RuntimeError("The sample shape is unknown before the first batch; run a batch first.")
-        return (gmm.dim,)
-
-
-def _per_sample(coef: Tensor, like: Tensor) -> Tensor:
-    coef = torch.as_tensor(coef, device=like.device).float()
-    return coef.reshape(-1, *([1] * (like.ndim - 1))) if coef.ndim == 1 else coef
 
 
 def _check_loadable(module: nn.Module, teacher: nn.Module, key: str) -> None:

@@ -56,7 +56,12 @@ from lightning_distill.diffusion import (
     sample,
 )
 from lightning_distill.diffusion.fake_score import ResidualScore
-from lightning_distill.diffusion.recipe_base import DiffusionDistillationModule, check_option, first_tensor
+from lightning_distill.diffusion.recipe_base import (
+    DiffusionDistillationModule,
+    check_option,
+    check_teacher_schedule,
+    first_tensor,
+)
 from lightning_distill.diffusion.sampling import randn_like
 from lightning_distill.losses.distribution_matching import pseudo_target_loss, vsd_gradient
 
@@ -166,6 +171,7 @@ class SwiftBrush(DiffusionDistillationModule):
                 "fake_score_optimizer",
             ]
         )
+        check_teacher_schedule(teacher, self.schedule)
         T = self.schedule.num_train_timesteps
         for key, value, allowed in (
             ("fake_score_mode", fake_score_mode, ("lora", "residual", "separate")),

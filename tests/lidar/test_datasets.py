@@ -16,6 +16,8 @@ from lightning_distill.data.images import EpochShuffleSampler, ResumableDataLoad
 from lightning_distill.lidar.datasets import NuScenesLidarDataModule, SemanticKITTIDataModule
 from lightning_distill.lidar.geometry import project_points
 from lightning_distill.lidar.networks import SmallImageBackbone, SparseUNet
+from lightning_distill.recipes.lasermix_pp import LaserMixPP
+from lightning_distill.recipes.lima import LiMA
 from lightning_distill.recipes.slidr import SLidR
 
 NATIVE = (20, 60)  # (H, W) of the fake images on disk; the readers upscale by 2
@@ -31,17 +33,21 @@ def _rigid(rotation: np.ndarray, translation) -> np.ndarray:
 def _image(path: Path, size: tuple[int, int], bright: tuple[int, int], seed: int) -> None:
     """A dim textured image with one bright pixel at ``bright = (u, v)``."""
     rng = np.random.default_rng(seed)
-    pixels = (rng.random((*size, 3)) * 60).astype(np.uint8)
-    pixels[:, : size[1] // 2, 2] += 80  # two regions for SLIC
+    rows, cols = np.mgrid[0 : size[0], 0 : size[1]]
+    blocks = rng.integers(0, 100, (size[0] // 5 + 1, size[1] // 10 + 1, 3))  # coloured blocks for SLIC
+    pixels = (blocks[rows // 5, cols // 10] + rng.integers(0, 10, (*size, 3))).astype(np.uint8)
     pixels[bright[1], bright[0]] = 255
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels).save(path, quality=100, subsampling=0)
 
 
-def _brightest(image: torch.Tensor) -> set[tuple[int, int]]:
-    """``(u, v)`` of the brightest pixels of a ``(3, H, W)`` image."""
-    gray = image.sum(0)
-    v, u = torch.nonzero(gray >= gray.max() - 1e-4, as_tuple=True)
+def _bright(image: torch.Tensor) -> set[tuple[int, int]]:
+    """``(u, v)`` of the pixels of a ``(3, H, W)`` image that the bright pixel on disk reaches.
+
+    The blocks are at most 109 / 255 bright; bilinear 2x upscaling gives each of the four pixels a
+    bright native pixel covers at least 0.75 * 0.75 of it.
+    """
+    v, u = torch.nonzero(image.mean(0) > 0.5, as_tuple=True)
     return set(zip(u.tolist(), v.tolist()))
 
 
@@ -112,7 +118,7 @@ def write_kitti(root: Path, num_points: int = 300) -> dict:
 
 def kitti_module(root: Path, **kwargs) -> SemanticKITTIDataModule:
     kwargs = {"train_sequences": ["04"], "val_sequences": [4], "test_sequences": ["04"], "image_size": SIZE,
-              "batch_size": 2, **kwargs}  # fmt: skip
+              "superpixel_segments": 20, "batch_size": 2, **kwargs}  # fmt: skip
     dm = SemanticKITTIDataModule(str(root), **kwargs)
     dm.setup()
     return dm
@@ -170,7 +176,7 @@ def test_kitti_point_projects_onto_its_pixel_and_pose_is_recovered(kitti):
     assert mask[0] and mask.sum() > 10
     # the bright pixel on disk is where the point lands in the resized image
     pixel = (int(uv[0, 0].round()), int(uv[0, 1].round()))
-    assert pixel in _brightest(batch["images"][0, 0])
+    assert pixel in _bright(batch["images"][0, 0])
     # every point against the KITTI devkit projection P2 @ Tr
     devkit = (truth["P2"] @ truth["Tr"] @ np.c_[xyz.double().numpy(), np.ones(len(xyz))].T).T
     torch.testing.assert_close(uv[mask], _upscaled(devkit[:, :2] / devkit[:, 2:])[mask], atol=2e-3, rtol=0)
@@ -199,7 +205,7 @@ def test_kitti_missing_files_raise_clear_errors(kitti, tmp_path):
         kitti_module(root, train_sequences=["05"])
     dm = kitti_module(root)
     (root / "sequences/04/labels/000001.label").unlink()
-    with pytest.raises(FileNotFoundError, match="000001.label.*with_labels"):
+    with pytest.raises(FileNotFoundError, match="with_labels.*000001.label"):
         dm.dataset("val")[1]
     (root / "sequences/04/image_2/000000.png").unlink()
     with pytest.raises(FileNotFoundError, match="image_2/000000.png"):
@@ -328,8 +334,9 @@ def write_nuscenes(root: Path, num_points: int = 300) -> dict:
 
 
 def nuscenes_module(root: Path, **kwargs) -> NuScenesLidarDataModule:
-    kwargs = {"train_split": ["scene-0103"], "val_split": "mini_val", "cameras": ("CAM_FRONT", "CAM_BACK"),
-              "image_size": SIZE, "batch_size": 2, **kwargs}  # fmt: skip
+    (root / "val_scenes.txt").write_text("scene-0103\n")  # the text-file form of a split
+    kwargs = {"train_split": ["scene-0103"], "val_split": str(root / "val_scenes.txt"), "cameras": ("CAM_FRONT", "CAM_BACK"),
+              "image_size": SIZE, "superpixel_segments": 20, "batch_size": 2, **kwargs}  # fmt: skip
     dm = NuScenesLidarDataModule(str(root), **kwargs)
     dm.setup()
     return dm
@@ -364,7 +371,7 @@ def test_nuscenes_point_projects_onto_its_pixel_and_pose_is_recovered(nuscenes):
         xyz = batch["points"][batch["points"][:, 0] == b][:, 1:4]
         uv, _, mask = project_points(xyz, batch["K"][b, 1], batch["T_cam_from_lidar"][b, 1], SIZE)
         torch.testing.assert_close(uv[0], _upscaled([17.3, 12.2]), atol=2e-3, rtol=0)
-        assert mask[0] and (int(uv[0, 0].round()), int(uv[0, 1].round())) in _brightest(batch["images"][b, 1])
+        assert mask[0] and (int(uv[0, 0].round()), int(uv[0, 1].round())) in _bright(batch["images"][b, 1])
         for c, channel in enumerate(("CAM_FRONT", "CAM_BACK")):
             expected = truth["chains"][b][channel] @ np.linalg.inv(ours_from_nus)
             torch.testing.assert_close(
@@ -397,7 +404,7 @@ def test_nuscenes_history_lidar_only_and_errors(nuscenes, tmp_path):
     with pytest.raises(FileNotFoundError, match="CAM_BACK/frame1.jpg"):
         dm.dataset("val")[1]
     (root / "lidarseg/v1.0-mini/ls0_lidarseg.bin").unlink()
-    with pytest.raises(FileNotFoundError, match="ls0_lidarseg.bin.*with_labels"):
+    with pytest.raises(FileNotFoundError, match="with_labels.*ls0_lidarseg.bin"):
         dm.dataset("val")[0]
     (root / "v1.0-mini/ego_pose.json").unlink()
     with pytest.raises(FileNotFoundError, match="ego_pose.json.*Expected layout"):
@@ -421,3 +428,34 @@ def test_slidr_training_step_runs_on_real_layout(dataset, tmp_path):
     assert torch.isfinite(loss) and float(loss) > 0
     loss.backward()
     assert all(p.grad is not None for p in recipe.student.parameters())
+
+
+def test_lima_runs_on_a_nuscenes_window(tmp_path):
+    write_nuscenes(tmp_path, num_points=800)
+    batch = next(iter(nuscenes_module(tmp_path, history=1).train_dataloader()))
+    torch.manual_seed(0)
+    recipe = LiMA(
+        SparseUNet(1, widths=(4, 8)), SmallImageBackbone(widths=(4, 8)), voxel_size=0.5, memory_frames=1
+    )
+    recipe.log = lambda *a, **k: None
+    loss = recipe.training_step(batch, 0)["loss"]
+    assert torch.isfinite(loss.detach())
+    loss.backward()
+    assert all(p.grad is not None for p in recipe.student.parameters())
+
+
+def test_lasermix_pp_runs_on_the_semi_supervised_kitti_split(tmp_path):
+    write_kitti(tmp_path, num_points=800)
+    dm = kitti_module(tmp_path, labelled_fraction=0.5, batch_size=1)
+    loaders = dm.train_dataloader()
+    assert set(loaders) == {"labelled", "unlabelled"}
+    batch = {name: next(iter(loader)) for name, loader in loaders.items()}
+    assert (batch["unlabelled"]["labels"] == -1).all() and (batch["labelled"]["labels"] >= 0).any()
+    assert len(kitti_module(tmp_path, labelled_fraction=0.5, use_unlabelled=False).train_dataloader()) == 1
+    torch.manual_seed(0)
+    recipe = LaserMixPP(
+        SparseUNet(1, widths=(4, 8)), SmallImageBackbone(widths=(4, 8)), num_classes=19, voxel_size=0.5
+    )
+    recipe.log = lambda *a, **k: None
+    terms = recipe.training_step(batch, 0)
+    assert {"ce_labelled", "ce_mixed", "distill"} <= set(terms) and torch.isfinite(terms["loss"].detach())

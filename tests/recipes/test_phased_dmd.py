@@ -218,12 +218,12 @@ class Recorder(PhasedDMD):
         self.stage_calls: list[dict] = []
 
     def log_losses(self, terms, **kwargs):
-        self.terms += [(self._iteration, k, float(v)) for k, v in terms.items()]
+        self.terms += [(self.iteration, k, float(v)) for k, v in terms.items()]
         return super().log_losses(terms, **kwargs)
 
     def on_stage_change(self, name, old, new):
         state = self.trainer.optimizers[1].state
-        self.stage_calls.append({"call": (name, old, new, self._iteration), "fake_state_before": len(state)})
+        self.stage_calls.append({"call": (name, old, new, self.iteration), "fake_state_before": len(state)})
         super().on_stage_change(name, old, new)
         teacher = self.teacher.state_dict()
         self.stage_calls[-1]["fake_is_teacher"] = all(
@@ -255,7 +255,7 @@ def test_stage_change_fires_once_and_resets_the_fake_score_from_the_teacher():
     assert call["fake_is_teacher"] and call["expert_copied"]
     # Iterations 2, 5, 8, 11 update the generator (2 fake updates per generator update).
     assert [i for i, name, _ in recipe.terms if name == "dm"] == [2, 5, 8, 11]
-    assert recipe.phase == 1 and recipe._iteration == 12
+    assert recipe.phase == 1 and recipe.iteration == 12
 
 
 @pytest.mark.parametrize("stop", [4, 6, 8])
@@ -328,7 +328,7 @@ def test_classifier_free_guidance_applies_to_the_real_score_only():
     with torch.no_grad():
         cond, uncond = teacher(x_t, t, y), teacher(x_t, t, torch.full((4,), 3))
         torch.testing.assert_close(recipe._real_output(x_t, t, y), uncond + 3.0 * (cond - uncond))
-    x, labels = recipe._unpack((torch.zeros(4, 2), y))
+    x, labels = recipe.split_batch((torch.zeros(4, 2), y))
     assert labels is y
 
 
