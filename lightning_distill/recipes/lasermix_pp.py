@@ -255,10 +255,10 @@ class LaserMixPP(DistillationModule):
                     features_l, self.image_features(labelled["images"]), pairs_l
                 )
             return self.log_losses(terms)
-        if unlabelled["images"].shape[0] != labelled["images"].shape[0]:
+        if _clouds(unlabelled) != _clouds(labelled):
             raise ValueError(
-                f"LaserMix pairs labelled and unlabelled clouds one to one, got {labelled['images'].shape[0]} "
-                f"labelled and {unlabelled['images'].shape[0]} unlabelled clouds; serve batches of equal size "
+                f"LaserMix pairs labelled and unlabelled clouds one to one, got {_clouds(labelled)} "
+                f"labelled and {_clouds(unlabelled)} unlabelled clouds; serve batches of equal size "
                 "(drop the last incomplete batch)."
             )
         pairs_u = self.pairs(unlabelled) if distill else None
@@ -305,7 +305,7 @@ class LaserMixPP(DistillationModule):
 
     def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
         labelled = batch["labelled"] if "labelled" in batch else batch
-        self._batch_size_hint = int(labelled["images"].shape[0])  # clouds, not points
+        self._batch_size_hint = _clouds(labelled)  # clouds, not points
 
     # -------------------------------------------------------------- evaluation
     def _evaluation_step(self, batch: dict[str, Tensor], stage: str) -> None:
@@ -376,3 +376,9 @@ class LaserMixPP(DistillationModule):
         if self._generator is None:
             self._generator = torch.Generator().manual_seed(torch.initial_seed() % 2**63)
         return self._generator
+
+
+def _clouds(batch: dict[str, Tensor]) -> int:
+    """Number of clouds in a batch (LiDAR-only batches carry no images)."""
+    points = batch["points"]
+    return int(points[:, 0].max()) + 1 if points.numel() else 0
