@@ -66,7 +66,8 @@ class DistillCLI(LightningCLI):
 
 
 def recipe_config_path(slug: str) -> Path:
-    """``recipes/<slug>/config.yaml``, looked up from the working directory, then the repository.
+    """``recipes/<slug>/<config>`` (``config.yaml`` unless the recipe names another), looked up from
+    the working directory, then the repository.
 
     Raises:
         KeyError: unknown slug (with close matches).
@@ -74,8 +75,8 @@ def recipe_config_path(slug: str) -> Path:
     """
     if slug not in RECIPES:
         load_recipe(slug)  # raises KeyError naming the closest slugs
-    candidates = [Path.cwd() / "recipes" / slug / "config.yaml",
-                  Path(__file__).resolve().parents[1] / "recipes" / slug / "config.yaml"]
+    name = RECIPES[slug].config
+    candidates = [Path.cwd() / "recipes" / slug / name, Path(__file__).resolve().parents[1] / "recipes" / slug / name]
     for path in candidates:
         if path.is_file():
             return path

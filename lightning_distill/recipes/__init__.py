@@ -17,6 +17,7 @@ class RecipeInfo(NamedTuple):
     class_path: str
     title: str
     arxiv: str
+    config: str = "config.yaml"  # the config `--recipe <slug>` runs, in recipes/<slug>/
 
 
 RECIPES: dict[str, RecipeInfo] = {
@@ -110,6 +111,13 @@ RECIPES: dict[str, RecipeInfo] = {
         "lightning_distill.recipes.lasermix_pp.LaserMixPP",
         "Multi-Modal Data-Efficient 3D Scene Understanding for Autonomous Driving",
         "2405.05258",
+    ),
+    "calico": RecipeInfo(
+        "lidar",
+        "lightning_distill.recipes.calico.CALICOPRC",
+        "CALICO: Self-Supervised Camera-LiDAR Contrastive Pre-training for BEV Perception",
+        "2306.00349",
+        config="prc.yaml",  # stage 1; stage 2 (CALICORAD) is rad.yaml
     ),
     "lima": RecipeInfo(
         "lidar",

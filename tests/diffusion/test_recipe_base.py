@@ -133,18 +133,18 @@ class Draws(Callback):
 
 
 def test_resume_continues_the_counter_and_the_noise_exactly(tmp_path):
-    def fit(max_steps: int, ckpt_path=None):
+    def fit(epochs: int, ckpt_path=None):
         module, record = Toy(noise_seed=9), Draws()
-        saver = ModelCheckpoint(dirpath=tmp_path / f"run{max_steps}", save_last=True)
+        saver = ModelCheckpoint(dirpath=tmp_path / f"run{epochs}", save_last=True)
         kwargs = quiet_trainer_kwargs(
-            max_steps=max_steps, limit_val_batches=0, enable_checkpointing=True, callbacks=[record, saver]
+            max_epochs=epochs, limit_val_batches=0, enable_checkpointing=True, callbacks=[record, saver]
         )
         L.Trainer(**kwargs).fit(module, datamodule=gmm_data(), ckpt_path=ckpt_path)
         return module, record
 
-    full, full_record = fit(6)  # 3 batches per epoch: resume at the epoch boundary
-    _, first = fit(3)
-    resumed, second = fit(6, ckpt_path=str(tmp_path / "run3" / "last.ckpt"))
+    full, full_record = fit(2)  # 3 iterations per epoch
+    _, first = fit(1)
+    resumed, second = fit(2, ckpt_path=str(tmp_path / "run1" / "last.ckpt"))
     assert full.iteration == resumed.iteration == 6
     assert resumed.draws == full.draws[3:]
     torch.testing.assert_close(torch.tensor(first.losses + second.losses), torch.tensor(full_record.losses))
