@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU build of torch keeps the install small; GPU users: `make TORCH=torch venv`.
 TORCH ?= torch==2.13.0
-EXTRAS ?= dev,wandb,docs,mnist,diffusion,lidar,graphs
+EXTRAS ?= dev,wandb,docs,mnist,dataset,diffusion,lidar,graphs
 export LIGHTNING_DISTILL_CACHE ?= $(CURDIR)/.cache/lightning_distill
 export NO_MKDOCS_2_WARNING := 1
 

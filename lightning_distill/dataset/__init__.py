@@ -60,6 +60,18 @@ from lightning_distill.dataset.relabel import (
     retrain_on_relabel_cache,
 )
 from lightning_distill.dataset.synthetic import EvalSpec, SyntheticSet
+from lightning_distill.dataset.trajectory import (
+    ExpertSpec,
+    ExpertStep,
+    ExpertTrajectories,
+    ParamLayout,
+    expert_trajectories,
+    functional_logits,
+    hessian_top_eigenvalue,
+    train_expert,
+    trajectory_matching_loss,
+    unroll_student,
+)
 
 __all__ = [
     "AugmentParams",
@@ -72,8 +84,12 @@ __all__ = [
     "DSA_OPS",
     "EvalResult",
     "EvalSpec",
+    "ExpertSpec",
+    "ExpertStep",
+    "ExpertTrajectories",
     "LabelProjector",
     "OnlineLabelClassifier",
+    "ParamLayout",
     "RecoverDataModule",
     "RelabelCache",
     "RetrainClassifier",
@@ -95,9 +111,12 @@ __all__ = [
     "evaluate_relabel_cache",
     "evaluate_spec",
     "evaluate_synthetic",
+    "expert_trajectories",
     "full_training_set",
+    "functional_logits",
     "hard_label_bytes",
     "herding_subset",
+    "hessian_top_eigenvalue",
     "prototype_label_projector",
     "random_network",
     "random_real_subset",
@@ -109,6 +128,9 @@ __all__ = [
     "soft_label_cache_bytes",
     "soft_label_loss",
     "teacher_soft_labels",
+    "train_expert",
     "trajectory_checkpoints",
+    "trajectory_matching_loss",
     "trajectory_teachers",
+    "unroll_student",
 ]

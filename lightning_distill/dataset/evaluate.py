@@ -46,10 +46,13 @@ __all__ = [
     "RetrainClassifier",
     "evaluate_spec",
     "evaluate_synthetic",
+    "fit_fresh_model",
     "full_training_set",
     "herding_subset",
     "random_real_subset",
+    "quiet_lightning",
     "retrain_model",
+    "retrain_trainer",
     "teacher_soft_labels",
     "classification_accuracy",
 ]
@@ -287,15 +290,15 @@ def retrain_model(
     tensors = [images.detach().cpu().float().clone(), labels.detach().cpu().long().clone()]
     if soft_labels is not None:
         tensors.append(soft_labels.detach().cpu().float().clone())
-    with (
-        torch.inference_mode(False),
-        torch.enable_grad(),
-        torch.random.fork_rng(devices=[]),
-        _quiet_lightning(),
-    ):
-        torch.manual_seed(seed)
-        model = model_fn()
-        module = RetrainClassifier(
+    loader = DataLoader(
+        TensorDataset(*tensors),
+        batch_size=min(batch_size, tensors[0].shape[0]),
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+    def wrap(model: nn.Module) -> L.LightningModule:
+        return RetrainClassifier(
             model,
             epochs=epochs,
             lr=lr,
@@ -305,14 +308,61 @@ def retrain_model(
             temperature=temperature,
             seed=seed,
         )
-        loader = DataLoader(
-            TensorDataset(*tensors),
-            batch_size=min(batch_size, tensors[0].shape[0]),
-            shuffle=True,
-            generator=torch.Generator().manual_seed(seed),
-        )
-        trainer = _trainer(epochs, accelerator, devices)
-        trainer.fit(module, train_dataloaders=loader)
+
+    return fit_fresh_model(
+        model_fn, wrap, loader, epochs=epochs, seed=seed, accelerator=accelerator, devices=devices
+    )
+
+
+def fit_fresh_model(
+    model_fn: Callable[[], nn.Module],
+    wrap: Callable[[nn.Module], L.LightningModule],
+    loader: Iterable[Any],
+    *,
+    epochs: int,
+    seed: int = 0,
+    accelerator: str = "cpu",
+    devices: int | list[int] = 1,
+) -> nn.Module:
+    """Build a fresh model under ``seed`` and train it for ``epochs`` epochs with a quiet, bare Trainer.
+
+    The loop behind every evaluation by retraining (:func:`retrain_model`,
+    :func:`~lightning_distill.dataset.relabel.retrain_on_relabel_cache`,
+    :func:`~lightning_distill.dataset.label_projector.retrain_with_online_labels`): the global
+    random state is seeded with ``seed`` before ``model_fn()`` and restored afterwards, gradients
+    are on whatever the caller's grad or inference mode (so it runs inside another Trainer's
+    validation), and Lightning's per-Trainer notices are silenced (:func:`quiet_lightning`).
+
+    Args:
+        model_fn: builds the fresh model.
+        wrap: turns the model into the LightningModule that trains it (its loss and optimizer).
+        loader: the training batches.
+        epochs: training epochs.
+        seed: seed of the global random state while the model is built and trained.
+        accelerator: Lightning accelerator.
+        devices: Lightning devices.
+
+    Returns:
+        The trained model, on the CPU, in eval mode.
+
+    Example:
+        >>> import torch
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> data = DataLoader(TensorDataset(torch.randn(8, 1, 4, 4), torch.arange(8) % 2), batch_size=4)
+        >>> build = lambda: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2))
+        >>> model = fit_fresh_model(build, lambda m: RetrainClassifier(m, epochs=1), data, epochs=1)
+        >>> model.training
+        False
+    """
+    with (
+        torch.inference_mode(False),
+        torch.enable_grad(),
+        torch.random.fork_rng(devices=[]),
+        quiet_lightning(),
+    ):
+        torch.manual_seed(seed)
+        model = model_fn()
+        retrain_trainer(epochs, accelerator, devices).fit(wrap(model), train_dataloaders=loader)
     return model.cpu().eval()
 
 
@@ -534,7 +584,8 @@ def _as_augment(augment: str | SiameseAugment | None, *, siamese: bool) -> Siame
     )
 
 
-def _trainer(epochs: int, accelerator: str, devices: int | list[int]) -> L.Trainer:
+def retrain_trainer(epochs: int, accelerator: str = "cpu", devices: int | list[int] = 1) -> L.Trainer:
+    """The bare Trainer of evaluation by retraining: ``epochs`` epochs, no logger, checkpoint, bar or validation."""
     return L.Trainer(
         max_epochs=epochs,
         accelerator=accelerator,
@@ -550,7 +601,7 @@ def _trainer(epochs: int, accelerator: str, devices: int | list[int]) -> L.Train
 
 
 @contextlib.contextmanager
-def _quiet_lightning() -> Iterator[None]:
+def quiet_lightning() -> Iterator[None]:
     """Silence Lightning's per-Trainer notices (device summary, tips, worker hints) while retraining."""
     names = (
         "lightning.pytorch.utilities.rank_zero",

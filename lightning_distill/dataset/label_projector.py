@@ -48,9 +48,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_distill.dataset.evaluate import (
     EvalResult,
     RetrainClassifier,
-    _quiet_lightning,
-    _trainer,
     classification_accuracy,
+    fit_fresh_model,
 )
 from lightning_distill.dataset.networks import ConvNet
 
@@ -326,7 +325,7 @@ def trajectory_checkpoints(
         ValueError: empty or non-positive ``save_epochs``.
         TypeError: a datamodule without ``train_images()``.
     """
-    from lightning_distill.models.pretrained import _file_lock, _reset_parameters, default_cache_dir
+    from lightning_distill.models.pretrained import default_cache_dir, file_lock, reinitialize
 
     epochs = [int(e) for e in save_epochs]
     if not epochs or min(epochs) < 1:
@@ -338,7 +337,7 @@ def trajectory_checkpoints(
     key = _trajectory_key(model, data, settings)
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     path = root / "trajectories" / f"{type(model).__name__}-{key}.pt"
-    with _file_lock(path.with_suffix(".lock")):
+    with file_lock(path.with_suffix(".lock")):
         if path.is_file() and not retrain:
             stored = torch.load(path, map_location="cpu", weights_only=True)
         else:
@@ -350,7 +349,7 @@ def trajectory_checkpoints(
             stored = {}
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                _reset_parameters(model)
+                reinitialize(model)
                 optimizer = torch.optim.SGD(
                     model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
                 )
@@ -747,15 +746,15 @@ def retrain_with_online_labels(
     tensors = [images.detach().cpu().float().clone(), labels.detach().cpu().long().clone()]
     was_training = label_fn.training
     flags = [p.requires_grad for p in label_fn.parameters()]
-    with (
-        torch.inference_mode(False),
-        torch.enable_grad(),
-        torch.random.fork_rng(devices=[]),
-        _quiet_lightning(),
-    ):
-        torch.manual_seed(seed)
-        model = model_fn()
-        module = OnlineLabelClassifier(
+    loader = DataLoader(
+        TensorDataset(*tensors),
+        batch_size=min(batch_size, tensors[0].shape[0]),
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+    def wrap(model: nn.Module) -> OnlineLabelClassifier:
+        return OnlineLabelClassifier(
             model,
             label_fn,
             loss=loss,
@@ -768,19 +767,15 @@ def retrain_with_online_labels(
             temperature=temperature,
             seed=seed,
         )
-        loader = DataLoader(
-            TensorDataset(*tensors),
-            batch_size=min(batch_size, tensors[0].shape[0]),
-            shuffle=True,
-            generator=torch.Generator().manual_seed(seed),
+
+    try:
+        return fit_fresh_model(
+            model_fn, wrap, loader, epochs=epochs, seed=seed, accelerator=accelerator, devices=devices
         )
-        try:
-            _trainer(epochs, accelerator, devices).fit(module, train_dataloaders=loader)
-        finally:
-            label_fn.cpu().train(was_training)
-            for p, flag in zip(label_fn.parameters(), flags):
-                p.requires_grad_(flag)
-    return model.cpu().eval()
+    finally:
+        label_fn.cpu().train(was_training)
+        for p, flag in zip(label_fn.parameters(), flags):
+            p.requires_grad_(flag)
 
 
 def evaluate_online_labels(

@@ -41,9 +41,8 @@ from lightning_distill.callbacks.teacher_cache import RandomResizedCropFlip
 from lightning_distill.dataset.evaluate import (
     EvalResult,
     RetrainClassifier,
-    _quiet_lightning,
-    _trainer,
     classification_accuracy,
+    fit_fresh_model,
 )
 
 __all__ = ["RelabelCache", "build_relabel_cache", "evaluate_relabel_cache", "retrain_on_relabel_cache"]
@@ -430,15 +429,12 @@ def retrain_on_relabel_cache(
         )
     images = images.detach().cpu().float().clone()
     labels = labels.detach().cpu().long().clone()
-    with (
-        torch.inference_mode(False),
-        torch.enable_grad(),
-        torch.random.fork_rng(devices=[]),
-        _quiet_lightning(),
-    ):
-        torch.manual_seed(seed)
-        model = model_fn()
-        module = RetrainClassifier(
+    loader = DataLoader(
+        _CachedBatches(images, labels, cache), batch_size=None, sampler=_EpochBatches(cache.num_batches)
+    )
+
+    def wrap(model: nn.Module) -> RetrainClassifier:
+        return RetrainClassifier(
             model,
             epochs=epochs,
             lr=lr,
@@ -448,11 +444,10 @@ def retrain_on_relabel_cache(
             temperature=temperature,
             seed=seed,
         )
-        loader = DataLoader(
-            _CachedBatches(images, labels, cache), batch_size=None, sampler=_EpochBatches(cache.num_batches)
-        )
-        _trainer(epochs, accelerator, devices).fit(module, train_dataloaders=loader)
-    return model.cpu().eval()
+
+    return fit_fresh_model(
+        model_fn, wrap, loader, epochs=epochs, seed=seed, accelerator=accelerator, devices=devices
+    )
 
 
 def evaluate_relabel_cache(

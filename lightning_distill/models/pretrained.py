@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,14 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-__all__ = ["default_cache_dir", "load_weights", "trained_classifier", "trained_teacher"]
+__all__ = [
+    "default_cache_dir",
+    "file_lock",
+    "load_weights",
+    "reinitialize",
+    "trained_classifier",
+    "trained_teacher",
+]
 
 _FORMAT_VERSION = 1
 
@@ -102,7 +110,11 @@ def _cache_key(model: nn.Module, data: L.LightningDataModule, settings: dict[str
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path):
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created, with its folders) for the ``with`` block.
+
+    Used around train-on-first-use caches so that concurrent processes train a model once.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -112,11 +124,15 @@ def _file_lock(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _reset_parameters(model: nn.Module) -> None:
+def reinitialize(model: nn.Module) -> None:
+    """Call ``reset_parameters()`` on every submodule that has one (PyTorch's default init, global RNG)."""
     for module in model.modules():
         reset = getattr(module, "reset_parameters", None)
         if callable(reset):
             reset()
+
+
+_file_lock, _reset_parameters = file_lock, reinitialize  # the names recipes/calico.py imports
 
 
 def _fit_classifier(
@@ -217,18 +233,25 @@ def trained_classifier(
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     weights = root / "teachers" / f"{type(model).__name__}-{key}.pt"
     record = weights.with_suffix(".json")
-    with _file_lock(weights.with_suffix(".lock")):
+    with file_lock(weights.with_suffix(".lock")):
         if weights.is_file() and not retrain:
             model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
             info = json.loads(record.read_text()) if record.is_file() else {}
         else:
             start = time.perf_counter()
-            rank_zero_info(f"Training teacher {type(model).__name__} ({key}) for {epochs} epochs; cached at {weights}")
+            rank_zero_info(
+                f"Training teacher {type(model).__name__} ({key}) for {epochs} epochs; cached at {weights}"
+            )
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                _reset_parameters(model)
+                reinitialize(model)
                 val_acc = _fit_classifier(
-                    model, data, epochs=epochs, lr=lr, weight_decay=weight_decay, label_smoothing=label_smoothing
+                    model,
+                    data,
+                    epochs=epochs,
+                    lr=lr,
+                    weight_decay=weight_decay,
+                    label_smoothing=label_smoothing,
                 )
             tmp = weights.with_suffix(".tmp")
             torch.save(model.state_dict(), tmp)
@@ -237,7 +260,9 @@ def trained_classifier(
             record.write_text(json.dumps(info, indent=2))
             rank_zero_info(f"Teacher trained: val acc {val_acc:.4f} in {info['seconds']:.1f} s")
     acc = info.get("val_acc")
-    model.distill_source = f"trained_teacher cache {weights}" + (f" (val acc {acc:.4f})" if acc is not None else "")
+    model.distill_source = f"trained_teacher cache {weights}" + (
+        f" (val acc {acc:.4f})" if acc is not None else ""
+    )
     return model.eval()
 
 

@@ -88,6 +88,12 @@ RECIPES: dict[str, RecipeInfo] = {
         "DataDAM: Efficient Dataset Distillation with Attention Matching",
         "2310.00093",
     ),
+    "ftd": RecipeInfo(
+        "dataset",
+        "lightning_distill.recipes.ftd.FTD",
+        "Minimizing the Accumulated Trajectory Error to Improve Dataset Distillation",
+        "2211.11004",
+    ),
     "hello": RecipeInfo(
         "dataset",
         "lightning_distill.recipes.hello.HeLlO",

@@ -39,7 +39,6 @@ relabel epochs / batch / mix              ``relabel_*``             EvalSpec epo
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -48,12 +47,13 @@ import lightning.pytorch as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from lightning_distill.callbacks import FeatureHooks, ProgressiveSchedule
 from lightning_distill.callbacks.teacher_cache import RandomResizedCropFlip
-from lightning_distill.dataset import SyntheticSet, classification_accuracy, retrain_model
+from lightning_distill.dataset import SyntheticSet, retrain_model
+from lightning_distill.dataset.recipe_base import SyntheticSetModule
 from lightning_distill.dataset.recover import (
     CurriculumCrop,
     batchnorm_paths,
@@ -63,7 +63,6 @@ from lightning_distill.dataset.recover import (
     running_stats,
 )
 from lightning_distill.dataset.relabel import RelabelCache, build_relabel_cache
-from lightning_distill.module import DistillationModule
 
 __all__ = ["CDA", "recover_adam"]
 
@@ -73,8 +72,12 @@ def recover_adam(params: Any) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=0.25, betas=(0.5, 0.9), eps=1e-8)
 
 
-class CDA(DistillationModule):
+class CDA(SyntheticSetModule):
     """CDA / SRe2L recipe. See the module docstring for the algorithm.
+
+    Evaluation by retraining (``val/syn_acc`` with fresh teacher logits, ``test/syn_acc`` with the
+    relabelled ones when the EvalSpec asks for soft labels), setup, the saved artifact and the
+    checkpointed seed come from :class:`~lightning_distill.dataset.recipe_base.SyntheticSetModule`.
 
     Args:
         synthetic: the set being recovered (``init: noise`` for the paper); soft labels are added
@@ -110,6 +113,9 @@ class CDA(DistillationModule):
 
     loss_terms: ClassVar[tuple[str, ...]] = ("ce", "bn")
     default_loss_weights: ClassVar[dict[str, float]] = {"ce": 1.0, "bn": 0.01}
+    method: ClassVar[str] = "cda"  # "sre2l" with `curriculum: none` (artifact_metadata)
+    seed_key: ClassVar[str] = "cda_seed"
+    model_metric_stages: ClassVar[tuple[str, ...]] = ("val",)  # the teacher's accuracy once (val/teacher_acc)
 
     def __init__(
         self,
@@ -135,12 +141,15 @@ class CDA(DistillationModule):
         loss_weights: dict[str, float] | None = None,
         optimizer: OptimizerCallable = recover_adam,
     ) -> None:
-        if not isinstance(synthetic, SyntheticSet):
-            raise TypeError(
-                f"`synthetic` must be a lightning_distill.dataset.SyntheticSet, got {type(synthetic).__name__}; "
-                "set `model.init_args.synthetic.class_path`."
-            )
-        super().__init__(synthetic, teacher=teacher, loss_weights=loss_weights, optimizer=optimizer)
+        super().__init__(
+            synthetic,
+            teacher=teacher,
+            seed=seed,
+            val_epochs=val_epochs,
+            val_seeds=val_seeds,
+            loss_weights=loss_weights,
+            optimizer=optimizer,
+        )
         choices = {
             "groups": (groups, ("per_ipc", "whole_set")),
             "clip": (clip, ("data", "none")),
@@ -163,10 +172,6 @@ class CDA(DistillationModule):
         for name, value in (("relabel_epochs", relabel_epochs), ("relabel_batch_size", relabel_batch_size)):
             if value is not None and value < 1:
                 raise ValueError(f"`{name}` must be >= 1 or null, got {value}; set `model.init_args.{name}`.")
-        if val_epochs < 1 or not val_seeds:
-            raise ValueError(
-                f"`val_epochs` must be >= 1 and `val_seeds` non-empty, got {val_epochs}, {val_seeds}."
-            )
         self.save_hyperparameters(ignore=["synthetic", "teacher", "optimizer"])
         self.curriculum, self.milestone = curriculum, milestone
         self.first_bn_multiplier = first_bn_multiplier
@@ -176,8 +181,6 @@ class CDA(DistillationModule):
             relabel_batch_size,
             relabel_mix,
         )
-        self.seed = seed
-        self.val_epochs, self.val_seeds = val_epochs, tuple(val_seeds)
         self.save_path = save_path
         _, h, w = synthetic.image_shape
         self.crop = CurriculumCrop(
@@ -194,13 +197,6 @@ class CDA(DistillationModule):
         self.hooks = FeatureHooks(bn_stat_taps(self.bn_paths))
         self.relabel_cache: RelabelCache | None = None
         self._pixel_range: tuple[float, float] | None = None
-        self._eval_models: list[nn.Module] = []
-        self._fit_start: float | None = None
-
-    @property
-    def synthetic(self) -> SyntheticSet:
-        """The synthetic set (the recipe's ``student``)."""
-        return self.student
 
     # ---------------------------------------------------------------- recover
     def recover_groups(self) -> list[Tensor]:
@@ -223,7 +219,7 @@ class CDA(DistillationModule):
         return {"ce": F.cross_entropy(logits, labels), "bn": self.bn_loss()}
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
-        generator = torch.Generator().manual_seed(self._step_seed(self.global_step))
+        generator = torch.Generator().manual_seed(self.step_seed(self.global_step))
         images, labels = self.synthetic.images, self.synthetic.labels
         terms: dict[str, Tensor] = {}
         # Independent groups: the sum's gradient on each group's images is that group's own loss.
@@ -267,92 +263,37 @@ class CDA(DistillationModule):
         return self.relabel_cache
 
     # ---------------------------------------------------------------- evaluation
-    def on_validation_epoch_start(self) -> None:
-        self._eval_models = [] if self.trainer.sanity_checking else self._retrain(self.val_epochs, fresh=True)
-
-    def on_test_epoch_start(self) -> None:
-        self._eval_models = self._retrain(self.synthetic.eval_spec.epochs, fresh=False)
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        super().validation_step(batch, batch_idx)  # the teacher's accuracy once (val/teacher_acc)
-        self._log_eval_models(batch, "val")
-
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._log_eval_models(batch, "test")
-
-    def evaluate(self, model: nn.Module, batch: Any) -> dict[str, Tensor]:
-        if model is self.student:  # the set is not a classifier; its metric is val/syn_acc
-            return {}
-        return super().evaluate(model, batch)
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_models = []
-        log_image = getattr(self.logger, "log_image", None)  # WandbLogger: the set as one picture
-        if callable(log_image) and not self.trainer.sanity_checking:
-            picture = (_grid(self.synthetic) * 255).round().to(torch.uint8).squeeze(-1).numpy()
-            log_image(key="samples/synthetic_set", images=[picture], step=self.global_step)
-        super().on_validation_epoch_end()
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_models = []
-        super().on_test_epoch_end()
-
-    def _retrain(self, epochs: int, *, fresh: bool) -> list[nn.Module]:
-        """Evaluation by retraining with the set's EvalSpec (soft labels: fresh teacher logits or the stored ones)."""
-        spec = self.synthetic.eval_spec
+    def fit_eval_model(self, synthetic: SyntheticSet, *, epochs: int, seed: int, stage: str) -> nn.Module:
+        """Retrain with the set's EvalSpec; soft labels: fresh teacher logits in validation, the stored ones in test."""
+        spec = synthetic.eval_spec
         soft = None
         if spec.label_type == "soft":
-            relabelled = bool(self.synthetic.soft_labels.detach().abs().sum() > 0)
-            soft = self.synthetic.soft_labels.detach() if relabelled and not fresh else self.soft_labels()
-        on_gpu = self.device.type == "cuda"
-        return [
-            retrain_model(
-                self.synthetic.images.detach(),
-                self.synthetic.labels,
-                spec.build_model,
-                epochs=1 if self.trainer.fast_dev_run else epochs,
-                lr=spec.lr,
-                seed=seed,
-                soft_labels=soft,
-                temperature=spec.temperature,
-                augment=spec.augment,
-                batch_size=spec.batch_size,
-                momentum=spec.momentum,
-                weight_decay=spec.weight_decay,
-                accelerator="gpu" if on_gpu else "cpu",
-                devices=[self.device.index or 0] if on_gpu else 1,
-            ).to(self.device)
-            for seed in self.val_seeds
-        ]
-
-    def _log_eval_models(self, batch: Any, stage: str) -> None:
-        if not self._eval_models:
-            return
-        x, y = batch[0], batch[1]
-        accuracy = sum(classification_accuracy(m, [(x, y)]) for m in self._eval_models) / len(
-            self._eval_models
-        )
-        self.log(
-            f"{stage}/syn_acc", accuracy, on_epoch=True, batch_size=y.numel(), prog_bar=True, sync_dist=True
+            relabelled = bool(synthetic.soft_labels.detach().abs().sum() > 0)
+            soft = synthetic.soft_labels.detach() if relabelled and stage == "test" else self.soft_labels()
+        return retrain_model(
+            synthetic.images.detach(),
+            synthetic.labels,
+            spec.build_model,
+            epochs=epochs,
+            seed=seed,
+            soft_labels=soft,
+            temperature=spec.temperature,
+            **self.retrain_settings(synthetic),
         )
 
     # ---------------------------------------------------------------- lifecycle
-    def setup(self, stage: str) -> None:
-        """Fix the seed, read the data range (``clip: data``) and, for ``init: real``, the real images."""
-        if self.seed is None:
-            self.seed = int(torch.initial_seed()) & 0x7FFF_FFFF
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        train_images = getattr(datamodule, "train_images", None)
-        if callable(train_images):
-            x, y = train_images()
-            self.synthetic.initialize_from(x, y)
-            if self.clip == "data":
-                self._pixel_range = (float(x.min()), float(x.max()))
-        elif stage == "fit" and (self.clip == "data" or not bool(self.synthetic.initialized)):
-            raise ValueError(
+    def on_train_images(self, images: Tensor, labels: Tensor) -> None:
+        """``clip: data``: the range of the training images is the range the recovered images keep."""
+        if self.clip == "data":
+            self._pixel_range = (float(images.min()), float(images.max()))
+
+    def missing_train_images(self, stage: str) -> str | None:
+        if stage == "fit" and (self.clip == "data" or not bool(self.synthetic.initialized)):
+            return (
                 "`clip: data` and `synthetic.init: real` need the training images: wrap the data in "
                 "lightning_distill.dataset.recover.RecoverDataModule (or set `clip: none` and `init: noise`)."
             )
+        return None
 
     def configure_callbacks(self) -> Sequence[L.Callback]:
         if self.trainer.state.fn != "fit":
@@ -376,30 +317,19 @@ class CDA(DistillationModule):
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": cosine, "interval": "step"}}
 
-    def on_fit_start(self) -> None:
-        super().on_fit_start()
-        self._fit_start = time.perf_counter()
-
     def on_train_end(self) -> None:
+        """Step 3 (relabel), then save the set and its relabel cache."""
         self.relabel()
-        if self.save_path is None and (self.trainer.fast_dev_run or self.trainer.logger is None):
-            if not self.trainer.fast_dev_run:
-                rank_zero_warn(
-                    "The distilled set was not saved: no logger directory and no `save_path`; set "
-                    "`model.init_args.save_path` to keep it."
-                )
-            return
-        self._save_artifact()
+        super().on_train_end()
 
-    @rank_zero_only
-    def _save_artifact(self) -> None:
-        path = Path(self.save_path) if self.save_path else Path(self.trainer.log_dir) / "synthetic_set.pt"
-        seconds = time.perf_counter() - self._fit_start if self._fit_start is not None else None
+    def artifact_metadata(self) -> dict[str, Any]:
+        return {**super().artifact_metadata(), "method": "sre2l" if self.curriculum == "none" else "cda"}
+
+    def save_artifact(self, path: Path) -> None:
+        """Save the relabel cache as ``<stem>.relabel.pt`` next to the set, and the set with its metadata."""
         cache_path = self.relabel_cache.save(path.with_name(path.stem + ".relabel.pt"))
         metadata = {
-            "method": "sre2l" if self.curriculum == "none" else "cda",
-            "steps": int(self.global_step),
-            "fit_seconds": seconds,
+            **self.artifact_metadata(),
             "relabel_cache": cache_path.name,
             "soft_label_bytes": self.synthetic.soft_labels.numel() * 2,  # as fp16
             "relabel_cache_bytes": self.relabel_cache.nbytes,
@@ -408,16 +338,6 @@ class CDA(DistillationModule):
         rank_zero_info(
             f"Saved the distilled set (with its EvalSpec) to {path} and its relabel cache to {cache_path}"
         )
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint.setdefault("lightning_distill", {})["cda_seed"] = self.seed
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
-        seed = checkpoint.get("lightning_distill", {}).get("cda_seed")
-        if seed is not None:
-            self.seed = int(seed)
 
     # ---------------------------------------------------------------- helpers
     def _iterations(self) -> int:
@@ -428,15 +348,3 @@ class CDA(DistillationModule):
                 f"got {steps}; set e.g. `--trainer.max_steps=1000`."
             )
         return steps
-
-    def _step_seed(self, step: int) -> int:
-        return (int(self.seed or 0) * 1_000_003 + step) & 0x7FFF_FFFF_FFFF
-
-
-def _grid(synthetic: SyntheticSet) -> Tensor:
-    """The set as one picture: a row per class, ``(K * H, ipc * W, C)`` in ``[0, 1]``."""
-    images = synthetic.images.detach().float().cpu()
-    k, ipc = synthetic.num_classes, synthetic.ipc
-    c, h, w = synthetic.image_shape
-    images = (images - images.min()) / (images.max() - images.min()).clamp_min(1e-8)
-    return images.reshape(k, ipc, c, h, w).permute(0, 3, 1, 4, 2).reshape(k * h, ipc * w, c)

@@ -43,16 +43,13 @@ network is a function of ``(seed, k)``, so a resumed run draws the same networks
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import lightning.pytorch as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
-from torch import Tensor, nn
+from torch import Tensor
 
 from lightning_distill.callbacks import FeatureHooks
 from lightning_distill.dataset import (
@@ -61,12 +58,10 @@ from lightning_distill.dataset import (
     SiameseAugment,
     SyntheticSet,
     attention_matching_loss,
-    classification_accuracy,
     classwise_mean_discrepancy,
     reset_parameters,
-    retrain_model,
 )
-from lightning_distill.module import DistillationModule
+from lightning_distill.dataset.recipe_base import SyntheticSetModule
 
 __all__ = ["DataDAM", "image_sgd"]
 
@@ -76,8 +71,12 @@ def image_sgd(params: Any) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=1.0, momentum=0.5)
 
 
-class DataDAM(DistillationModule):
+class DataDAM(SyntheticSetModule):
     """DataDAM recipe. See the module docstring for the algorithm.
+
+    Evaluation by retraining (``val/syn_acc``, ``test/syn_acc``, hard labels), setup from the
+    datamodule's ``train_images()``, the saved artifact and the checkpointed seed come from
+    :class:`~lightning_distill.dataset.recipe_base.SyntheticSetModule`.
 
     Args:
         synthetic: the set being distilled; its images are the trainable parameters.
@@ -109,6 +108,8 @@ class DataDAM(DistillationModule):
     loss_terms: ClassVar[tuple[str, ...]] = ("sam", "mmd")
     default_loss_weights: ClassVar[dict[str, float]] = {"sam": 100.0, "mmd": 1.0}
     requires_teacher: ClassVar[bool] = False
+    method: ClassVar[str] = "datadam"
+    seed_key: ClassVar[str] = "datadam_seed"
 
     def __init__(
         self,
@@ -125,22 +126,21 @@ class DataDAM(DistillationModule):
         optimizer: OptimizerCallable = image_sgd,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
-        if not isinstance(synthetic, SyntheticSet):
-            raise TypeError(
-                f"`synthetic` must be a lightning_distill.dataset.SyntheticSet, got {type(synthetic).__name__}; "
-                "set `model.init_args.synthetic.class_path`."
-            )
-        super().__init__(synthetic, loss_weights=loss_weights, optimizer=optimizer, lr_scheduler=lr_scheduler)
+        super().__init__(
+            synthetic,
+            seed=seed,
+            val_epochs=val_epochs,
+            val_seeds=val_seeds,
+            loss_weights=loss_weights,
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+        )
         if not power > 0:
             raise ValueError(f"`power` must be > 0, got {power}; set `model.init_args.power`.")
         if attention_layers not in ("all_but_last", "all"):
             raise ValueError(
                 f"`attention_layers` must be 'all_but_last' or 'all', got {attention_layers!r}; "
                 "set `model.init_args.attention_layers`."
-            )
-        if val_epochs < 1 or not val_seeds:
-            raise ValueError(
-                f"`val_epochs` must be >= 1 and `val_seeds` non-empty, got {val_epochs} and {list(val_seeds)}."
             )
         c, h, w = synthetic.image_shape
         if network is None:
@@ -155,8 +155,6 @@ class DataDAM(DistillationModule):
         self.power = power
         self.attention_layers = attention_layers
         self.augment = SiameseAugment(augment, siamese=True)
-        self.seed = seed
-        self.val_epochs, self.val_seeds = val_epochs, tuple(val_seeds)
         self.save_path = save_path
         # The random network: frozen, re-drawn in place every step (see the module docstring).
         self.network_spec = network
@@ -166,13 +164,6 @@ class DataDAM(DistillationModule):
         self.hooks = FeatureHooks(
             {name: {"path": f"network.{path}", "detach": False} for name, path in zip(self.tap_names, paths)}
         )
-        self._eval_models: list[nn.Module] = []
-        self._fit_start: float | None = None
-
-    @property
-    def synthetic(self) -> SyntheticSet:
-        """The synthetic set (the recipe's ``student``)."""
-        return self.student
 
     # ---------------------------------------------------------------- the paper
     def sample_network(self, generator: torch.Generator) -> ConvNet:
@@ -223,7 +214,7 @@ class DataDAM(DistillationModule):
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         real = batch[0]
         self._check_batch(real, batch[1])
-        generator = torch.Generator().manual_seed(self._step_seed(self.global_step))
+        generator = torch.Generator().manual_seed(self.step_seed(self.global_step))
         # 1. A fresh random network for this step.
         self.sample_network(generator)
         # 2. Siamese augmentation, class by class.
@@ -240,123 +231,15 @@ class DataDAM(DistillationModule):
         # 6. The base weighs and sums the terms; the optimizer updates the images.
         return self.log_losses(terms)
 
-    # ------------------------------------------------------------- evaluation
-    def on_validation_epoch_start(self) -> None:
-        self._eval_models = (
-            [] if self.trainer.sanity_checking else self._retrain(self.val_epochs, self.val_seeds)
-        )
-
-    def on_test_epoch_start(self) -> None:
-        spec = self.synthetic.eval_spec
-        self._eval_models = self._retrain(spec.epochs, self.val_seeds)
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._log_eval_models(batch, "val")
-
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._log_eval_models(batch, "test")
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_models = []
-        log_image = getattr(self.logger, "log_image", None)  # WandbLogger: the set as one picture
-        if callable(log_image) and not self.trainer.sanity_checking:
-            grid = self.synthetic_grid()
-            grid = (grid * 255).round().to(torch.uint8)
-            picture = (grid.squeeze(-1) if grid.shape[-1] == 1 else grid).numpy()  # (H, W) or (H, W, 3)
-            log_image(key="samples/synthetic_set", images=[picture], step=self.global_step)
-        super().on_validation_epoch_end()
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_models = []
-        super().on_test_epoch_end()
-
-    def _retrain(self, epochs: int, seeds: Sequence[int]) -> list[nn.Module]:
-        """Evaluation by retraining: fresh models trained on the current set with its EvalSpec."""
-        spec = self.synthetic.eval_spec
-        if self.trainer.fast_dev_run:
-            epochs = 1
-        on_gpu = self.device.type == "cuda"
-        return [
-            retrain_model(
-                self.synthetic.images.detach(),
-                self.synthetic.labels,
-                spec.build_model,
-                epochs=epochs,
-                lr=spec.lr,
-                seed=seed,
-                augment=spec.augment,
-                batch_size=spec.batch_size,
-                momentum=spec.momentum,
-                weight_decay=spec.weight_decay,
-                accelerator="gpu" if on_gpu else "cpu",
-                devices=[self.device.index or 0] if on_gpu else 1,
-            ).to(self.device)
-            for seed in seeds
-        ]
-
-    def _log_eval_models(self, batch: Any, stage: str) -> None:
-        if not self._eval_models:
-            return
-        x, y = batch[0], batch[1]
-        accuracy = sum(classification_accuracy(model, [(x, y)]) for model in self._eval_models) / len(
-            self._eval_models
-        )
-        self.log(
-            f"{stage}/syn_acc", accuracy, on_epoch=True, batch_size=y.numel(), prog_bar=True, sync_dist=True
-        )
-
     # ------------------------------------------------------------- lifecycle
-    def setup(self, stage: str) -> None:
-        """Fill the set from real images of the datamodule (``init="real"``) and fix the seed.
-
-        Done for every stage: a checkpoint (``ckpt_path``) is restored after ``setup`` and replaces
-        the images, and ``test`` without a checkpoint then evaluates the real-image initialisation.
-        """
-        if self.seed is None:
-            self.seed = int(torch.initial_seed()) & 0x7FFF_FFFF
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        train_images = getattr(datamodule, "train_images", None)
-        if callable(train_images):
-            datamodule.setup("fit")
-            x, y = train_images()
-            self.synthetic.initialize_from(x, y)
-        elif stage == "fit" and self.synthetic.init == "real" and not bool(self.synthetic.initialized):
-            raise ValueError(
-                "`synthetic.init='real'` needs real images: use a datamodule with `train_images()` (e.g. "
-                "lightning_distill.dataset.ClassBalancedDataModule), or `init: noise`."
-            )
-
     def configure_callbacks(self) -> Sequence[L.Callback]:
         return [self.hooks]
-
-    def on_fit_start(self) -> None:
-        super().on_fit_start()
-        self._fit_start = time.perf_counter()
-
-    def on_train_end(self) -> None:
-        if self.save_path is None and (self.trainer.fast_dev_run or self.trainer.logger is None):
-            if not self.trainer.fast_dev_run:
-                rank_zero_warn(
-                    "The distilled set was not saved: there is no logger directory and no `save_path`; set "
-                    "`model.init_args.save_path` to keep it (or call `model.synthetic.save(path)`)."
-                )
-            return
-        self._save_artifact()
-
-    @rank_zero_only
-    def _save_artifact(self) -> None:
-        path = Path(self.save_path) if self.save_path else Path(self.trainer.log_dir) / "synthetic_set.pt"
-        seconds = time.perf_counter() - self._fit_start if self._fit_start is not None else None
-        metadata = {"method": "datadam", "steps": int(self.global_step), "fit_seconds": seconds}
-        self.synthetic.save(path, metadata=metadata)
-        rank_zero_info(f"Saved the distilled set and its EvalSpec to {path}")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         state = checkpoint.get("state_dict")
         if isinstance(state, dict):  # the random network is re-drawn from (seed, step): not worth saving
             checkpoint["state_dict"] = {k: v for k, v in state.items() if not k.startswith("network.")}
-        checkpoint.setdefault("lightning_distill", {})["datadam_seed"] = self.seed
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
@@ -364,24 +247,8 @@ class DataDAM(DistillationModule):
         if isinstance(state, dict):
             for key, value in self.network.state_dict(prefix="network.").items():
                 state.setdefault(key, value)
-        seed = checkpoint.get("lightning_distill", {}).get("datadam_seed")
-        if seed is not None:
-            self.seed = int(seed)
 
     # ------------------------------------------------------------- helpers
-    @torch.no_grad()
-    def synthetic_grid(self) -> Tensor:
-        """The set as one picture: a row per class, ``(K * H, ipc * W, C)`` in ``[0, 1]`` (min-max scaled)."""
-        images = self.synthetic.images.detach().float().cpu()
-        k, ipc = self.synthetic.num_classes, self.synthetic.ipc
-        c, h, w = self.synthetic.image_shape
-        images = (images - images.min()) / (images.max() - images.min()).clamp_min(1e-8)
-        grid = images.reshape(k, ipc, c, h, w).permute(0, 3, 1, 4, 2)  # (K, H, ipc, W, C)
-        return grid.reshape(k * h, ipc * w, c)
-
-    def _step_seed(self, step: int) -> int:
-        return (int(self.seed or 0) * 1_000_003 + step) & 0x7FFF_FFFF_FFFF
-
     def _check_batch(self, real: Tensor, labels: Tensor) -> None:
         k = self.synthetic.num_classes
         n = real.shape[0] // k

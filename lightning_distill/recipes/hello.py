@@ -39,7 +39,6 @@ student loss / CE weight beta  ``student_loss`` /      ``mse`` / 0.1 (assumed)
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -47,10 +46,10 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from lightning_distill.dataset import SiameseAugment, SyntheticSet, classification_accuracy
+from lightning_distill.dataset import SiameseAugment, SyntheticSet
 from lightning_distill.dataset.label_projector import (
     LabelLoss,
     LabelProjector,
@@ -59,7 +58,7 @@ from lightning_distill.dataset.label_projector import (
     soft_label_cache_bytes,
     soft_label_loss,
 )
-from lightning_distill.module import DistillationModule
+from lightning_distill.dataset.recipe_base import SyntheticSetModule
 
 __all__ = ["HeLlO", "image_adam"]
 
@@ -69,8 +68,14 @@ def image_adam(params: Any) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=0.01)
 
 
-class HeLlO(DistillationModule):
+class HeLlO(SyntheticSetModule):
     """HeLlO recipe. See the module docstring for the algorithm.
+
+    Evaluation by retraining with online labels (``val/syn_acc``, ``test/syn_acc``), setup from
+    the datamodule's ``train_images()``, the saved artifacts and the checkpointed seed come from
+    :class:`~lightning_distill.dataset.recipe_base.SyntheticSetModule`; the projector's own
+    accuracy (``<stage>/acc``) and its agreement with the generator (``<stage>/label_kl``) are
+    logged as well.
 
     Args:
         student: the :class:`LabelProjector` (LoRA adapters trainable).
@@ -102,6 +107,11 @@ class HeLlO(DistillationModule):
 
     loss_terms: ClassVar[tuple[str, ...]] = ("label", "ce", "image")
     default_loss_weights: ClassVar[dict[str, float]] = {"label": 1.0, "ce": 0.1, "image": 1.0}
+    method: ClassVar[str] = "hello"
+    seed_key: ClassVar[str] = "hello_seed"
+    model_metric_stages: ClassVar[tuple[str, ...]] = ("val", "test")  # the projector's and the teacher's acc
+    datamodule_hint: ClassVar[str] = "lightning_distill.data.DigitsDataModule"
+    save_option: ClassVar[str] = "save_dir"
 
     def __init__(
         self,
@@ -127,12 +137,16 @@ class HeLlO(DistillationModule):
             raise TypeError(
                 f"`student` must be a LabelProjector, got {type(student).__name__}; set `model.init_args.student`."
             )
-        if not isinstance(synthetic, SyntheticSet):
-            raise TypeError(
-                f"`synthetic` must be a SyntheticSet, got {type(synthetic).__name__}; set `model.init_args.synthetic`."
-            )
         super().__init__(
-            student, teacher, loss_weights=loss_weights, optimizer=optimizer, lr_scheduler=lr_scheduler
+            synthetic,
+            student,
+            teacher=teacher,
+            seed=augment_seed,
+            val_epochs=val_epochs,
+            val_seeds=val_seeds,
+            loss_weights=loss_weights,
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
         )
         for name, value in (("projector_steps", projector_steps), ("image_steps", image_steps)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -148,16 +162,15 @@ class HeLlO(DistillationModule):
             raise ValueError(
                 f"The projector has {student.num_classes} classes but the synthetic set {synthetic.num_classes}."
             )
-        if val_epochs < 1 or not val_seeds or student_hard_weight < 0:
+        if not student_hard_weight >= 0:
             raise ValueError(
-                f"Need `val_epochs` >= 1, non-empty `val_seeds` and `student_hard_weight` >= 0, got {val_epochs}, "
-                f"{list(val_seeds)} and {student_hard_weight}."
+                f"`student_hard_weight` must be >= 0, got {student_hard_weight}; set "
+                "`model.init_args.student_hard_weight`."
             )
         self.save_hyperparameters(
             ignore=["student", "teacher", "synthetic", "optimizer", "image_optimizer", "lr_scheduler"]
         )
         self.automatic_optimization = False
-        self.synthetic = synthetic
         self.synthetic.images.requires_grad_(image_steps > 0)
         self.projector_steps, self.image_steps = projector_steps, image_steps
         self.label_loss, self.student_loss, self.student_hard_weight = (
@@ -167,15 +180,17 @@ class HeLlO(DistillationModule):
         )
         self.augment = SiameseAugment(augment, siamese=False)
         self.image_optimizer = image_optimizer
-        self.augment_seed, self.val_epochs, self.val_seeds = augment_seed, val_epochs, tuple(val_seeds)
         self.save_dir = save_dir
-        self._eval_models: list[nn.Module] = []
-        self._fit_start: float | None = None
 
     @property
     def projector(self) -> LabelProjector:
         """The label projector (the recipe's ``student``)."""
         return self.student
+
+    @property
+    def augment_seed(self) -> int | None:
+        """Seed of the augmentations (the base's ``seed``; config key ``augment_seed``)."""
+        return self.seed
 
     # ---------------------------------------------------------------- the paper
     @torch.no_grad()
@@ -197,7 +212,7 @@ class HeLlO(DistillationModule):
         return soft_label_loss(self.projector(images), target, kind=self.label_loss)
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
-        generator = torch.Generator().manual_seed(self._step_seed(self.global_step))
+        generator = torch.Generator().manual_seed(self.step_seed(self.global_step))
         optimizers = self.optimizers()
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
         if self.global_step < self.projector_steps or self.image_steps == 0:
@@ -253,58 +268,31 @@ class HeLlO(DistillationModule):
         }
 
     # ---------------------------------------------------------------- evaluation
-    def on_validation_epoch_start(self) -> None:
-        self._eval_models = [] if self.trainer.sanity_checking else self._retrain(self.val_epochs)
-
-    def on_test_epoch_start(self) -> None:
-        self._eval_models = self._retrain(self.synthetic.eval_spec.epochs)
-
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         super().validation_step(batch, batch_idx)
         self._log_agreement(batch, "val")
-        self._log_eval_models(batch, "val")
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         super().test_step(batch, batch_idx)
         self._log_agreement(batch, "test")
-        self._log_eval_models(batch, "test")
 
-    def on_validation_epoch_end(self) -> None:
-        self._eval_models = []
-        super().on_validation_epoch_end()
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_models = []
-        super().on_test_epoch_end()
-
-    def _retrain(self, epochs: int) -> list[nn.Module]:
-        """Step 5: fresh students on the synthetic set, labels online from the projector."""
-        spec = self.synthetic.eval_spec
-        epochs = 1 if self.trainer.fast_dev_run else epochs
-        on_gpu = self.device.type == "cuda"
-        models = [
-            retrain_with_online_labels(
-                self.synthetic.images.detach(),
-                self.synthetic.labels,
-                spec.build_model,
-                self.projector,
-                epochs=epochs,
-                lr=spec.lr,
-                seed=seed,
-                loss=self.student_loss,
-                hard_weight=self.student_hard_weight,
-                temperature=spec.temperature,
-                augment=spec.augment,
-                batch_size=spec.batch_size,
-                momentum=spec.momentum,
-                weight_decay=spec.weight_decay,
-                accelerator="gpu" if on_gpu else "cpu",
-                devices=[self.device.index or 0] if on_gpu else 1,
-            )
-            for seed in self.val_seeds
-        ]
-        self.projector.to(self.device)
-        return [m.to(self.device) for m in models]
+    def fit_eval_model(self, synthetic: SyntheticSet, *, epochs: int, seed: int, stage: str) -> nn.Module:
+        """Step 5: a fresh student on the synthetic set, labels online from the projector."""
+        spec = synthetic.eval_spec
+        model = retrain_with_online_labels(
+            synthetic.images.detach(),
+            synthetic.labels,
+            spec.build_model,
+            self.projector,
+            epochs=epochs,
+            seed=seed,
+            loss=self.student_loss,
+            hard_weight=self.student_hard_weight,
+            temperature=spec.temperature,
+            **self.retrain_settings(synthetic),
+        )
+        self.projector.to(self.device)  # retraining returns it on the CPU
+        return model
 
     @torch.no_grad()
     def _log_agreement(self, batch: Any, stage: str) -> None:
@@ -312,56 +300,22 @@ class HeLlO(DistillationModule):
         kl = soft_label_loss(self.projector(x), self.generator_labels(x), kind="kl")
         self.log(f"{stage}/label_kl", kl, on_epoch=True, batch_size=x.shape[0], sync_dist=True)
 
-    def _log_eval_models(self, batch: Any, stage: str) -> None:
-        if not self._eval_models:
-            return
-        x, y = batch[0], batch[1]
-        accuracy = sum(classification_accuracy(m, [(x, y)]) for m in self._eval_models) / len(
-            self._eval_models
-        )
-        self.log(
-            f"{stage}/syn_acc", accuracy, on_epoch=True, batch_size=y.numel(), prog_bar=True, sync_dist=True
-        )
-
     # ---------------------------------------------------------------- lifecycle
-    def setup(self, stage: str) -> None:
-        """Fill the set from the datamodule's real images (``init="real"``) and fix the seed."""
-        if self.augment_seed is None:
-            self.augment_seed = int(torch.initial_seed()) & 0x7FFF_FFFF
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        train_images = getattr(datamodule, "train_images", None)
-        if callable(train_images):
-            datamodule.setup("fit")
-            self.synthetic.initialize_from(*train_images())
-        elif stage == "fit" and self.synthetic.init == "real" and not bool(self.synthetic.initialized):
-            raise ValueError(
-                "`synthetic.init='real'` needs real images: use a datamodule with `train_images()` "
-                "(e.g. lightning_distill.data.DigitsDataModule), or `init: noise`."
-            )
+    def artifact_path(self) -> Path | None:
+        """``<save_dir>/synthetic_set.pt`` (the projector adapters go next to it), or ``None`` without ``save_dir``."""
+        return None if self.save_dir is None else Path(self.save_dir) / "synthetic_set.pt"
 
-    def on_fit_start(self) -> None:
-        super().on_fit_start()
-        self._fit_start = time.perf_counter()
-
-    def on_train_end(self) -> None:
-        if self.save_dir is None and (self.trainer.fast_dev_run or self.trainer.logger is None):
-            return
-        self._save_artifacts()
-
-    @rank_zero_only
-    def _save_artifacts(self) -> None:
-        folder = Path(self.save_dir) if self.save_dir else Path(self.trainer.log_dir)
-        seconds = time.perf_counter() - self._fit_start if self._fit_start is not None else None
-        storage = self.label_storage(self.synthetic.eval_spec.epochs)
-        metadata = {
-            "method": "hello",
-            "steps": int(self.global_step),
-            "fit_seconds": seconds,
-            "label_bytes": storage,
+    def artifact_metadata(self) -> dict[str, Any]:
+        return {
+            **super().artifact_metadata(),
+            "label_bytes": self.label_storage(self.synthetic.eval_spec.epochs),
         }
-        self.synthetic.save(folder / "synthetic_set.pt", metadata=metadata)
-        torch.save(self.projector.adapter_state_dict(), folder / "label_projector.pt")
-        rank_zero_info(f"Saved the set and the projector adapters ({storage['projector']} bytes) to {folder}")
 
-    def _step_seed(self, step: int) -> int:
-        return (int(self.augment_seed or 0) * 1_000_003 + step) & 0x7FFF_FFFF_FFFF
+    def save_artifact(self, path: Path) -> None:
+        """Save the set (with its EvalSpec and label storage) and ``label_projector.pt`` in ``path``'s folder."""
+        metadata = self.artifact_metadata()
+        self.synthetic.save(path, metadata=metadata)
+        torch.save(self.projector.adapter_state_dict(), path.parent / "label_projector.pt")
+        rank_zero_info(
+            f"Saved the set and the projector adapters ({metadata['label_bytes']['projector']} bytes) to {path.parent}"
+        )

@@ -211,7 +211,7 @@ def test_gradients_reach_only_the_images_and_the_terms_match_a_direct_computatio
         assert all(g is None for g in step["teacher_grads"]) and step["grad"].abs().sum() > 0
         torch.testing.assert_close(step["lr"], 0.25 * 0.5 * (1 + math.cos(math.pi * k / 3)))
         # Recompute the step's terms: two groups (image j of every class), the recipe's crops.
-        generator = torch.Generator().manual_seed(recipe._step_seed(k))
+        generator = torch.Generator().manual_seed(recipe.step_seed(k))
         crop = CurriculumCrop((8, 8), min_scale=crop_schedule("cosine", 3).value_at(k), jitter=1, flip_p=0.0)
         net = recipe.teacher
         ce = bn = 0.0

@@ -89,7 +89,7 @@ def test_losses_match_a_direct_computation_and_only_the_images_learn(power, tmp_
     trainer = L.Trainer(**quiet_trainer_kwargs(max_steps=3, limit_val_batches=0, callbacks=[record]))
     trainer.fit(recipe, datamodule=data())
     for k, step in enumerate(record.steps):
-        sam, mmd = reference_terms(step["real"], step["syn"], recipe._step_seed(k), power)
+        sam, mmd = reference_terms(step["real"], step["syn"], recipe.step_seed(k), power)
         assert step["sam"] == pytest.approx(sam, rel=1e-4) and step["mmd"] == pytest.approx(mmd, rel=1e-4)
         assert step["syn_grad"].abs().sum() > 0
         assert all(g is None for g in step["net_grads"])
