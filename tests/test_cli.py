@@ -21,6 +21,15 @@ CLASSIFIERS = {"baseline", "classification", "representation"}  # student and te
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 
 
+def config_args(config: Path) -> list[str]:
+    """``--config`` arguments for ``config``; an overlay (no ``model.class_path``, e.g.
+    ``lasermix_pp/supervised.yaml``) is applied on top of its recipe's ``config.yaml``."""
+    model = (yaml.safe_load(config.read_text()) or {}).get("model") or {}
+    if "class_path" in model:
+        return ["--config", str(config)]
+    return ["--config", str(config.parent / "config.yaml"), "--config", str(config)]
+
+
 def test_every_yaml_under_recipes_parses():
     for path in (REPO / "recipes").rglob("*.yaml"):
         assert isinstance(yaml.safe_load(path.read_text()), dict), path
@@ -50,7 +59,7 @@ def test_unknown_recipe_name_suggests_close_matches():
 @pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
 def test_print_config_resolves_the_recipe(config, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(config), "--print_config"])
+        main(["fit", *config_args(config), "--print_config"])
     assert exit_info.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
     recipe_module = RECIPES[config.parent.name].class_path.rpartition(".")[0]
@@ -60,9 +69,9 @@ def test_print_config_resolves_the_recipe(config, capsys):
 @pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
 def test_fit_then_test_runs_each_recipe_config(config, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # relative paths in configs (e.g. a cache directory) land in tmp_path
-    main(["fit", "--config", str(config), "--trainer.fast_dev_run=true", f"--trainer.default_root_dir={tmp_path}", *QUIET])
+    main(["fit", *config_args(config), "--trainer.fast_dev_run=true", f"--trainer.default_root_dir={tmp_path}", *QUIET])
     ckpt = tmp_path / "model.ckpt"
-    main(["test", "--config", str(config), "--trainer.limit_test_batches=1", *QUIET,
+    main(["test", *config_args(config), "--trainer.limit_test_batches=1", *QUIET,
           "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}"])
     out = capsys.readouterr().out
     assert "test/" in out  # the test loop ran and printed its metrics table

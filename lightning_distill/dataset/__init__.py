@@ -16,10 +16,13 @@ from lightning_distill.dataset.evaluate import (
     classification_accuracy,
     evaluate_spec,
     evaluate_synthetic,
+    fit_fresh_model,
     full_training_set,
     herding_subset,
+    quiet_lightning,
     random_real_subset,
     retrain_model,
+    retrain_trainer,
     teacher_soft_labels,
 )
 from lightning_distill.dataset.label_projector import (
@@ -44,6 +47,7 @@ from lightning_distill.dataset.matching import (
     classwise_mean_discrepancy,
 )
 from lightning_distill.dataset.networks import ConvNet, ConvNetSpec, random_network, reset_parameters
+from lightning_distill.dataset.recipe_base import SyntheticSetModule
 from lightning_distill.dataset.recover import (
     CurriculumCrop,
     RecoverDataModule,
@@ -95,6 +99,7 @@ __all__ = [
     "RetrainClassifier",
     "SiameseAugment",
     "SyntheticSet",
+    "SyntheticSetModule",
     "WeakTeacherEnsemble",
     "attention_map",
     "attention_matching_loss",
@@ -112,17 +117,20 @@ __all__ = [
     "evaluate_spec",
     "evaluate_synthetic",
     "expert_trajectories",
+    "fit_fresh_model",
     "full_training_set",
     "functional_logits",
     "hard_label_bytes",
     "herding_subset",
     "hessian_top_eigenvalue",
     "prototype_label_projector",
+    "quiet_lightning",
     "random_network",
     "random_real_subset",
     "reset_parameters",
     "retrain_model",
     "retrain_on_relabel_cache",
+    "retrain_trainer",
     "retrain_with_online_labels",
     "running_stats",
     "soft_label_cache_bytes",

@@ -617,6 +617,7 @@ def quiet_lightning() -> Iterator[None]:
             warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
             warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
+            warnings.filterwarnings("ignore", message=r".*have no `val_dataloader`.*")
             yield
     finally:
         for lg, level in zip(loggers, levels):

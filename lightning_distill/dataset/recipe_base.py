@@ -120,8 +120,8 @@ class SyntheticSetModule(DistillationModule):
     ) -> None:
         if not isinstance(synthetic, SyntheticSet):
             raise TypeError(
-                f"`synthetic` must be a lightning_distill.dataset.SyntheticSet, got {type(synthetic).__name__}; "
-                "set `model.init_args.synthetic.class_path`."
+                "`synthetic` must be a lightning_distill.dataset.SyntheticSet, got "
+                f"{type(synthetic).__name__}; set `model.init_args.synthetic.class_path`."
             )
         super().__init__(
             synthetic if student is None else student,
@@ -145,12 +145,12 @@ class SyntheticSetModule(DistillationModule):
 
     @property
     def synthetic(self) -> SyntheticSet:
-        """The synthetic set: the ``student``, or the submodule ``synthetic`` when a ``student`` was given."""
+        """The synthetic set: the ``student``, or the submodule ``synthetic`` when a student was given."""
         found = self._modules.get("synthetic")
         return self.student if found is None else found
 
     def step_seed(self, step: int) -> int:
-        """The seed of step ``step``'s generator: a function of ``(seed, step)`` only, so a resumed run matches."""
+        """The seed of step ``step``'s generator, a function of ``(seed, step)`` only (resumed runs match)."""
         return (int(self.seed or 0) * 1_000_003 + step) & 0x7FFF_FFFF_FFFF
 
     # ------------------------------------------------------------- evaluation by retraining
@@ -226,7 +226,7 @@ class SyntheticSetModule(DistillationModule):
         ]
 
     def log_retrained_accuracy(self, batch: Any, stage: str) -> None:
-        """Log the mean accuracy of the retrained models on ``batch`` ``(x, y, ...)`` as ``<stage>/syn_acc``."""
+        """Log the retrained models' mean accuracy on ``batch`` ``(x, y, ...)`` as ``<stage>/syn_acc``."""
         if not self._eval_models:
             return
         x, y = batch[0], batch[1]
@@ -306,7 +306,7 @@ class SyntheticSetModule(DistillationModule):
             raise ValueError(problem)
 
     def on_train_images(self, images: Tensor, labels: Tensor) -> None:
-        """Called in :meth:`setup` with the datamodule's training images ``(N, C, H, W)`` and labels ``(N,)``."""
+        """Called in :meth:`setup` with the datamodule's training images ``(N, C, H, W)``, labels ``(N,)``."""
 
     def missing_train_images(self, stage: str) -> str | None:
         """The error message when the datamodule has no ``train_images()``, or ``None`` if that is fine.
@@ -336,7 +336,7 @@ class SyntheticSetModule(DistillationModule):
         return {"method": self.method, "steps": int(self.global_step), "fit_seconds": seconds}
 
     def save_artifact(self, path: Path) -> None:
-        """Save :meth:`evaluated_set` with its EvalSpec and :meth:`artifact_metadata` to ``path`` (rank 0 only)."""
+        """Save :meth:`evaluated_set` with its EvalSpec and :meth:`artifact_metadata` to ``path`` (rank 0)."""
         self.evaluated_set().save(path, metadata=self.artifact_metadata())
         rank_zero_info(f"Saved the distilled set and its EvalSpec to {path}")
 
@@ -349,8 +349,9 @@ class SyntheticSetModule(DistillationModule):
         if path is None and (self.trainer.fast_dev_run or self.trainer.logger is None):
             if not self.trainer.fast_dev_run:
                 rank_zero_warn(
-                    f"The distilled set was not saved: there is no logger directory and no `{self.save_option}`; "
-                    f"set `model.init_args.{self.save_option}` to keep it (or call `model.synthetic.save(path)`)."
+                    "The distilled set was not saved: there is no logger directory and no "
+                    f"`{self.save_option}`; set `model.init_args.{self.save_option}` to keep it (or call "
+                    "`model.evaluated_set().save(path)`)."
                 )
             return
         self._save_on_rank_zero(path or Path(self.trainer.log_dir) / "synthetic_set.pt")

@@ -24,7 +24,6 @@ SAM and GSAM come from the ``pytorch-optimizer`` package (``pytorch_optimizer.SA
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import math
@@ -41,6 +40,7 @@ from torch import Tensor, nn
 
 from lightning_distill.dataset.augment import SiameseAugment
 from lightning_distill.dataset.networks import ConvNet, ConvNetSpec, reset_parameters
+from lightning_distill.models.pretrained import file_lock
 
 __all__ = [
     "ExpertSpec",
@@ -626,17 +626,6 @@ def _fingerprint(*tensors: Tensor) -> str:
     return digest.hexdigest()[:16]
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def expert_trajectories(
     network: ConvNetSpec,
     images: Tensor,
@@ -685,7 +674,7 @@ def expert_trajectories(
     key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:16]
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     path = root / "experts" / f"{spec.optimizer}-{key}.pt"
-    with _file_lock(path.with_suffix(".lock")):
+    with file_lock(path.with_suffix(".lock")):
         if path.is_file() and not retrain:
             return ExpertTrajectories.load(path)
         start = time.perf_counter()

@@ -15,12 +15,15 @@ few-step student against a frozen teacher with a trainable fake score and two op
   validation/test metrics ``<stage>/{swd, mmd, mode_coverage, mode_tv}`` of ``sample`` against
   the evaluation data, once per run also the teacher's (``<stage>/teacher_<metric>``) and the
   data-vs-data noise floor (``<stage>/<metric>_floor``);
-* small helpers: the fake score from an argument, the student started from the teacher,
-  timestep and noise draws, the weighted sum of loss terms, scheduler steps, argument checks.
+* small helpers: the fake score from an argument, the student started from the teacher (its
+  weights, or :func:`fit_to_teacher` for a teacher without any), timestep and noise draws, the
+  weighted sum of loss terms, scheduler steps, argument checks (:func:`check_option`).
 
 A subclass implements ``training_step`` (its algorithm, in numbered steps) and
 ``sample(n, generator, cond=None)`` (its inference path, used by validation, ``predict`` and
-``SampleLogger``), sets ``loss_terms`` and ``checkpoint_key``, and overrides the hooks where its
+``SampleLogger``), sets ``loss_terms``, ``checkpoint_key`` and ``self.fake_score`` (e.g. with
+:meth:`~DiffusionDistillationModule.build_fake_score`; the default ``configure_optimizers`` gives
+the student and the fake score one optimizer each), and overrides the hooks where its
 conventions differ: ``split_batch`` (other batch layouts), ``null_condition`` (other null
 conditions), ``evaluation_labels`` / ``teacher_samples`` (class-conditional evaluation, CFG),
 ``checkpoint_state`` / ``load_checkpoint_state`` (more state to save), ``iteration_seed``.
@@ -171,6 +174,16 @@ def fit_to_teacher(
     Minimises ``||model(x_t, t, c) - teacher(x_t, t, c)||²`` (the teacher's output converted to
     ``prediction_type``) over ``t ~ U[0, T)`` and ``x_t`` noised from ``(x0, c)`` batches, with Adam.
     For a parameter-free teacher (the analytic GMM denoiser) this stands in for copying weights.
+
+    Args:
+        model: the network to fit (its trainable parameters), called like the teacher.
+        teacher: the frozen model to imitate.
+        schedule: the noise schedule of both.
+        batches: ``(x0 (B, ...), cond)`` pairs, cycled.
+        steps: Adam steps.
+        prediction_type: what ``model`` predicts (default: the schedule's).
+        lr: Adam's learning rate.
+        generator: source of the timesteps and the noise.
 
     Returns:
         The last step's loss.

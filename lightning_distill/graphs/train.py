@@ -8,11 +8,8 @@ are pooled; real graphs have none and every node is pooled.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import logging
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as L
@@ -23,6 +20,8 @@ from torch.utils.data import DataLoader as TorchDataLoader
 from torch.utils.data import WeightedRandomSampler
 from torch_geometric.data import Batch, Data
 from torch_geometric.loader import DataLoader
+
+from lightning_distill.dataset.evaluate import quiet_lightning
 
 __all__ = ["GraphClassifierModule", "graph_accuracy", "graph_logits", "train_graph_classifier"]
 
@@ -122,7 +121,7 @@ def train_graph_classifier(
         torch.inference_mode(False),
         torch.enable_grad(),
         torch.random.fork_rng(devices=[]),
-        _quiet_lightning(),
+        quiet_lightning(),
     ):
         # Built here: graphs made under inference mode (a recipe's test hooks) are cloned into normal tensors.
         loader = _loader(graphs, batch_size, weights, seed)
@@ -190,22 +189,3 @@ def _loader(
 
 def _same(batch: Batch) -> Batch:
     return batch
-
-
-@contextlib.contextmanager
-def _quiet_lightning() -> Iterator[None]:
-    """Silence Lightning's per-Trainer notices while training many small models."""
-    loggers = [logging.getLogger(n) for n in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
-            warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
-            warnings.filterwarnings("ignore", message=r".*have no `val_dataloader`.*")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)

@@ -132,9 +132,6 @@ def reinitialize(model: nn.Module) -> None:
             reset()
 
 
-_file_lock, _reset_parameters = file_lock, reinitialize  # the names recipes/calico.py imports
-
-
 def _fit_classifier(
     model: nn.Module,
     data: L.LightningDataModule,

@@ -446,10 +446,10 @@ def prc_teacher(
     """
     from lightning_distill.models.pretrained import (
         _cache_key,
-        _file_lock,
-        _reset_parameters,
         default_cache_dir,
+        file_lock,
         load_weights,
+        reinitialize,
     )
 
     if checkpoint is not None:
@@ -476,7 +476,7 @@ def prc_teacher(
     key = _cache_key(backbone, data, settings)
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     weights = root / "teachers" / f"calico_prc-{type(backbone).__name__}-{key}.pt"
-    with _file_lock(weights.with_suffix(".lock")):
+    with file_lock(weights.with_suffix(".lock")):
         if weights.is_file() and not retrain:
             backbone.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         else:
@@ -484,7 +484,7 @@ def prc_teacher(
             rank_zero_info(f"CALICO stage 1 (PRC) for {epochs} epochs; teacher cached at {weights}")
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)  # initialisation, data order, views and samples
-                _reset_parameters(backbone)
+                reinitialize(backbone)
                 model = CALICOPRC(
                     backbone,
                     optimizer=lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=1e-4),

@@ -75,9 +75,9 @@ def recover_adam(params: Any) -> torch.optim.Optimizer:
 class CDA(SyntheticSetModule):
     """CDA / SRe2L recipe. See the module docstring for the algorithm.
 
-    Evaluation by retraining (``val/syn_acc`` with fresh teacher logits, ``test/syn_acc`` with the
-    relabelled ones when the EvalSpec asks for soft labels), setup, the saved artifact and the
-    checkpointed seed come from :class:`~lightning_distill.dataset.recipe_base.SyntheticSetModule`.
+    With a soft-label EvalSpec, students retrain on fresh teacher logits in validation and on the
+    relabelled ones in test (:meth:`fit_eval_model`; the rest is
+    :class:`~lightning_distill.dataset.recipe_base.SyntheticSetModule`'s).
 
     Args:
         synthetic: the set being recovered (``init: noise`` for the paper); soft labels are added
@@ -264,7 +264,7 @@ class CDA(SyntheticSetModule):
 
     # ---------------------------------------------------------------- evaluation
     def fit_eval_model(self, synthetic: SyntheticSet, *, epochs: int, seed: int, stage: str) -> nn.Module:
-        """Retrain with the set's EvalSpec; soft labels: fresh teacher logits in validation, the stored ones in test."""
+        """Retrain with the EvalSpec; soft labels: fresh teacher logits in validation, the stored ones in test."""
         spec = synthetic.eval_spec
         soft = None
         if spec.label_type == "soft":

@@ -74,9 +74,8 @@ def image_sgd(params: Any) -> torch.optim.Optimizer:
 class DataDAM(SyntheticSetModule):
     """DataDAM recipe. See the module docstring for the algorithm.
 
-    Evaluation by retraining (``val/syn_acc``, ``test/syn_acc``, hard labels), setup from the
-    datamodule's ``train_images()``, the saved artifact and the checkpointed seed come from
-    :class:`~lightning_distill.dataset.recipe_base.SyntheticSetModule`.
+    Its sets are judged by hard-label retraining, the default of
+    :class:`~lightning_distill.dataset.recipe_base.SyntheticSetModule` (evaluation, setup, artifact, seed).
 
     Args:
         synthetic: the set being distilled; its images are the trainable parameters.

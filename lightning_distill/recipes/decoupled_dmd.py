@@ -63,7 +63,6 @@ from lightning_distill.diffusion import (
     few_step_sample,
     model_output,
     one_step_generate,
-    uniform_timesteps,
 )
 from lightning_distill.diffusion import sample as teacher_sample
 from lightning_distill.diffusion.metrics import sample_metrics
@@ -237,14 +236,7 @@ class DecoupledDMD(DiffusionDistillationModule):
         """``tau`` ``(B,)`` uniform on ``timestep_range``; ``"constrained"`` also keeps it below ``t_gen``."""
         low, high = self.timestep_bounds
         high = min(high, int(t_gen.max())) if schedule == "constrained" else high
-        return uniform_timesteps(
-            t_gen.shape[0],
-            low,
-            high,
-            num_train_timesteps=self.schedule.num_train_timesteps,
-            generator=generator,
-            device=t_gen.device,
-        )
+        return self.timesteps_like(t_gen, low, high, generator)
 
     @torch.no_grad()
     def real_x0(

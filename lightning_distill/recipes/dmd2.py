@@ -158,18 +158,10 @@ class DMD2(DiffusionDistillationModule):
         for term, value in weights.items():
             check_option(value >= 0, f"{term}_loss_weight", value, ">= 0")
         super().__init__(
-            student,
-            teacher,
-            schedule,
-            noise_seed=noise_seed,
-            sample_shape=sample_shape,
-            eval_teacher_steps=eval_teacher_steps,
-            null_label=null_label,
-            loss_weights=weights,
-            optimizer=optimizer,
-            fake_score_optimizer=fake_score_optimizer,
-            lr_scheduler=lr_scheduler,
-        )
+            student, teacher, schedule, noise_seed=noise_seed, sample_shape=sample_shape,
+            eval_teacher_steps=eval_teacher_steps, null_label=null_label, loss_weights=weights,
+            optimizer=optimizer, fake_score_optimizer=fake_score_optimizer, lr_scheduler=lr_scheduler,
+        )  # fmt: skip
         self.save_hyperparameters(ignore=_MODULE_ARGS)
         T, t_max = self.schedule.num_train_timesteps, self.schedule.max_timestep
         steps = tuple(int(t) for t in (denoising_timesteps or (t_max,)))
@@ -190,18 +182,15 @@ class DMD2(DiffusionDistillationModule):
         self.gan_hooks: FeatureHooks | None = None
         self.gan_head: GANHead | None = None
         if gan:
-            self.gan_hooks = FeatureHooks(
-                {_TAP: gan_feature_path or f"fake_score.{feature_path(self.fake_score)}"}
-            )
+            tap = gan_feature_path or f"fake_score.{feature_path(self.fake_score)}"
+            self.gan_hooks = FeatureHooks({_TAP: tap})
             self.gan_head = GANHead(gan_channels or bottleneck_channels(self.fake_score.model))
-
         self.student_prediction_type = student_prediction_type
         self.real_guidance_scale = float(real_guidance_scale)
         self.dm_steps = (int(min_step_percent * T), min(int(max_step_percent * T) + 1, T))  # [low, high)
         self.normalise_dmd_gradient = normalise_dmd_gradient
         self.dfake_gen_update_ratio = dfake_gen_update_ratio
-        self.denoising_timesteps = steps
-        self.backward_simulation = backward_simulation
+        self.denoising_timesteps, self.backward_simulation = steps, backward_simulation
         self.gan_max_timestep = T if gan_max_timestep is None else gan_max_timestep
         self.max_grad_norm = max_grad_norm
 
@@ -263,8 +252,10 @@ class DMD2(DiffusionDistillationModule):
         """L_DM = ½ mean (x̂₀ − sg(x̂₀ − g))²; its gradient w.r.t. x̂₀ is ``g / x0.numel()``."""
         return pseudo_target_loss(x0, self.distribution_matching_gradient(x0, cond, null_cond, generator))
 
-    def discriminator_logits(self, x: Tensor, cond: Cond, generator: torch.Generator | None = None) -> Tensor:
-        """D(x) ``(B,)``: the GAN head on the fake score's tapped features at x noised to t ~ U[0, gan_max_timestep).
+    def discriminator_input(
+        self, x: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``(x_t, t)``: ``x`` noised to t ~ U[0, gan_max_timestep) (clean at t = 0 when it is 0); attaches the taps.
 
         Raises:
             RuntimeError: the GAN branch is off (``gan: false``).
@@ -277,6 +268,11 @@ class DMD2(DiffusionDistillationModule):
         if self.gan_max_timestep > 0:
             t = self.timesteps_like(x, 0, self.gan_max_timestep, generator)
             x = self.schedule.add_noise(x, randn_like(x, generator), t)
+        return x, t
+
+    def discriminator_logits(self, x: Tensor, cond: Cond, generator: torch.Generator | None = None) -> Tensor:
+        """D(x) ``(B,)``: the GAN head on the fake score's tapped features at :meth:`discriminator_input`."""
+        x, t = self.discriminator_input(x, generator)
         return discriminator_logits(self.fake_score, self.gan_head, self.gan_hooks, _TAP, x, t, cond)
 
     def generator_gan_loss(self, x0: Tensor, cond: Cond, generator: torch.Generator | None = None) -> Tensor:
@@ -313,6 +309,15 @@ class DMD2(DiffusionDistillationModule):
             fake_logits = self.discriminator_logits(fake, fake_cond, generator)
         return gan_discriminator_loss(real_logits, fake_logits), real_logits, fake_logits
 
+    def generator_terms(
+        self, x0: Tensor, t: Tensor, cond: Cond, null_cond: Cond, generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
+        """Step 2: the generator's terms ``{"dm": L_DM, "gen_cls": L_G}`` (``t``, its step, is for subclasses)."""
+        terms = {"dm": self.distribution_matching_loss(x0, cond, null_cond, generator)}
+        if self.gan_head is not None:
+            terms["gen_cls"] = self.generator_gan_loss(x0, cond, generator)
+        return terms
+
     # ------------------------------------------------------------------ training
     def training_step(self, batch: Any, batch_idx: int) -> None:
         opt_gen, opt_fake = self.optimizers()
@@ -329,30 +334,26 @@ class DMD2(DiffusionDistillationModule):
         terms: dict[str, Tensor] = {}
         if generator_turn:
             self.toggle_optimizer(opt_gen)
-            terms["dm"] = self.distribution_matching_loss(x0, cond, null_cond, rng)
-            if self.gan_head is not None:
-                terms["gen_cls"] = self.generator_gan_loss(x0, cond, rng)
-            self.manual_update(self.weighted_sum(terms), opt_gen, clip_grad_norm=self.max_grad_norm)
+            terms = self.generator_terms(x0, t, cond, null_cond, rng)
+            if terms:
+                self.manual_update(self.weighted_sum(terms), opt_gen, clip_grad_norm=self.max_grad_norm)
             self.untoggle_optimizer(opt_gen)
         # 3. Fake-score turn, every iteration: denoising on the detached samples + discriminator.
-        fake_terms = {"fake": self.fake_score_loss(x0, cond, rng)}
+        fake_terms, realism = {"fake": self.fake_score_loss(x0, cond, rng)}, {}
         if self.gan_head is not None:
-            fake_terms["guidance_cls"], real_logits, fake_logits = self.guidance_cls_loss(
-                real, x0, cond, cond, rng
-            )
-            realism = {"real": real_logits.sigmoid().mean(), "fake": fake_logits.sigmoid().mean()}
-            self.log_dict(
-                {f"train/pred_realism_{k}": v.detach() for k, v in realism.items()},
-                on_step=True,
-                on_epoch=False,
-            )
+            fake_terms["guidance_cls"], *logits = self.guidance_cls_loss(real, x0, cond, cond, rng)
+            realism = {f"pred_realism_{k}": v.sigmoid().mean() for k, v in zip(("real", "fake"), logits)}
         self.toggle_optimizer(opt_fake)
         self.manual_update(self.weighted_sum(fake_terms), opt_fake, clip_grad_norm=self.max_grad_norm)
         self.untoggle_optimizer(opt_fake)
         # 4. Schedulers step every iteration (as the official constant-with-warmup ones do).
         self.step_schedulers()
         self.iteration += 1
-        for name, value in {**terms, **fake_terms}.items():
+        self.log_terms({**terms, **fake_terms, **realism})
+
+    def log_terms(self, terms: dict[str, Tensor]) -> None:
+        """Log each loss term (and the discriminator's mean realism) of the iteration as ``train/<name>``."""
+        for name, value in terms.items():
             self.log(
                 f"train/{name}", value.detach(), on_step=True, on_epoch=False, prog_bar=name in ("dm", "fake")
             )

@@ -279,39 +279,12 @@ class FlashDMD(DMD2):
             terms["reward"] = self.reward_loss(x0, cond)
         return terms
 
-    # ------------------------------------------------------------------ training
-    def training_step(self, batch: Any, batch_idx: int) -> None:
-        opt_gen, opt_fake = self.optimizers()
-        real, cond = self.split_batch(batch)
-        null_cond = self.null_condition(cond)
-        self.record_sample_shape(real)
-        rng = self.iteration_generator()
-        generator_turn = self.is_update_step(self.iteration, self.dfake_gen_update_ratio)
-        # 1. The student's input at a step of its chain (backward simulation) and its x̂₀.
-        x_t, t = self.generator_input(real, cond, rng)
-        with torch.set_grad_enabled(generator_turn):
-            x0 = self.generate(x_t, t, cond)
-        # 2-3. Generator turn: timestep-aware distillation (+ the reward in Stage 2).
-        terms: dict[str, Tensor] = {}
-        if generator_turn:
-            self.toggle_optimizer(opt_gen)
-            terms = self.generator_terms(x0, t, cond, null_cond, rng)
-            if terms:
-                self.manual_update(self.weighted_sum(terms), opt_gen, clip_grad_norm=self.max_grad_norm)
-            self.untoggle_optimizer(opt_gen)
-        # 4. Fake-score turn, every iteration: denoising on the detached samples + discriminator.
-        fake_terms = {"fake": self.fake_score_loss(x0, cond, rng)}
-        if self.gan_head is not None:
-            fake_terms["guidance_cls"], _, _ = self.guidance_cls_loss(real, x0, cond, cond, rng)
-        self.toggle_optimizer(opt_fake)
-        self.manual_update(self.weighted_sum(fake_terms), opt_fake, clip_grad_norm=self.max_grad_norm)
-        self.untoggle_optimizer(opt_fake)
-        self.step_schedulers()
-        self.iteration += 1
-        logged = {f"train/{k}": v.detach() for k, v in {**terms, **fake_terms}.items()}
+    # ------------------------------------------------------------------ training (DMD2's step with the terms above)
+    def log_terms(self, terms: dict[str, Tensor]) -> None:
+        """DMD2's ``train/<term>`` and, in Stage 2, ``train/mean_reward``."""
+        super().log_terms(terms)
         if "reward" in terms:
-            logged["train/mean_reward"] = -terms["reward"].detach()
-        self.log_dict(logged, on_step=True, on_epoch=False)
+            self.log("train/mean_reward", -terms["reward"].detach(), on_step=True, on_epoch=False)
 
     # ------------------------------------------------------------------ evaluation: the reward of the samples
     def validation_step(self, batch: Any, batch_idx: int) -> None:

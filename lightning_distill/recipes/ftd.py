@@ -46,14 +46,13 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 import lightning.pytorch as L
 import torch
 from lightning.pytorch.cli import OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
-from torch import Tensor, nn
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
 
 from lightning_distill.callbacks import EMATeacher
 from lightning_distill.dataset import (
@@ -61,9 +60,8 @@ from lightning_distill.dataset import (
     ConvNetSpec,
     SiameseAugment,
     SyntheticSet,
-    classification_accuracy,
-    retrain_model,
 )
+from lightning_distill.dataset.recipe_base import SyntheticSetModule
 from lightning_distill.dataset.trajectory import (
     ExpertSpec,
     ExpertTrajectories,
@@ -72,7 +70,6 @@ from lightning_distill.dataset.trajectory import (
     trajectory_matching_loss,
     unroll_student,
 )
-from lightning_distill.module import DistillationModule
 
 __all__ = ["FTD", "image_sgd"]
 
@@ -82,8 +79,11 @@ def image_sgd(params: Any) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=1000.0, momentum=0.5)
 
 
-class FTD(DistillationModule):
+class FTD(SyntheticSetModule):
     """FTD (and MTT) recipe. See the module docstring for the algorithm.
+
+    :class:`~lightning_distill.dataset.recipe_base.SyntheticSetModule` retrains students on
+    :meth:`evaluated_set` at the learned learning rate (:meth:`retrain_settings`).
 
     Args:
         synthetic: the set being distilled; needs ``learn_lr=True`` (the learned step size).
@@ -119,6 +119,7 @@ class FTD(DistillationModule):
 
     loss_terms: ClassVar[tuple[str, ...]] = ("match",)
     requires_teacher: ClassVar[bool] = False
+    seed_key: ClassVar[str] = "ftd_seed"
 
     def __init__(
         self,
@@ -141,17 +142,19 @@ class FTD(DistillationModule):
         loss_weights: dict[str, float] | None = None,
         optimizer: OptimizerCallable = image_sgd,
     ) -> None:
-        if not isinstance(synthetic, SyntheticSet):
-            raise TypeError(
-                f"`synthetic` must be a lightning_distill.dataset.SyntheticSet, got {type(synthetic).__name__}; "
-                "set `model.init_args.synthetic.class_path`."
-            )
+        super().__init__(
+            synthetic,
+            seed=seed,
+            val_epochs=val_epochs,
+            val_seeds=val_seeds,
+            loss_weights=loss_weights,
+            optimizer=optimizer,
+        )
         if synthetic.log_lr is None:
             raise ValueError(
                 "FTD learns the student's learning rate: build the set with `learn_lr: true` "
                 "(`model.init_args.synthetic.init_args.learn_lr`)."
             )
-        super().__init__(synthetic, loss_weights=loss_weights, optimizer=optimizer)
         experts = ExpertSpec() if experts is None else experts
         if not isinstance(experts, ExpertSpec):
             raise TypeError(f"`experts` must be an ExpertSpec, got {type(experts).__name__}.")
@@ -159,7 +162,6 @@ class FTD(DistillationModule):
             ("syn_steps", syn_steps),
             ("expert_epochs", expert_epochs),
             ("max_start_epoch", max_start_epoch),
-            ("val_epochs", val_epochs),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(
@@ -176,8 +178,6 @@ class FTD(DistillationModule):
                 f"`ema_decay` must be in [0, 1) or None (no EMA: plain MTT), got {ema_decay!r}; "
                 "set `model.init_args.ema_decay`."
             )
-        if not val_seeds:
-            raise ValueError("`val_seeds` is empty; give at least one seed.")
         c, h, w = synthetic.image_shape
         if network is None:
             network = ConvNetSpec(in_channels=c, num_classes=synthetic.num_classes, image_size=(h, w))
@@ -199,8 +199,6 @@ class FTD(DistillationModule):
         self.syn_steps, self.expert_epochs, self.max_start_epoch = syn_steps, expert_epochs, max_start_epoch
         self.batch_syn, self.lr_lr, self.ema_decay = batch_syn, lr_lr, ema_decay
         self.augment = None if augment.lower() in ("", "none") else SiameseAugment(augment, siamese=False)
-        self.seed = seed
-        self.val_epochs, self.val_seeds = val_epochs, tuple(val_seeds)
         self.save_path = save_path
         # The student architecture: only its forward is used, with the flat parameters of step 2.
         self.student_net = ConvNet.from_spec(network).requires_grad_(False)
@@ -208,13 +206,7 @@ class FTD(DistillationModule):
         if ema_decay is not None:  # the EMA of the set, kept up to date by EMATeacher (step 5)
             self.register_frozen("ema_synthetic", copy.deepcopy(synthetic))
         self.buffer: ExpertTrajectories | None = None
-        self._eval_models: list[nn.Module] = []
-        self._fit_start: float | None = None
-
-    @property
-    def synthetic(self) -> SyntheticSet:
-        """The live synthetic set (the recipe's ``student``)."""
-        return self.student
+        self._train_images: tuple[Tensor, Tensor] | None = None
 
     # ---------------------------------------------------------------- the paper
     def sample_segment(self, generator: torch.Generator) -> tuple[Tensor, Tensor, int, int]:
@@ -248,7 +240,7 @@ class FTD(DistillationModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         # The batch is unused: MTT sees the real data only through the experts.
-        generator = torch.Generator().manual_seed(self._step_seed(self.global_step))
+        generator = torch.Generator().manual_seed(self.step_seed(self.global_step))
         # 1. A random expert segment theta*_s -> theta*_{s+M}.
         start, target, _, epoch = self.sample_segment(generator)
         # 2. The student's N steps on the synthetic set.
@@ -287,59 +279,9 @@ class FTD(DistillationModule):
         out.log_lr.copy_(self.synthetic.log_lr)
         return out
 
-    def on_validation_epoch_start(self) -> None:
-        self._eval_models = [] if self.trainer.sanity_checking else self._retrain(self.val_epochs)
-
-    def on_test_epoch_start(self) -> None:
-        self._eval_models = self._retrain(self.synthetic.eval_spec.epochs)
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._log_eval_models(batch, "val")
-
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._log_eval_models(batch, "test")
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_models = []
-        super().on_validation_epoch_end()
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_models = []
-        super().on_test_epoch_end()
-
-    def _retrain(self, epochs: int) -> list[nn.Module]:
-        """Evaluation by retraining on :meth:`evaluated_set` with its EvalSpec and learned ``alpha``."""
-        evaluated = self.evaluated_set()
-        spec = evaluated.eval_spec
-        on_gpu = self.device.type == "cuda"
-        return [
-            retrain_model(
-                evaluated.images.detach(),
-                evaluated.labels,
-                spec.build_model,
-                epochs=1 if self.trainer.fast_dev_run else epochs,
-                lr=float(evaluated.lr),
-                seed=seed,
-                augment=spec.augment,
-                batch_size=spec.batch_size,
-                momentum=spec.momentum,
-                weight_decay=spec.weight_decay,
-                accelerator="gpu" if on_gpu else "cpu",
-                devices=[self.device.index or 0] if on_gpu else 1,
-            ).to(self.device)
-            for seed in self.val_seeds
-        ]
-
-    def _log_eval_models(self, batch: Any, stage: str) -> None:
-        if not self._eval_models:
-            return
-        x, y = batch[0], batch[1]
-        accuracy = sum(classification_accuracy(m, [(x, y)]) for m in self._eval_models) / len(
-            self._eval_models
-        )
-        self.log(
-            f"{stage}/syn_acc", accuracy, on_epoch=True, batch_size=y.numel(), prog_bar=True, sync_dist=True
-        )
+    def retrain_settings(self, synthetic: SyntheticSet) -> dict[str, Any]:
+        """The EvalSpec's settings, with the learned ``alpha`` as the learning rate."""
+        return {**super().retrain_settings(synthetic), "lr": float(synthetic.lr)}
 
     # ------------------------------------------------------------- lifecycle
     def setup(self, stage: str) -> None:
@@ -347,27 +289,20 @@ class FTD(DistillationModule):
 
         A checkpoint (``ckpt_path``) is restored after ``setup`` and replaces the images and the EMA.
         """
-        if self.seed is None:
-            self.seed = int(torch.initial_seed()) & 0x7FFF_FFFF
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        train_images = getattr(datamodule, "train_images", None)
-        x = y = None
-        if callable(train_images):
-            datamodule.setup("fit")
-            x, y = train_images()
-            keep = y >= 0
-            x, y = x[keep], y[keep]
-            self.synthetic.initialize_from(x, y)
-        elif stage == "fit" and self.synthetic.init == "real" and not bool(self.synthetic.initialized):
-            raise ValueError(
-                "`synthetic.init='real'` needs real images: use a datamodule with `train_images()` (e.g. "
-                "lightning_distill.dataset.ClassBalancedDataModule), or `init: noise`."
-            )
+        self._train_images = None
+        super().setup(stage)
+        x, y = self._train_images or (None, None)
+        self._train_images = None
         if self.ema_decay is not None and not bool(self.ema_synthetic.initialized):
             # The EMA starts at the initial images, once: a later `setup("test")` (test_after_fit) keeps it.
             self.ema_synthetic.load_state_dict(self.synthetic.state_dict())
         if stage == "fit" and self.buffer is None:
             self.buffer = self._load_experts(x, y)
+
+    def on_train_images(self, images: Tensor, labels: Tensor) -> None:
+        """Keep the labelled training images for the experts (trained in ``setup('fit')``)."""
+        keep = labels >= 0
+        self._train_images = (images[keep], labels[keep])
 
     def _load_experts(self, x: Tensor | None, y: Tensor | None) -> ExpertTrajectories:
         if self.expert_path is not None:
@@ -394,43 +329,12 @@ class FTD(DistillationModule):
         buffer.check_window(self.max_start_epoch, self.expert_epochs)
         return buffer
 
-    def on_fit_start(self) -> None:
-        super().on_fit_start()
-        self._fit_start = time.perf_counter()
-
-    def on_train_end(self) -> None:
-        if self.save_path is None and (self.trainer.fast_dev_run or self.trainer.logger is None):
-            if not self.trainer.fast_dev_run:
-                rank_zero_warn(
-                    "The distilled set was not saved: there is no logger directory and no `save_path`; set "
-                    "`model.init_args.save_path` to keep it (or call `model.evaluated_set().save(path)`)."
-                )
-            return
-        self._save_artifact()
-
-    @rank_zero_only
-    def _save_artifact(self) -> None:
-        path = Path(self.save_path) if self.save_path else Path(self.trainer.log_dir) / "synthetic_set.pt"
-        seconds = time.perf_counter() - self._fit_start if self._fit_start is not None else None
-        metadata = {
+    def artifact_metadata(self) -> dict[str, Any]:
+        base = super().artifact_metadata()
+        return {
             "method": "mtt" if self.ema_decay is None else "ftd",
             "ema_decay": self.ema_decay,
             "experts": self.expert_spec.optimizer if self.expert_path is None else self.expert_path,
-            "steps": int(self.global_step),
-            "fit_seconds": seconds,
+            "steps": base["steps"],
+            "fit_seconds": base["fit_seconds"],
         }
-        self.evaluated_set().save(path, metadata=metadata)
-        rank_zero_info(f"Saved the distilled set and its EvalSpec to {path}")
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint.setdefault("lightning_distill", {})["ftd_seed"] = self.seed
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
-        seed = checkpoint.get("lightning_distill", {}).get("ftd_seed")
-        if seed is not None:
-            self.seed = int(seed)
-
-    def _step_seed(self, step: int) -> int:
-        return (int(self.seed or 0) * 1_000_003 + step) & 0x7FFF_FFFF_FFFF

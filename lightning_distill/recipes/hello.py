@@ -71,11 +71,10 @@ def image_adam(params: Any) -> torch.optim.Optimizer:
 class HeLlO(SyntheticSetModule):
     """HeLlO recipe. See the module docstring for the algorithm.
 
-    Evaluation by retraining with online labels (``val/syn_acc``, ``test/syn_acc``), setup from
-    the datamodule's ``train_images()``, the saved artifacts and the checkpointed seed come from
-    :class:`~lightning_distill.dataset.recipe_base.SyntheticSetModule`; the projector's own
+    Students take their labels online from the projector (:meth:`fit_eval_model` of
+    :class:`~lightning_distill.dataset.recipe_base.SyntheticSetModule`); the projector's own
     accuracy (``<stage>/acc``) and its agreement with the generator (``<stage>/label_kl``) are
-    logged as well.
+    logged next to ``<stage>/syn_acc``.
 
     Args:
         student: the :class:`LabelProjector` (LoRA adapters trainable).
@@ -302,7 +301,7 @@ class HeLlO(SyntheticSetModule):
 
     # ---------------------------------------------------------------- lifecycle
     def artifact_path(self) -> Path | None:
-        """``<save_dir>/synthetic_set.pt`` (the projector adapters go next to it), or ``None`` without ``save_dir``."""
+        """``<save_dir>/synthetic_set.pt`` (the projector adapters go next to it), else ``None``."""
         return None if self.save_dir is None else Path(self.save_dir) / "synthetic_set.pt"
 
     def artifact_metadata(self) -> dict[str, Any]:
@@ -312,10 +311,11 @@ class HeLlO(SyntheticSetModule):
         }
 
     def save_artifact(self, path: Path) -> None:
-        """Save the set (with its EvalSpec and label storage) and ``label_projector.pt`` in ``path``'s folder."""
+        """Save the set (with its EvalSpec and label storage) and ``label_projector.pt`` next to it."""
         metadata = self.artifact_metadata()
         self.synthetic.save(path, metadata=metadata)
         torch.save(self.projector.adapter_state_dict(), path.parent / "label_projector.pt")
         rank_zero_info(
-            f"Saved the set and the projector adapters ({metadata['label_bytes']['projector']} bytes) to {path.parent}"
+            f"Saved the set and the projector adapters ({metadata['label_bytes']['projector']} bytes) "
+            f"to {path.parent}"
         )

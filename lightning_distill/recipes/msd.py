@@ -273,14 +273,7 @@ class MSD(DMD2):
         """D(x) ``(B,)``: DMD2's discriminator, with each sample read by its student's fake score and head."""
         if not self.per_student_fake:
             return super().discriminator_logits(x, cond, generator)
-        if self.gan_hooks is None or self.gan_head is None:
-            raise RuntimeError("The GAN branch is off (`gan: false`); there is no discriminator.")
-        if not self.gan_hooks.is_attached:  # outside a Trainer; inside one the callback attaches in `setup`
-            self.gan_hooks.attach(self)
-        t = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-        if self.gan_max_timestep > 0:
-            t = self.timesteps_like(x, 0, self.gan_max_timestep, generator)
-            x = self.schedule.add_noise(x, randn_like(x, generator), t)
+        x, t = self.discriminator_input(x, generator)
         owners, parts, indices = self.router.owners(cond), [], []
         for k, (expert, head) in enumerate(zip(self.fake_score.model.experts, self.gan_head)):
             index = (owners == k).nonzero(as_tuple=True)[0]

@@ -293,7 +293,7 @@ def test_step_loss_matches_an_independent_unroll_and_gradients_reach_images_and_
     trainer.fit(recipe, datamodule=data())
     buffer = ExpertTrajectories.load(buffer_path)
     for k, step in enumerate(record.steps):
-        generator = torch.Generator().manual_seed(recipe._step_seed(k))
+        generator = torch.Generator().manual_seed(recipe.step_seed(k))
         expert = int(torch.randint(buffer.num_experts, (1,), generator=generator))
         epoch = int(torch.randint(2, (1,), generator=generator))
         start, target = buffer.params[expert, epoch], buffer.params[expert, epoch + 1]
