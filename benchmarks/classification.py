@@ -190,11 +190,41 @@ def beyond_ssl_rows() -> list[Row]:
     ]
 
 
-RECIPE_ROWS = {"meal_v2": meal_v2_rows, "beyond_ssl": beyond_ssl_rows}
+def _from_file(name: str) -> Callable[[Config], Config]:
+    """Another config of the recipe (e.g. ``fitnets.yaml``) instead of ``config.yaml``."""
+
+    def transform(config: Config) -> Config:
+        return yaml.safe_load((ROOT / "recipes" / "kd" / name).read_text())
+
+    return transform
+
+
+def kd_rows() -> list[Row]:
+    return [
+        Row("teacher", "100% labels", "`teacher` (trained once, cached)", source="hinton:teacher"),
+        Row(
+            "student alone (CE)",
+            "100% labels",
+            "model -> `Supervised` (same student, optimizer, schedule, epochs)",
+            transform=_student_alone(),
+        ),
+        Row("KD, T = 4 (config)", "100% labels", "none", transform=_unchanged),
+        Row("KD, T = 1", "100% labels", "`temperature: 1.0`", transform=_set(temperature=1.0)),
+        Row(
+            "KD + FitNets hint (layer2)",
+            "100% labels",
+            "`fitnets.yaml`",
+            transform=_from_file("fitnets.yaml"),
+        ),
+    ]
+
+
+RECIPE_ROWS = {"meal_v2": meal_v2_rows, "beyond_ssl": beyond_ssl_rows, "kd": kd_rows}
 # Which row's run provides the read-off rows, keyed by the prefix used in `Row.source`.
 RUN_KEYS = {
     "meal_v2": {"official": "MEAL V2, official mode (config)"},
     "beyond_ssl": {"js": "SSLD, JS divergence (config)"},
+    "kd": {"hinton": "KD, T = 4 (config)"},
 }
 # Paired comparisons printed under each table: (row, baseline row). The first is the paper's claim.
 COMPARISONS = {
@@ -207,6 +237,11 @@ COMPARISONS = {
         ("SSLD, JS divergence (config)", "student alone on the labelled 20% (CE)"),
         ("SSLD, JS divergence (config)", "student alone on the labelled 20% (CE), as many images seen"),
         ("SSLD, symmetric KL (PaddleClas loss)", "SSLD, JS divergence (config)"),
+    ],
+    "kd": [
+        ("KD, T = 4 (config)", "student alone (CE)"),
+        ("KD, T = 1", "student alone (CE)"),
+        ("KD + FitNets hint (layer2)", "KD, T = 4 (config)"),
     ],
 }
 

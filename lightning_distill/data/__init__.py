@@ -1,5 +1,6 @@
 """LightningDataModules for data that ships inside Python packages."""
 
+from lightning_distill.data.conditions import ConditionDataModule
 from lightning_distill.data.gmm import GMMDataModule, PointDataset
 from lightning_distill.data.images import (
     UNLABELLED,
@@ -12,6 +13,7 @@ from lightning_distill.data.images import (
 )
 
 __all__ = [
+    "ConditionDataModule",
     "GMMDataModule",
     "PointDataset",
     "UNLABELLED",

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 _LAZY: dict[str, str] = {
     "AnalyticTeacher": "lightning_distill.diffusion.gmm",
     "Cond": "lightning_distill.diffusion.guidance",
+    "DiffusionDistillationModule": "lightning_distill.diffusion.recipe_base",
     "FakeScore": "lightning_distill.diffusion.fake_score",
     "FrechetClassifierDistance": "lightning_distill.diffusion.metrics",
     "GANHead": "lightning_distill.diffusion.gan_head",
@@ -24,36 +25,55 @@ _LAZY: dict[str, str] = {
     "ModeWeightTV": "lightning_distill.diffusion.metrics",
     "NoiseSchedule": "lightning_distill.diffusion.schedule",
     "PREDICTION_TYPES": "lightning_distill.diffusion.schedule",
+    "PhasedGenerator": "lightning_distill.diffusion.phases",
     "PredictionType": "lightning_distill.diffusion.schedule",
     "PretrainedStudent": "lightning_distill.diffusion.export",
     "RBFMMD": "lightning_distill.diffusion.metrics",
+    "ResidualScore": "lightning_distill.diffusion.fake_score",
+    "RoutedDenoiser": "lightning_distill.diffusion.routing",
     "SlicedWasserstein": "lightning_distill.diffusion.metrics",
     "backward_simulation": "lightning_distill.diffusion.sampling",
+    "bottleneck_channels": "lightning_distill.diffusion.denoisers",
     "broadcast_to": "lightning_distill.diffusion.schedule",
     "cfg": "lightning_distill.diffusion.guidance",
+    "check_option": "lightning_distill.diffusion.recipe_base",
+    "check_partition": "lightning_distill.diffusion.routing",
+    "check_teacher_schedule": "lightning_distill.diffusion.recipe_base",
+    "contiguous_partition": "lightning_distill.diffusion.routing",
     "ddpm_schedule": "lightning_distill.diffusion.schedule",
+    "derive_seed": "lightning_distill.diffusion.recipe_base",
     "discriminator_logits": "lightning_distill.diffusion.gan_head",
     "drop_condition": "lightning_distill.diffusion.guidance",
     "evenly_spaced_timesteps": "lightning_distill.diffusion.timesteps",
     "feature_path": "lightning_distill.diffusion.denoisers",
     "few_step_sample": "lightning_distill.diffusion.sampling",
+    "first_tensor": "lightning_distill.diffusion.recipe_base",
+    "fit_to_teacher": "lightning_distill.diffusion.recipe_base",
     "flow_schedule": "lightning_distill.diffusion.schedule",
     "guided_output": "lightning_distill.diffusion.guidance",
     "load_student": "lightning_distill.diffusion.export",
     "make_mixture": "lightning_distill.diffusion.gmm",
     "mode_coverage": "lightning_distill.diffusion.metrics",
     "mode_weight_tv": "lightning_distill.diffusion.metrics",
+    "model_null_label": "lightning_distill.diffusion.recipe_base",
     "model_output": "lightning_distill.diffusion.guidance",
+    "model_sample_shape": "lightning_distill.diffusion.recipe_base",
     "noise_floor": "lightning_distill.diffusion.metrics",
     "one_step_generate": "lightning_distill.diffusion.sampling",
+    "randn_like": "lightning_distill.diffusion.sampling",
     "rbf_mmd2": "lightning_distill.diffusion.metrics",
+    "reassemble": "lightning_distill.diffusion.routing",
     "sample": "lightning_distill.diffusion.sampling",
     "sample_from_pretrained": "lightning_distill.diffusion.export",
+    "sample_metrics": "lightning_distill.diffusion.metrics",
     "save_student": "lightning_distill.diffusion.export",
     "scheduler_from_config": "lightning_distill.diffusion.schedule",
     "shifted_timesteps": "lightning_distill.diffusion.timesteps",
     "sinusoidal_embedding": "lightning_distill.diffusion.denoisers",
     "sliced_wasserstein": "lightning_distill.diffusion.metrics",
+    "subinterval_coefficients": "lightning_distill.diffusion.phases",
+    "subinterval_noise": "lightning_distill.diffusion.phases",
+    "subinterval_target": "lightning_distill.diffusion.phases",
     "subinterval_timesteps": "lightning_distill.diffusion.timesteps",
     "tiny_unet": "lightning_distill.diffusion.denoisers",
     "uniform_timesteps": "lightning_distill.diffusion.timesteps",
@@ -77,6 +97,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from lightning_distill.diffusion.denoisers import (  # noqa: F401
         MLPDenoiser,
+        bottleneck_channels,  # noqa: F401
         feature_path,
         sinusoidal_embedding,
         tiny_unet,
@@ -87,7 +108,10 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         sample_from_pretrained,
         save_student,
     )
-    from lightning_distill.diffusion.fake_score import FakeScore  # noqa: F401
+    from lightning_distill.diffusion.fake_score import (
+        FakeScore,  # noqa: F401
+        ResidualScore,  # noqa: F401
+    )
     from lightning_distill.diffusion.gan_head import GANHead, discriminator_logits  # noqa: F401
     from lightning_distill.diffusion.gmm import AnalyticTeacher, GaussianMixture, make_mixture  # noqa: F401
     from lightning_distill.diffusion.guidance import Cond, cfg, drop_condition, guided_output, model_output  # noqa: F401
@@ -101,12 +125,36 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         mode_weight_tv,
         noise_floor,
         rbf_mmd2,
+        sample_metrics,  # noqa: F401
         sliced_wasserstein,
+    )
+    from lightning_distill.diffusion.phases import (  # noqa: F401
+        PhasedGenerator,
+        subinterval_coefficients,
+        subinterval_noise,
+        subinterval_target,
+    )
+    from lightning_distill.diffusion.recipe_base import (  # noqa: F401
+        DiffusionDistillationModule,
+        check_option,
+        check_teacher_schedule,
+        derive_seed,
+        first_tensor,
+        fit_to_teacher,
+        model_null_label,
+        model_sample_shape,
+    )
+    from lightning_distill.diffusion.routing import (  # noqa: F401
+        RoutedDenoiser,
+        check_partition,
+        contiguous_partition,
+        reassemble,
     )
     from lightning_distill.diffusion.sampling import (  # noqa: F401
         backward_simulation,
         few_step_sample,
         one_step_generate,
+        randn_like,  # noqa: F401
         sample,
     )
     from lightning_distill.diffusion.schedule import (  # noqa: F401
