@@ -76,6 +76,8 @@ _LAZY: dict[str, str] = {
     "subinterval_target": "lightning_distill.diffusion.phases",
     "subinterval_timesteps": "lightning_distill.diffusion.timesteps",
     "tiny_unet": "lightning_distill.diffusion.denoisers",
+    "trained_denoiser": "lightning_distill.diffusion.teachers",
+    "denoising_batch_loss": "lightning_distill.diffusion.teachers",
     "uniform_timesteps": "lightning_distill.diffusion.timesteps",
 }
 
@@ -166,6 +168,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         flow_schedule,
         scheduler_from_config,
     )
+    from lightning_distill.diffusion.teachers import denoising_batch_loss, trained_denoiser  # noqa: F401
     from lightning_distill.diffusion.timesteps import (  # noqa: F401
         evenly_spaced_timesteps,
         shifted_timesteps,

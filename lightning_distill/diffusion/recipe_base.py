@@ -522,6 +522,9 @@ class DiffusionDistillationModule(DistillationModule):
         if self.reference_mixture is not None:
             x, cond = self.split_batch(batch)
             self._eval_batches.append((None if x is None else x.detach(), self.evaluation_labels(cond)))
+        elif _digits_like(batch):
+            x, _ = self.split_batch(batch)
+            self._eval_batches.append((x.detach(), None))
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self.validation_step(batch, batch_idx)
@@ -543,7 +546,10 @@ class DiffusionDistillationModule(DistillationModule):
         noise floor). Nothing is logged off the exact bench or during the sanity check.
         """
         gmm, batches, self._eval_batches = self.reference_mixture, self._eval_batches, []
-        if gmm is None or not batches or self.trainer.sanity_checking:
+        if not batches or self.trainer.sanity_checking:
+            return
+        if gmm is None:
+            self._log_image_metrics(stage, torch.cat([x for x, _ in batches])[:1000])
             return
         data, labels, n = self._evaluation_data(batches, gmm)
         if n == 0:
@@ -561,6 +567,31 @@ class DiffusionDistillationModule(DistillationModule):
             metrics = sample_metrics(x.reshape(n, -1), reference, labels, gmm)
             for name, value in metrics.items():
                 self.log(f"{stage}/{prefix}{name}{suffix}", value, on_epoch=True, sync_dist=True)
+
+    def _log_image_metrics(self, stage: str, data: Tensor) -> None:
+        """``<stage>/fcd`` (and ``teacher_fcd`` once) of single-channel 8/16/32 px samples (digits-like data).
+
+        The Fréchet classifier distance of :class:`~lightning_distill.diffusion.metrics.FrechetClassifierDistance`
+        (features of a digits classifier trained in this repository; not FID), between the epoch's
+        evaluation images and as many student samples.
+        """
+        from lightning_distill.diffusion.metrics import FrechetClassifierDistance
+
+        size = int(data.shape[-1])
+        if size not in _FCD.setdefault("metrics", {}):
+            with torch.inference_mode(False), torch.enable_grad():  # may train the classifier on first use
+                _FCD["metrics"][size] = FrechetClassifierDistance(image_size=size)
+        metric = _FCD["metrics"][size].to(self.device)
+        n = int(data.shape[0])
+        generator = torch.Generator(device=self.device).manual_seed(self.evaluation_seed)
+        rows = [("", self.evaluation_samples(n, None, generator))]
+        if self._teacher_metrics_pending.get(stage, False):
+            rows.append(("teacher_", self.teacher_samples(self.initial_noise(n, generator), None)))
+        for prefix, samples in rows:
+            metric.reset()
+            metric.update(data.float(), real=True)
+            metric.update(samples.float().reshape(data.shape), real=False)
+            self.log(f"{stage}/{prefix}fcd", float(metric.compute()), on_epoch=True, sync_dist=True)
 
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
         """Samples ``(B, *sample_shape)`` for a batch's conditions, noise seeded ``noise_seed + batch_idx``."""
@@ -682,3 +713,19 @@ def first_tensor(cond: Cond) -> Tensor:
     if isinstance(cond, Mapping) and cond:
         return first_tensor(next(iter(cond.values())))
     raise ValueError(f"A condition must be a tensor or a mapping of tensors, got {type(cond).__name__}.")
+
+
+# FrechetClassifierDistance holds a trained classifier; kept outside the LightningModule so it is
+# neither a submodule (checkpoints, optimizers) nor rebuilt every epoch.
+_FCD: dict[str, dict[int, Any]] = {}
+
+
+def _digits_like(batch: Any) -> bool:
+    """A batch whose images are single-channel 8, 16 or 32 px squares (what the FCD classifier reads)."""
+    x = batch[0] if isinstance(batch, (list, tuple)) else batch
+    return (
+        isinstance(x, Tensor)
+        and x.ndim == 4
+        and x.shape[1] == 1
+        and x.shape[-1] == x.shape[-2] in (8, 16, 32)
+    )

@@ -1,0 +1,264 @@
+"""Getting a trained diffusion teacher: trained on first use by denoising, then cached.
+
+:func:`trained_denoiser` does for denoisers what
+:func:`~lightning_distill.models.trained_classifier` does for classifiers: it returns the module it
+is given with trained weights, from the user's checkpoint, from the cache, or trained now with the
+denoising loss of the schedule's parameterisation (ε for ε-prediction). Use it as a ``class_path``
+teacher so that a config runs on a fresh clone::
+
+    teacher:
+      class_path: lightning_distill.diffusion.teachers.trained_denoiser
+      init_args:
+        model: {class_path: lightning_distill.diffusion.tiny_unet, init_args: {sample_size: 8}}
+        data: {class_path: lightning_distill.data.DigitsDataModule, init_args: {batch_size: 128}}
+        schedule: {class_path: lightning_distill.diffusion.ddpm_schedule}
+        steps: 3000
+
+The cache key covers the architecture, the data settings, the schedule and every training
+setting, so a changed config trains a new teacher; a file lock makes concurrent processes (DDP
+ranks) train it once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+
+from lightning_distill.diffusion.guidance import model_output
+from lightning_distill.diffusion.schedule import NoiseSchedule
+from lightning_distill.diffusion.timesteps import uniform_timesteps
+from lightning_distill.models.pretrained import (
+    _cache_key,
+    _sha256_file,
+    default_cache_dir,
+    file_lock,
+    load_weights,
+    reinitialize,
+)
+
+__all__ = ["denoising_batch_loss", "trained_denoiser"]
+
+
+def denoising_batch_loss(
+    model: nn.Module,
+    schedule: NoiseSchedule,
+    x0: Tensor,
+    generator: torch.Generator | None = None,
+    cond: Tensor | None = None,
+) -> Tensor:
+    """The denoising loss ``mean ‖model(x_t, t) − y‖²`` of one batch, t ~ U[0, T), x_t = α_t x0 + σ_t ε.
+
+    ``y`` is the schedule's regression target (ε for ε-prediction, x0, v or the flow velocity).
+
+    Args:
+        model: a denoiser with the diffusers call signature.
+        schedule: the noise schedule; its ``prediction_type`` is what ``model`` learns to predict.
+        x0: clean samples ``(B, ...)``.
+        generator: source of the timesteps and the noise.
+        cond: optional condition (class labels ``(B,)``).
+
+    Returns:
+        A float32 scalar.
+
+    Example:
+        >>> from lightning_distill.diffusion import MLPDenoiser, ddpm_schedule
+        >>> loss = denoising_batch_loss(MLPDenoiser(dim=2, hidden=8, depth=1), ddpm_schedule(), torch.randn(4, 2))
+        >>> loss.shape, bool(loss > 0)
+        (torch.Size([]), True)
+    """
+    T = schedule.num_train_timesteps
+    t = uniform_timesteps(x0.shape[0], 0, T, num_train_timesteps=T, generator=generator, device=x0.device)
+    noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    x_t = schedule.add_noise(x0, noise, t)
+    target = schedule.target(x0, noise, t)
+    return (model_output(model, x_t, t, cond).float() - target).square().mean()
+
+
+def _schedule_spec(schedule: NoiseSchedule) -> str:
+    """Everything that defines the schedule, as a string for the cache key."""
+    config = {k: v for k, v in dict(schedule.scheduler.config).items() if not k.startswith("_")}
+    return repr(schedule) + json.dumps(config, sort_keys=True, default=str)
+
+
+def _fit_denoiser(
+    model: nn.Module,
+    data: L.LightningDataModule,
+    schedule: NoiseSchedule,
+    *,
+    steps: int,
+    lr: float,
+    weight_decay: float,
+    warmup: int,
+    class_conditional: bool,
+) -> list[float]:
+    """AdamW on the denoising loss with linear warm-up and cosine decay; returns the per-step losses."""
+    data.setup("fit")
+    loader = data.train_dataloader()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, steps - warmup)
+        return 0.5 * (1.0 + torch.cos(torch.tensor(progress * torch.pi)).item())
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    generator = torch.Generator().manual_seed(int(torch.initial_seed()))
+    losses: list[float] = []
+    model.train()
+
+    def batches():
+        for epoch in itertools.count():
+            sampler = getattr(loader, "sampler", None)
+            if callable(getattr(sampler, "set_epoch", None)):
+                sampler.set_epoch(epoch)
+            yield from loader
+
+    for _, batch in zip(range(steps), batches()):
+        x0 = batch[0] if isinstance(batch, (list, tuple)) else batch
+        cond = None
+        if class_conditional:
+            cond = batch[1]
+        loss = denoising_batch_loss(model, schedule, x0, generator, cond)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def trained_denoiser(
+    model: nn.Module,
+    data: L.LightningDataModule | None = None,
+    schedule: NoiseSchedule | None = None,
+    steps: int = 3000,
+    lr: float = 2e-3,
+    weight_decay: float = 0.0,
+    warmup: int = 100,
+    class_conditional: bool = False,
+    seed: int = 0,
+    checkpoint: str | None = None,
+    cache_dir: str | None = None,
+    retrain: bool = False,
+) -> nn.Module:
+    """Return ``model`` with trained denoiser weights: from ``checkpoint``, from the cache, or trained now.
+
+    Training re-initialises the weights from ``seed`` and minimises the denoising loss
+    (:func:`denoising_batch_loss`: ``mean ‖model(x_t, t) − y‖²`` with ``t ~ U[0, T)`` and ``y`` the
+    target of ``schedule.prediction_type``) on the training images of ``data`` with AdamW, a linear
+    warm-up and a cosine decay. The weights are cached under ``cache_dir`` by a key of the
+    architecture, the data settings, the schedule and these arguments; a later call with the same
+    settings loads them and trains nothing. A record ``<name>.json`` next to the weights keeps the
+    first and last training losses and the training time.
+
+    The returned module is in eval mode and carries ``distill_source`` (where its weights came
+    from) and ``training_record`` (the JSON record; empty for a ``checkpoint``).
+
+    Args:
+        model: the denoiser (e.g. :func:`~lightning_distill.diffusion.tiny_unet`), called ``model(x_t, t[, y])``.
+        data: a datamodule serving ``(x, y)`` batches (e.g. ``DigitsDataModule``); required unless
+            ``checkpoint`` is given.
+        schedule: the noise schedule; ``None`` is ``NoiseSchedule.ddpm()`` (scaled-linear betas, ε).
+        steps: optimizer steps.
+        lr: peak learning rate.
+        weight_decay: AdamW weight decay.
+        warmup: linear warm-up steps.
+        class_conditional: feed the batch labels as ``class_labels`` (a class-conditional model).
+        seed: seed of the initialisation, the data order and the training noise.
+        checkpoint: path of the user's trained weights (a ``state_dict`` or a Lightning checkpoint).
+        cache_dir: where cached teachers live (default :func:`~lightning_distill.models.default_cache_dir`).
+        retrain: ignore a cached teacher and train again.
+
+    Raises:
+        FileNotFoundError: ``checkpoint`` does not exist.
+        ValueError: neither ``checkpoint`` nor ``data`` is given, ``steps`` < 1, ``warmup`` < 0 or
+            ``lr`` <= 0.
+        TypeError: ``schedule`` is not a ``NoiseSchedule``.
+    """
+    if checkpoint is not None:
+        load_weights(model, checkpoint)
+        model.distill_source = f"checkpoint {checkpoint} (sha256 {_sha256_file(Path(checkpoint))})"
+        model.training_record = {}
+        return model.eval()
+    if data is None:
+        raise ValueError(
+            "`trained_denoiser` needs `checkpoint` (your trained weights) or `data` (to train the denoiser on "
+            "first use); set `teacher.init_args.checkpoint` or `teacher.init_args.data`."
+        )
+    schedule = NoiseSchedule.ddpm() if schedule is None else schedule
+    if not isinstance(schedule, NoiseSchedule):
+        raise TypeError(f"`schedule` must be a NoiseSchedule, got {type(schedule).__name__}.")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"`steps` must be an integer >= 1, got {steps!r}.")
+    if not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"`warmup` must be an integer >= 0, got {warmup!r}.")
+    if not lr > 0:
+        raise ValueError(f"`lr` must be > 0, got {lr!r}.")
+    settings: dict[str, Any] = {
+        "kind": "denoiser",
+        "schedule": _schedule_spec(schedule),
+        "steps": steps,
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "warmup": warmup,
+        "class_conditional": class_conditional,
+        "seed": seed,
+    }
+    key = _cache_key(model, data, settings)
+    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    weights = root / "teachers" / f"{type(model).__name__}-denoiser-{key}.pt"
+    record = weights.with_suffix(".json")
+    with file_lock(weights.with_suffix(".lock")):
+        if weights.is_file() and not retrain:
+            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+            info = json.loads(record.read_text()) if record.is_file() else {}
+        else:
+            start = time.perf_counter()
+            rank_zero_info(
+                f"Training denoiser {type(model).__name__} ({key}) for {steps} steps; cached at {weights}"
+            )
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                reinitialize(model)
+                losses = _fit_denoiser(
+                    model,
+                    data,
+                    schedule,
+                    steps=steps,
+                    lr=lr,
+                    weight_decay=weight_decay,
+                    warmup=warmup,
+                    class_conditional=class_conditional,
+                )
+            tmp = weights.with_suffix(".tmp")
+            torch.save(model.state_dict(), tmp)
+            os.replace(tmp, weights)
+            window = max(1, min(50, steps // 10))
+            info = {
+                "key": key,
+                "first_loss": sum(losses[:window]) / window,
+                "last_loss": sum(losses[-window:]) / window,
+                "seconds": time.perf_counter() - start,
+                **{k: v for k, v in settings.items() if k != "schedule"},
+            }
+            record.write_text(json.dumps(info, indent=2))
+            rank_zero_info(
+                f"Denoiser trained: loss {info['first_loss']:.4f} -> {info['last_loss']:.4f} "
+                f"in {info['seconds']:.1f} s"
+            )
+    last = info.get("last_loss")
+    model.distill_source = f"trained_denoiser cache {weights}" + (
+        f" (final denoising loss {last:.4f})" if last is not None else ""
+    )
+    model.training_record = info
+    return model.eval()
