@@ -61,7 +61,10 @@ class DistillCLI(LightningCLI):
         )
 
     def after_fit(self) -> None:
-        if self.config.get(self.subcommand, {}).get("test_after_fit", False) and not self.trainer.fast_dev_run:
+        if (
+            self.config.get(self.subcommand, {}).get("test_after_fit", False)
+            and not self.trainer.fast_dev_run
+        ):
             self.trainer.test(self.model, datamodule=self.datamodule)
 
 
@@ -76,7 +79,10 @@ def recipe_config_path(slug: str) -> Path:
     if slug not in RECIPES:
         load_recipe(slug)  # raises KeyError naming the closest slugs
     name = RECIPES[slug].config
-    candidates = [Path.cwd() / "recipes" / slug / name, Path(__file__).resolve().parents[1] / "recipes" / slug / name]
+    candidates = [
+        Path.cwd() / "recipes" / slug / name,
+        Path(__file__).resolve().parents[1] / "recipes" / slug / name,
+    ]
     for path in candidates:
         if path.is_file():
             return path

@@ -69,10 +69,26 @@ def test_print_config_resolves_the_recipe(config, capsys):
 @pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
 def test_fit_then_test_runs_each_recipe_config(config, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # relative paths in configs (e.g. a cache directory) land in tmp_path
-    main(["fit", *config_args(config), "--trainer.fast_dev_run=true", f"--trainer.default_root_dir={tmp_path}", *QUIET])
+    main(
+        [
+            "fit",
+            *config_args(config),
+            "--trainer.fast_dev_run=true",
+            f"--trainer.default_root_dir={tmp_path}",
+            *QUIET,
+        ]
+    )
     ckpt = tmp_path / "model.ckpt"
-    main(["test", *config_args(config), "--trainer.limit_test_batches=1", *QUIET,
-          "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}"])
+    main(
+        [
+            "test",
+            *config_args(config),
+            "--trainer.limit_test_batches=1",
+            *QUIET,
+            "--trainer.logger=false",
+            f"--trainer.default_root_dir={tmp_path}",
+        ]
+    )
     out = capsys.readouterr().out
     assert "test/" in out  # the test loop ran and printed its metrics table
     if RECIPES[config.parent.name].family in CLASSIFIERS:
@@ -90,24 +106,49 @@ def test_recipe_flag_is_the_same_as_its_config(capsys, monkeypatch):
 def test_missing_teacher_checkpoint_is_reported_with_its_argument(tmp_path):
     missing = tmp_path / "nope.ckpt"
     # jsonargparse reports it while instantiating the model; the message is ours.
-    with pytest.raises((FileNotFoundError, ValueError), match=r"Teacher checkpoint not found: `checkpoint`='.*nope.ckpt'"):
-        main(["fit", "--config", str(REPO / "recipes/beyond_ssl/config.yaml"), "--trainer.fast_dev_run=true",
-              f"--model.init_args.teacher.init_args.checkpoint={missing}", *QUIET])
+    with pytest.raises(
+        (FileNotFoundError, ValueError), match=r"Teacher checkpoint not found: `checkpoint`='.*nope.ckpt'"
+    ):
+        main(
+            [
+                "fit",
+                "--config",
+                str(REPO / "recipes/beyond_ssl/config.yaml"),
+                "--trainer.fast_dev_run=true",
+                f"--model.init_args.teacher.init_args.checkpoint={missing}",
+                *QUIET,
+            ]
+        )
 
 
 def _run_cli(args: list[str], tmp_path: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
         [sys.executable, "-m", "lightning_distill.cli", *args],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
 def test_fit_with_ddp_on_two_cpu_processes(tmp_path):
     result = _run_cli(
-        ["fit", "--config", str(REPO / "recipes/meal_v2/config.yaml"), "--trainer.accelerator=cpu",
-         "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.max_steps=3", "--trainer.limit_val_batches=1",
-         f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false", "--test_after_fit=false", *QUIET],
+        [
+            "fit",
+            "--config",
+            str(REPO / "recipes/meal_v2/config.yaml"),
+            "--trainer.accelerator=cpu",
+            "--trainer.devices=2",
+            "--trainer.strategy=ddp",
+            "--trainer.max_steps=3",
+            "--trainer.limit_val_batches=1",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.logger=false",
+            "--test_after_fit=false",
+            *QUIET,
+        ],
         tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -120,10 +161,20 @@ def test_fit_with_ddp_on_two_cpu_processes(tmp_path):
 def test_wandb_offline_run_holds_loss_terms_and_metrics(tmp_path):
     pytest.importorskip("wandb")
     result = _run_cli(
-        ["fit", "--config", str(REPO / "recipes/beyond_ssl/config.yaml"), "--trainer.max_epochs=1",
-         "--trainer.limit_train_batches=3", "--trainer.log_every_n_steps=1", "--test_after_fit=false",
-         "--trainer.logger=lightning.pytorch.loggers.WandbLogger", "--trainer.logger.offline=true",
-         f"--trainer.logger.save_dir={tmp_path}", "--trainer.logger.project=lightning-distill-test", *QUIET],
+        [
+            "fit",
+            "--config",
+            str(REPO / "recipes/beyond_ssl/config.yaml"),
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=3",
+            "--trainer.log_every_n_steps=1",
+            "--test_after_fit=false",
+            "--trainer.logger=lightning.pytorch.loggers.WandbLogger",
+            "--trainer.logger.offline=true",
+            f"--trainer.logger.save_dir={tmp_path}",
+            "--trainer.logger.project=lightning-distill-test",
+            *QUIET,
+        ],
         tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -146,7 +146,9 @@ def test_loading_with_a_different_teacher_warns(tmp_path):
     trainer.save_checkpoint(path)
     torch.manual_seed(123)
     with pytest.warns(UserWarning, match="teachers differ"):
-        TinyKD.load_from_checkpoint(path, student=SmallCNN(width=4, depth=1), teacher=SmallCNN(width=8, depth=1))
+        TinyKD.load_from_checkpoint(
+            path, student=SmallCNN(width=4, depth=1), teacher=SmallCNN(width=8, depth=1)
+        )
 
 
 def test_resume_reproduces_the_uninterrupted_losses(tmp_path):
@@ -154,9 +156,13 @@ def test_resume_reproduces_the_uninterrupted_losses(tmp_path):
         L.seed_everything(7)
         module = make_module()
         callbacks = [record] if record else []
-        checkpoint = ModelCheckpoint(dirpath=tmp_path / f"run{max_steps}", save_last=True, every_n_train_steps=3)
+        checkpoint = ModelCheckpoint(
+            dirpath=tmp_path / f"run{max_steps}", save_last=True, every_n_train_steps=3
+        )
         trainer = L.Trainer(
-            **quiet_trainer_kwargs(max_steps=max_steps, enable_checkpointing=True, callbacks=[*callbacks, checkpoint])
+            **quiet_trainer_kwargs(
+                max_steps=max_steps, enable_checkpointing=True, callbacks=[*callbacks, checkpoint]
+            )
         )
         trainer.fit(module, datamodule=DigitsDataModule(batch_size=32, shift=1), ckpt_path=ckpt_path)
 
@@ -229,7 +235,13 @@ def test_manual_optimization_with_an_update_ratio_keeps_the_teacher_frozen():
 
 
 def test_is_update_step_rejects_a_zero_ratio():
-    assert [DistillationModule.is_update_step(i, 2, offset=1) for i in range(5)] == [False, True, False, True, False]
+    assert [DistillationModule.is_update_step(i, 2, offset=1) for i in range(5)] == [
+        False,
+        True,
+        False,
+        True,
+        False,
+    ]
     with pytest.raises(ValueError, match="`every` must be >= 1"):
         DistillationModule.is_update_step(0, 0)
 

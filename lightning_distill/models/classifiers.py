@@ -58,7 +58,9 @@ class SmallCNN(nn.Module):
         channels = width
         for k in range(1, depth + 1):
             out = width * 2 ** (k - 1)
-            self.add_module(f"layer{k}", nn.Sequential(_conv_bn_relu(channels, out, 2), _conv_bn_relu(out, out, 1)))
+            self.add_module(
+                f"layer{k}", nn.Sequential(_conv_bn_relu(channels, out, 2), _conv_bn_relu(out, out, 1))
+            )
             channels = out
         self.depth = depth
         self.num_features = channels
@@ -89,7 +91,11 @@ class MLPClassifier(nn.Module):
     """
 
     def __init__(
-        self, in_features: int = 64, num_classes: int = 10, hidden: tuple[int, ...] = (128,), dropout: float = 0.0
+        self,
+        in_features: int = 64,
+        num_classes: int = 10,
+        hidden: tuple[int, ...] = (128,),
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]

@@ -42,14 +42,20 @@ def test_write_block_replaces_only_the_block(report, tmp_path: Path) -> None:
     readme = tmp_path / "README.md"
     readme.write_text("# Title\n\nprose\n\n<!-- results:start -->\nold\n<!-- results:end -->\n\nafter\n")
     report.write_block(readme, "new table")
-    assert readme.read_text() == "# Title\n\nprose\n\n<!-- results:start -->\nnew table\n<!-- results:end -->\n\nafter\n"
+    assert (
+        readme.read_text()
+        == "# Title\n\nprose\n\n<!-- results:start -->\nnew table\n<!-- results:end -->\n\nafter\n"
+    )
     with pytest.raises(ValueError, match="must contain"):
         report.write_block(readme, "x", key="speed")
     report.write_block(readme, "fast", key="speed", create="unused")
     assert readme.read_text().endswith("<!-- speed:start -->\nfast\n<!-- speed:end -->\n")
     fresh = tmp_path / "results" / "new.md"
     report.write_block(fresh, "body", create="# New\n\nwhat it measures")
-    assert fresh.read_text() == "# New\n\nwhat it measures\n\n<!-- results:start -->\nbody\n<!-- results:end -->\n"
+    assert (
+        fresh.read_text()
+        == "# New\n\nwhat it measures\n\n<!-- results:start -->\nbody\n<!-- results:end -->\n"
+    )
 
 
 def test_markdown_table_checks_columns(report) -> None:

@@ -19,7 +19,9 @@ def test_splits_are_disjoint_stratified_and_cover_the_data():
     assert sum(sizes.values()) == 1797
     assert sizes["val"] == sizes["test"] == 270
     # Disjoint: the digits set has a few duplicate images, so compare against the dedupe count of the whole set.
-    flat = torch.cat([_all_images(dm, k).flatten(1) for k in ("train_labelled", "train_unlabelled", "val", "test")])
+    flat = torch.cat(
+        [_all_images(dm, k).flatten(1) for k in ("train_labelled", "train_unlabelled", "val", "test")]
+    )
     assert flat.shape[0] == 1797
     counts = torch.bincount(dm._prepare()["train_labelled"][1], minlength=10)
     assert counts.min() >= counts.max() - 2  # stratified: every class about equally labelled
@@ -94,9 +96,13 @@ def test_a_saved_position_applies_only_to_its_own_epoch():
 
 @pytest.mark.parametrize(
     "kwargs,match",
-    [({"labelled_fraction": 0.0}, "labelled_fraction"), ({"train_split": "some"}, "train_split"),
-     ({"val_fraction": 0.7}, "val_fraction"), ({"size": 2}, "size"),
-     ({"train_split": "unlabelled"}, "no image is unlabelled")],
+    [
+        ({"labelled_fraction": 0.0}, "labelled_fraction"),
+        ({"train_split": "some"}, "train_split"),
+        ({"val_fraction": 0.7}, "val_fraction"),
+        ({"size": 2}, "size"),
+        ({"train_split": "unlabelled"}, "no image is unlabelled"),
+    ],
 )
 def test_bad_arguments_name_the_argument(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -16,7 +16,9 @@ from tests.conftest import quiet_trainer_kwargs
 
 def make(**kwargs) -> KnowledgeDistillation:
     torch.manual_seed(0)
-    return KnowledgeDistillation(student=SmallCNN(width=4, depth=2), teacher=SmallCNN(width=8, depth=2), **kwargs)
+    return KnowledgeDistillation(
+        student=SmallCNN(width=4, depth=2), teacher=SmallCNN(width=8, depth=2), **kwargs
+    )
 
 
 def test_soft_target_loss_is_temperature_scaled_kl():
@@ -27,8 +29,9 @@ def test_soft_target_loss_is_temperature_scaled_kl():
 
 
 def test_hint_term_uses_the_tapped_layers_and_trains_the_adapter():
-    recipe = make(feature_loss="hint", student_layer="layer2", teacher_layer="layer2",
-                  adapter=ConvAdapter(8, 16))
+    recipe = make(
+        feature_loss="hint", student_layer="layer2", teacher_layer="layer2", adapter=ConvAdapter(8, 16)
+    )
     captured = {}
 
     class Check(L.Callback):
@@ -53,7 +56,9 @@ def test_hint_term_uses_the_tapped_layers_and_trains_the_adapter():
 
 
 def test_feature_term_matches_direct_hint_computation():
-    recipe = make(feature_loss="hint", student_layer="layer1", teacher_layer="layer1", adapter=ConvAdapter(4, 8))
+    recipe = make(
+        feature_loss="hint", student_layer="layer1", teacher_layer="layer1", adapter=ConvAdapter(4, 8)
+    )
     recipe.eval()
     fs, ft = torch.randn(2, 4, 4, 4), torch.randn(2, 8, 4, 4)
     expected = ((recipe.adapter(fs) - ft) ** 2).mean()
@@ -96,10 +101,20 @@ def test_cache_without_indices_is_explained(tmp_path):
 
 @pytest.mark.parametrize(
     "kwargs,match",
-    [({"temperature": 0.0}, "temperature"), ({"feature_loss": "mse"}, "feature_loss"),
-     ({"feature_loss": "hint"}, "student_layer"),
-     ({"feature_loss": "at", "student_layer": "a", "teacher_layer": "b",
-       "cache": TeacherCacheCallback("/tmp/unused", output_dim=10)}, "one or the other")],
+    [
+        ({"temperature": 0.0}, "temperature"),
+        ({"feature_loss": "mse"}, "feature_loss"),
+        ({"feature_loss": "hint"}, "student_layer"),
+        (
+            {
+                "feature_loss": "at",
+                "student_layer": "a",
+                "teacher_layer": "b",
+                "cache": TeacherCacheCallback("/tmp/unused", output_dim=10),
+            },
+            "one or the other",
+        ),
+    ],
 )
 def test_bad_arguments_are_rejected(kwargs, match):
     with pytest.raises(ValueError, match=match):

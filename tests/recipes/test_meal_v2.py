@@ -38,6 +38,7 @@ def test_discriminator_has_the_official_widths_and_relu_output():
 
 def test_discriminator_loss_matches_bce_on_the_official_targets():
     s, t = torch.randn(3, 2), torch.randn(3, 2)
+
     # Independent: element-wise BCE with student rows (1, 0) and teacher rows (0, 1), averaged.
     def bce(z, y):
         return -(y * torch.log(torch.sigmoid(z)) + (1 - y) * torch.log(1 - torch.sigmoid(z)))
@@ -95,14 +96,18 @@ def test_discriminator_gets_its_own_learning_rate():
     opt = recipe.configure_optimizers()
     lrs = [g["lr"] for g in opt.param_groups]
     assert lrs == [0.1, 3e-4]
-    assert {id(p) for p in opt.param_groups[1]["params"]} == {id(p) for p in recipe.discriminator.parameters()}
+    assert {id(p) for p in opt.param_groups[1]["params"]} == {
+        id(p) for p in recipe.discriminator.parameters()
+    }
 
 
 def test_mismatched_student_output_is_reported_with_both_shapes():
     torch.manual_seed(0)
     recipe = MEALV2(
-        student=SmallCNN(width=4, depth=1, num_classes=7), teachers=[SmallCNN(width=4, depth=1)],
-        num_classes=10, discriminator_reduction=2,
+        student=SmallCNN(width=4, depth=1, num_classes=7),
+        teachers=[SmallCNN(width=4, depth=1)],
+        num_classes=10,
+        discriminator_reduction=2,
     )
     recipe.log = lambda *a, **k: None
     with pytest.raises(ValueError, match=r"\(2, 7\) does not match the teacher's \(2, 10\)"):
@@ -113,7 +118,9 @@ def test_bad_arguments_name_the_config_key():
     with pytest.raises(ValueError, match="model.init_args.mode"):
         make_recipe(mode="gan")
     with pytest.raises(ValueError, match="discriminator_reduction"):
-        MEALV2(student=nn.Linear(2, 10), teachers=[nn.Linear(2, 10)], num_classes=10, discriminator_reduction=8)
+        MEALV2(
+            student=nn.Linear(2, 10), teachers=[nn.Linear(2, 10)], num_classes=10, discriminator_reduction=8
+        )
 
 
 def test_short_fit_trains_and_leaves_teachers_untouched():
