@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import inspect
 import json
 import os
 import time
@@ -97,13 +98,32 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def _data_settings(data: L.LightningDataModule) -> dict[str, str]:
+    """The datamodule's constructor arguments, read from its attributes where it keeps them.
+
+    Not from ``data.hparams`` first: under LightningCLI, ``save_hyperparameters`` in a datamodule
+    nested in a model's config (a teacher's training data) records the top-level ``data:``
+    section's arguments instead of its own, which would key teachers on the wrong settings.
+    """
+    hparams = dict(getattr(data, "hparams", {}))
+    out = {}
+    for name, param in inspect.signature(type(data).__init__).parameters.items():
+        if name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        if name in vars(data):
+            out[name] = repr(vars(data)[name])
+        elif name in hparams:
+            out[name] = repr(hparams[name])
+    return out
+
+
 def _cache_key(model: nn.Module, data: L.LightningDataModule, settings: dict[str, Any]) -> str:
     cls = type(data)
     spec = {
         "format": _FORMAT_VERSION,
         "model": repr(model),
         "data": f"{cls.__module__}.{cls.__qualname__}",
-        "data_hparams": {k: repr(v) for k, v in sorted(dict(data.hparams).items())},
+        "data_settings": _data_settings(data),
         **settings,
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]

@@ -57,3 +57,15 @@ def test_missing_checkpoint_and_missing_data_are_explained(tmp_path):
         trained_classifier(SmallCNN(), checkpoint=str(tmp_path / "none.pt"))
     with pytest.raises(ValueError, match="needs `checkpoint`.*or `data`"):
         trained_classifier(SmallCNN())
+
+
+def test_cache_key_reads_the_datamodule_not_hparams_left_by_lightning_cli():
+    """Under LightningCLI a teacher's nested datamodule can carry the top-level data section's hparams."""
+    from lightning_distill.models.pretrained import _cache_key
+
+    model = SmallCNN(width=4, depth=1)
+    own = DigitsDataModule(size=16, shift=1)
+    polluted = DigitsDataModule(size=16, shift=1)
+    polluted.hparams.update(size=12, shift=0, batch_size=17)
+    assert _cache_key(model, polluted, {}) == _cache_key(model, own, {})
+    assert _cache_key(model, DigitsDataModule(size=12, shift=1), {}) != _cache_key(model, own, {})
