@@ -1,9 +1,9 @@
 """Toy-scale benchmark of CALICO: does point-region contrast give a better 3D backbone, and does
 region-aware distillation give a better BEV backbone?
 
-Every run is built from ``recipes/calico/prc.yaml``, ``recipes/calico/rad.yaml`` or
+Every run is built from ``recipes/calico/config.yaml``, ``recipes/calico/rad.yaml`` or
 ``recipes/slidr/config.yaml`` through :class:`lightning_distill.cli.DistillCLI`, with the seed and the
-same data settings (those of ``prc.yaml``) for all three, so PRC and SLidR get the same scenes, epochs,
+same data settings (those of ``config.yaml``) for all three, so PRC and SLidR get the same scenes, epochs,
 UNet, voxel size and optimizer.
 
 3D rows (linear probe of the frozen sparse UNet's per-point features on the labels of
@@ -49,7 +49,7 @@ from lightning_distill.lidar.bev import bev_cells, bev_linear_probe, scatter_to_
 from lightning_distill.lidar.networks import sparse_point_features  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-PRC, RAD = ROOT / "recipes" / "calico" / "prc.yaml", ROOT / "recipes" / "calico" / "rad.yaml"
+PRC, RAD = ROOT / "recipes" / "calico" / "config.yaml", ROOT / "recipes" / "calico" / "rad.yaml"
 SLIDR = ROOT / "recipes" / "slidr" / "config.yaml"
 RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "recipes" / "calico" / "README.md"
@@ -62,7 +62,7 @@ QUIET = [
 ]
 ROWS_3D = {
     "random": ("random initialisation", "no training"),
-    "prc": ("CALICO stage 1, PRC (prc.yaml)", "LiDAR only, no labels"),
+    "prc": ("CALICO stage 1, PRC (config.yaml)", "LiDAR only, no labels"),
     "slidr": ("SLidR (slidr config)", "camera -> LiDAR, same data/epochs/UNet"),
 }
 ROWS_BEV = {
@@ -185,7 +185,7 @@ def report(runs: dict[int, dict], args: argparse.Namespace, command: str, wall: 
         machine_line(),
         "",
         f"Seeds {', '.join(map(str, seeds))} (`seed_everything`: initialisation, data order, views and samples; the "
-        f"scenes are the same for every seed). Data of `prc.yaml` for every run, {args.epochs} epoch(s) of training. Linear probes "
+        f"scenes are the same for every seed). Data of `config.yaml` for every run, {args.epochs} epoch(s) of training. Linear probes "
         f"on the labels of {args.probe_scenes} training scenes, scored on the test scenes; IoU in %, mean ± sample "
         "std over seeds.",
         "",
@@ -221,7 +221,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    # the data of prc.yaml, for SLidR too (whose config has more scenes)
+    # the data of config.yaml, for SLidR too (whose config has more scenes)
     data = [
         "--data.init_args.num_scenes=48",
         "--data.init_args.val_scenes=8",

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +34,7 @@ from torch import Tensor, nn
 from lightning_distill.diffusion.guidance import model_output
 from lightning_distill.diffusion.schedule import NoiseSchedule
 from lightning_distill.diffusion.timesteps import uniform_timesteps
-from lightning_distill.models.pretrained import (
-    _cache_key,
-    _sha256_file,
-    default_cache_dir,
-    file_lock,
-    load_weights,
-    reinitialize,
-)
+from lightning_distill.models.pretrained import _sha256_file, cached_training, load_weights
 
 __all__ = ["denoising_batch_loss", "trained_denoiser"]
 
@@ -214,48 +205,35 @@ def trained_denoiser(
         "class_conditional": class_conditional,
         "seed": seed,
     }
-    key = _cache_key(model, data, settings)
-    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    weights = root / "teachers" / f"{type(model).__name__}-denoiser-{key}.pt"
-    record = weights.with_suffix(".json")
-    with file_lock(weights.with_suffix(".lock")):
-        if weights.is_file() and not retrain:
-            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-            info = json.loads(record.read_text()) if record.is_file() else {}
-        else:
-            start = time.perf_counter()
-            rank_zero_info(
-                f"Training denoiser {type(model).__name__} ({key}) for {steps} steps; cached at {weights}"
-            )
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                reinitialize(model)
-                losses = _fit_denoiser(
-                    model,
-                    data,
-                    schedule,
-                    steps=steps,
-                    lr=lr,
-                    weight_decay=weight_decay,
-                    warmup=warmup,
-                    class_conditional=class_conditional,
-                )
-            tmp = weights.with_suffix(".tmp")
-            torch.save(model.state_dict(), tmp)
-            os.replace(tmp, weights)
-            window = max(1, min(50, steps // 10))
-            info = {
-                "key": key,
-                "first_loss": sum(losses[:window]) / window,
-                "last_loss": sum(losses[-window:]) / window,
-                "seconds": time.perf_counter() - start,
-                **{k: v for k, v in settings.items() if k != "schedule"},
-            }
-            record.write_text(json.dumps(info, indent=2))
-            rank_zero_info(
-                f"Denoiser trained: loss {info['first_loss']:.4f} -> {info['last_loss']:.4f} "
-                f"in {info['seconds']:.1f} s"
-            )
+
+    def fit() -> dict[str, Any]:
+        losses = _fit_denoiser(
+            model,
+            data,
+            schedule,
+            steps=steps,
+            lr=lr,
+            weight_decay=weight_decay,
+            warmup=warmup,
+            class_conditional=class_conditional,
+        )
+        window = max(1, min(50, steps // 10))
+        first, last = sum(losses[:window]) / window, sum(losses[-window:]) / window
+        rank_zero_info(f"Denoiser trained: loss {first:.4f} -> {last:.4f}")
+        return {"first_loss": first, "last_loss": last}
+
+    weights, info = cached_training(
+        model,
+        data,
+        settings,
+        fit,
+        seed=seed,
+        stem=f"{type(model).__name__}-denoiser",
+        what=f"{steps} steps",
+        cache_dir=cache_dir,
+        retrain=retrain,
+        record_settings={k: v for k, v in settings.items() if k != "schedule"},
+    )
     last = info.get("last_loss")
     model.distill_source = f"trained_denoiser cache {weights}" + (
         f" (final denoising loss {last:.4f})" if last is not None else ""

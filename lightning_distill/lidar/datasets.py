@@ -286,14 +286,14 @@ class _RealLidarDataModule(L.LightningDataModule):
 
     # subclasses: the frame records of a split (sequence order) and how to read one frame
     def split_records(self, split: str) -> list[dict[str, Any]]:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement `split_records(split)`.")
 
     def read_points(self, record: dict[str, Any]) -> dict[str, Tensor]:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement `read_points(record)`.")
 
     @property
     def uses_images(self) -> bool:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement the `uses_images` property.")
 
     def setup(self, stage: str | None = None) -> None:
         _require(self.root, "dataset root", self.layout)

@@ -186,7 +186,7 @@ class RegionPartition:
     and :func:`cluster_is_object` on each cluster. Kept clusters are numbered cloud after cloud in
     DBSCAN's order, so ids are unique in the batch and reproducible. Defaults are the official
     code's; on sparse toy scans a car shows one or two faces, so its footprint is thin and small:
-    set ``min_aspect=0`` and ``min_area=0`` there (``recipes/calico/prc.yaml`` does).
+    set ``min_aspect=0`` and ``min_area=0`` there (``recipes/calico/config.yaml`` does).
 
     Args:
         eps: DBSCAN radius, metres.

@@ -26,7 +26,7 @@ import inspect
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +152,58 @@ def reinitialize(model: nn.Module) -> None:
             reset()
 
 
+def cached_training(
+    model: nn.Module,
+    data: L.LightningDataModule,
+    settings: dict[str, Any],
+    fit: Callable[[], dict[str, Any]],
+    *,
+    seed: int,
+    stem: str | None = None,
+    what: str = "",
+    cache_dir: str | None = None,
+    retrain: bool = False,
+    record_settings: dict[str, Any] | None = None,
+) -> tuple[Path, dict[str, Any]]:
+    """Train ``model`` with ``fit()`` on first use and cache its weights; load them afterwards.
+
+    The cache file is ``<cache>/teachers/<stem>-<key>.pt`` with a JSON record next to it; the
+    key covers the model, the datamodule's own settings and ``settings``. Training happens under a
+    file lock (one process trains, the others wait and load), from ``reinitialize(model)`` under
+    ``seed`` without touching the global random state, and the weights are written atomically.
+
+    Args:
+        fit: trains ``model`` in place and returns what to record (e.g. ``{"val_acc": ...}``).
+        stem: the file name before the key (default: the model's class name).
+        what: how long training is, for the log line (e.g. ``"20 epochs"``).
+        record_settings: the settings written to the record (default ``settings``).
+
+    Returns:
+        The weights path and the record (``key``, ``seconds``, the settings and ``fit``'s output).
+    """
+    key = _cache_key(model, data, settings)
+    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    weights = root / "teachers" / f"{stem or type(model).__name__}-{key}.pt"
+    record = weights.with_suffix(".json")
+    with file_lock(weights.with_suffix(".lock")):
+        if weights.is_file() and not retrain:
+            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+            return weights, json.loads(record.read_text()) if record.is_file() else {}
+        start = time.perf_counter()
+        rank_zero_info(f"Training {type(model).__name__} ({key}) for {what}; cached at {weights}")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            reinitialize(model)
+            result = fit()
+        tmp = weights.with_suffix(".tmp")
+        torch.save(model.state_dict(), tmp)
+        os.replace(tmp, weights)
+        info = {"key": key, **result, "seconds": time.perf_counter() - start}
+        info.update(settings if record_settings is None else record_settings)
+        record.write_text(json.dumps(info, indent=2))
+    return weights, info
+
+
 def _fit_classifier(
     model: nn.Module,
     data: L.LightningDataModule,
@@ -246,36 +298,24 @@ def trained_classifier(
         "label_smoothing": label_smoothing,
         "seed": seed,
     }
-    key = _cache_key(model, data, settings)
-    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    weights = root / "teachers" / f"{type(model).__name__}-{key}.pt"
-    record = weights.with_suffix(".json")
-    with file_lock(weights.with_suffix(".lock")):
-        if weights.is_file() and not retrain:
-            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-            info = json.loads(record.read_text()) if record.is_file() else {}
-        else:
-            start = time.perf_counter()
-            rank_zero_info(
-                f"Training teacher {type(model).__name__} ({key}) for {epochs} epochs; cached at {weights}"
-            )
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                reinitialize(model)
-                val_acc = _fit_classifier(
-                    model,
-                    data,
-                    epochs=epochs,
-                    lr=lr,
-                    weight_decay=weight_decay,
-                    label_smoothing=label_smoothing,
-                )
-            tmp = weights.with_suffix(".tmp")
-            torch.save(model.state_dict(), tmp)
-            os.replace(tmp, weights)
-            info = {"key": key, "val_acc": val_acc, "seconds": time.perf_counter() - start, **settings}
-            record.write_text(json.dumps(info, indent=2))
-            rank_zero_info(f"Teacher trained: val acc {val_acc:.4f} in {info['seconds']:.1f} s")
+
+    def fit() -> dict[str, Any]:
+        val_acc = _fit_classifier(
+            model, data, epochs=epochs, lr=lr, weight_decay=weight_decay, label_smoothing=label_smoothing
+        )
+        rank_zero_info(f"Teacher trained: val acc {val_acc:.4f}")
+        return {"val_acc": val_acc}
+
+    weights, info = cached_training(
+        model,
+        data,
+        settings,
+        fit,
+        seed=seed,
+        what=f"{epochs} epochs",
+        cache_dir=cache_dir,
+        retrain=retrain,
+    )
     acc = info.get("val_acc")
     model.distill_source = f"trained_teacher cache {weights}" + (
         f" (val acc {acc:.4f})" if acc is not None else ""

@@ -122,8 +122,7 @@ RECIPES: dict[str, RecipeInfo] = {
         "lidar",
         "lightning_distill.recipes.calico.CALICOPRC",
         "CALICO: Self-Supervised Camera-LiDAR Contrastive Pre-training for BEV Perception",
-        "2306.00349",
-        config="prc.yaml",  # stage 1; stage 2 (CALICORAD) is rad.yaml
+        "2306.00349",  # config.yaml is stage 1; stage 2 (CALICORAD) is rad.yaml
     ),
     "lima": RecipeInfo(
         "lidar",

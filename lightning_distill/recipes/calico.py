@@ -36,16 +36,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import time
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import lightning.pytorch as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from lightning_distill.lidar.augment import ScanAugmentation
@@ -444,13 +440,7 @@ def prc_teacher(
         ValueError: neither ``checkpoint`` nor ``data``, or ``epochs`` < 1.
         FileNotFoundError: ``checkpoint`` does not exist.
     """
-    from lightning_distill.models.pretrained import (
-        _cache_key,
-        default_cache_dir,
-        file_lock,
-        load_weights,
-        reinitialize,
-    )
+    from lightning_distill.models.pretrained import cached_training, load_weights
 
     if checkpoint is not None:
         load_weights(backbone, checkpoint)
@@ -473,40 +463,40 @@ def prc_teacher(
         "prc": json.dumps(prc, sort_keys=True),
         "partition": repr(partition if partition is not None else RegionPartition()),
     }
-    key = _cache_key(backbone, data, settings)
-    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    weights = root / "teachers" / f"calico_prc-{type(backbone).__name__}-{key}.pt"
-    with file_lock(weights.with_suffix(".lock")):
-        if weights.is_file() and not retrain:
-            backbone.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        else:
-            start = time.perf_counter()
-            rank_zero_info(f"CALICO stage 1 (PRC) for {epochs} epochs; teacher cached at {weights}")
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)  # initialisation, data order, views and samples
-                reinitialize(backbone)
-                model = CALICOPRC(
-                    backbone,
-                    optimizer=lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=1e-4),
-                    lr_scheduler=lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs),
-                    partition=partition,
-                    **prc,
-                )
-                trainer = L.Trainer(
-                    max_epochs=epochs,
-                    accelerator="cpu",
-                    devices=1,
-                    logger=False,
-                    enable_checkpointing=False,
-                    enable_progress_bar=False,
-                    enable_model_summary=False,
-                    limit_val_batches=0,
-                )
-                trainer.fit(model, datamodule=data)
-            tmp = weights.with_suffix(".tmp")
-            torch.save(backbone.state_dict(), tmp)
-            os.replace(tmp, weights)
-            rank_zero_info(f"PRC teacher trained in {time.perf_counter() - start:.0f} s")
+
+    def fit() -> dict[str, Any]:
+        model = CALICOPRC(
+            backbone,
+            optimizer=lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=1e-4),
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs),
+            partition=partition,
+            **prc,
+        )
+        trainer = L.Trainer(
+            max_epochs=epochs,
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+        )
+        trainer.fit(model, datamodule=data)
+        return {}
+
+    # seed: initialisation, data order, views and samples
+    weights, _ = cached_training(
+        backbone,
+        data,
+        settings,
+        fit,
+        seed=seed,
+        stem=f"calico_prc-{type(backbone).__name__}",
+        what=f"{epochs} epochs of CALICO stage 1 (PRC)",
+        cache_dir=cache_dir,
+        retrain=retrain,
+    )
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
     backbone.distill_source = f"calico prc_teacher cache {weights} (sha256 {digest})"
     return backbone.eval()

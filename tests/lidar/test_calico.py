@@ -335,7 +335,8 @@ def test_config_fits_with_fast_dev_run(tmp_path, monkeypatch, stage):
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LIGHTNING_DISTILL_CACHE", str(tmp_path / "cache"))
-    args = ["fit", "--config", str(CONFIGS / f"{stage}.yaml"), "--trainer.fast_dev_run=true"]
+    name = "config.yaml" if stage == "prc" else "rad.yaml"
+    args = ["fit", "--config", str(CONFIGS / name), "--trainer.fast_dev_run=true"]
     args += [
         "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false",
