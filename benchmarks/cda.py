@@ -54,7 +54,7 @@ from _report import generated_header, machine_line, markdown_table, mean_std, pa
 from lightning_distill.callbacks.teacher_cache import RandomResizedCropFlip  # noqa: E402
 from lightning_distill.cli import DistillCLI  # noqa: E402
 from lightning_distill.data import DigitsDataModule  # noqa: E402
-from lightning_distill.dataset import (  # noqa: E402
+from lightning_distill.dataset_distillation import (  # noqa: E402
     ConvNet,
     SyntheticSet,
     classification_accuracy,
@@ -64,7 +64,7 @@ from lightning_distill.dataset import (  # noqa: E402
     random_real_subset,
     teacher_soft_labels,
 )
-from lightning_distill.dataset.relabel import RelabelCache, build_relabel_cache, evaluate_relabel_cache  # noqa: E402
+from lightning_distill.dataset_distillation.relabel import RelabelCache, build_relabel_cache, evaluate_relabel_cache  # noqa: E402
 from lightning_distill.models import trained_classifier  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

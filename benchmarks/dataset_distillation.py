@@ -4,7 +4,7 @@ Distils scikit-learn digits (8x8, 10 classes, about 125 training images per clas
 images per class with the ``datadam`` recipe (``recipes/datadam/config.yaml`` through
 :class:`lightning_distill.cli.DistillCLI`, with only the seed, the images per class, the attention
 exponent and the number of iterations changed), then judges every set the same way: evaluation
-by retraining (:func:`lightning_distill.dataset.evaluate_synthetic`): a fresh ConvNet-3 is trained
+by retraining (:func:`lightning_distill.dataset_distillation.evaluate_synthetic`): a fresh ConvNet-3 is trained
 on the set alone and tested on the real test split, one model per seed. The baselines:
 
 * random real: ``ipc`` random training images per class (a different draw per seed);
@@ -52,7 +52,7 @@ from _report import cpu_model, mean_std, write_block  # noqa: E402
 
 from lightning_distill.cli import DistillCLI  # noqa: E402
 from lightning_distill.data import DigitsDataModule  # noqa: E402
-from lightning_distill.dataset import (  # noqa: E402
+from lightning_distill.dataset_distillation import (  # noqa: E402
     ConvNet,
     SyntheticSet,
     classification_accuracy,

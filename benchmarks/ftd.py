@@ -15,7 +15,7 @@ the baselines with the EvalSpec's. Rows:
 
 The expert buffers (one per optimizer, shared by all seeds) are trained once and cached; the table
 reports their training time, the test accuracy of the experts, and their sharpness: the largest
-Hessian eigenvalue of the training loss (:func:`lightning_distill.dataset.trajectory.hessian_top_eigenvalue`)
+Hessian eigenvalue of the training loss (:func:`lightning_distill.dataset_distillation.trajectory.hessian_top_eigenvalue`)
 at two epochs of every expert.
 
 Usage (from the repository root)::
@@ -51,7 +51,7 @@ from _report import generated_header, machine_line, markdown_table, mean_std, pa
 
 from lightning_distill.cli import DistillCLI  # noqa: E402
 from lightning_distill.data import DigitsDataModule  # noqa: E402
-from lightning_distill.dataset import (  # noqa: E402
+from lightning_distill.dataset_distillation import (  # noqa: E402
     ConvNet,
     ConvNetSpec,
     SyntheticSet,
@@ -61,7 +61,7 @@ from lightning_distill.dataset import (  # noqa: E402
     herding_subset,
     random_real_subset,
 )
-from lightning_distill.dataset.trajectory import (  # noqa: E402
+from lightning_distill.dataset_distillation.trajectory import (  # noqa: E402
     ExpertSpec,
     ExpertTrajectories,
     expert_trajectories,

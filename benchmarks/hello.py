@@ -51,14 +51,14 @@ from _report import generated_header, machine_line, markdown_table, mean_std, pa
 
 from lightning_distill.cli import DistillCLI  # noqa: E402
 from lightning_distill.data import DigitsDataModule  # noqa: E402
-from lightning_distill.dataset import (  # noqa: E402
+from lightning_distill.dataset_distillation import (  # noqa: E402
     ConvNet,
     classification_accuracy,
     evaluate_synthetic,
     random_real_subset,
     teacher_soft_labels,
 )
-from lightning_distill.dataset.label_projector import (  # noqa: E402
+from lightning_distill.dataset_distillation.label_projector import (  # noqa: E402
     evaluate_online_labels,
     hard_label_bytes,
     soft_label_cache_bytes,

@@ -11,7 +11,9 @@ The base owns what all distillation methods share and nothing method-specific:
   the terms by ``loss_weights``, sums them and logs each as ``train/<term>``;
 * evaluation: student metrics as ``val/<metric>`` / ``test/<metric>`` and, once per run, each
   teacher's as ``val/teacher_<metric>`` so a broken teacher shows at once;
-* manual optimization helpers for recipes with several optimizers and an update ratio.
+* manual optimization: :meth:`DistillationModule.update` is the one call per turn of a recipe that
+  steps its own optimizers (weigh, log ``train/<term>`` and ``train/loss_<turn>``, toggle, backward,
+  clip, step, scheduler), and :meth:`is_update_step` reads an update ratio.
 
 Example:
     >>> import torch
@@ -52,9 +54,10 @@ __all__ = ["DistillationModule", "teacher_source"]
 _CKPT_KEY = "lightning_distill"
 
 # Frozen teachers are in eval mode on purpose, so Lightning's notice about eval-mode modules at the
-# start of fit would show on every run of every recipe; `DistillationModule.on_fit_start` warns
-# instead about eval-mode modules that are not frozen.
-warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+# start of training would show on every run of every recipe. `DistillationModule.on_fit_start` warns
+# instead about eval-mode modules that are not frozen, and silences Lightning's notice only until
+# `on_train_start` (Lightning checks between the two hooks), and only for this exact message.
+_EVAL_MODE_NOTICE = r"Found \d+ module\(s\) in eval mode at the start of training"
 
 
 def teacher_source(module: nn.Module) -> str:
@@ -221,13 +224,20 @@ class DistillationModule(L.LightningModule):
     ) -> dict[str, torch.Tensor]:
         """Weigh, sum and log named loss terms; return ``{"loss": total, **detached terms}``.
 
-        Each term is logged per optimizer step as ``<stage>/<term>`` and the weighted sum as
-        ``<stage>/loss`` (stable names, the same across recipes).
-        A term with weight 0 is logged but not added.
+        For automatic optimization (``training_step`` returns this). Each term is logged per step
+        as ``<stage>/<term>`` and the weighted sum as ``<stage>/loss`` (stable names, the same
+        across recipes). A term with weight 0 is logged but not added. Recipes that step their
+        own optimizers use :meth:`update` instead.
 
         Raises:
-            ValueError: a term the recipe did not declare in ``loss_terms``, or an empty dict.
+            ValueError: a term the recipe did not declare in ``loss_terms``, an empty dict, or
+                every weight 0.
         """
+        total = self._weigh_and_log(terms, stage=stage, total_name="loss")
+        return {"loss": total, **{k: v.detach() for k, v in terms.items()}}
+
+    def _weigh_and_log(self, terms: Mapping[str, torch.Tensor], *, stage: str, total_name: str) -> torch.Tensor:
+        """``Σ loss_weights[term] * value`` over ``terms``; logs each term and the total as ``<stage>/<name>``."""
         if not terms:
             raise ValueError("`terms` is empty: a training step must return at least one loss term.")
         total: torch.Tensor | None = None
@@ -244,17 +254,18 @@ class DistillationModule(L.LightningModule):
                 total = value * weight if total is None else total + value * weight
         if total is None:
             raise ValueError(
-                "Every loss term has weight 0; nothing would be optimised. Check `loss_weights`."
+                f"Every loss term of {list(terms)} has weight 0; nothing would be optimised. Check "
+                "`model.init_args.loss_weights`."
             )
         self.log(
-            f"{stage}/loss",
+            f"{stage}/{total_name}",
             total.detach(),
             on_step=True,
             on_epoch=False,
             prog_bar=True,
             batch_size=batch_size,
         )
-        return {"loss": total, **{k: v.detach() for k, v in terms.items()}}
+        return total
 
     _batch_size_hint: int | None = None
 
@@ -346,6 +357,8 @@ class DistillationModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.lr_scheduler(optimizer)}}
 
     def on_fit_start(self) -> None:
+        warnings.filterwarnings("ignore", message=_EVAL_MODE_NOTICE)
+        self._eval_notice_filter = warnings.filters[0]
         frozen_modules = {id(m) for f in self.frozen_modules() for m in f.modules()}
         in_eval = [n for n, m in self.named_modules() if not m.training and id(m) not in frozen_modules]
         if in_eval:
@@ -363,15 +376,77 @@ class DistillationModule(L.LightningModule):
                         "frozen copy). Build optimizers from `self.trainable_parameters()`."
                     )
 
-    def manual_update(
-        self, loss: torch.Tensor, optimizer: Any, *, clip_grad_norm: float | None = None
-    ) -> None:
-        """One manual-optimization update: zero grads, backward, optional clipping, step."""
+    def on_train_start(self) -> None:
+        notice = getattr(self, "_eval_notice_filter", None)
+        if notice is not None and notice in warnings.filters:
+            warnings.filters.remove(notice)
+        self._eval_notice_filter = None
+
+    def update(
+        self,
+        optimizer: Any,
+        terms: Mapping[str, torch.Tensor],
+        *,
+        turn: str,
+        max_grad_norm: float | None = None,
+    ) -> torch.Tensor:
+        """One manual-optimization turn: weigh, log, toggle, backpropagate, clip, step.
+
+        The one way a recipe with ``automatic_optimization = False`` updates a network, so every
+        recipe logs by the same rule: each term as ``train/<term>`` and the turn's weighted total
+        as ``train/loss_<turn>``. In order: weigh ``terms`` by ``loss_weights`` (a term of weight 0
+        is logged, not added), toggle ``optimizer`` (other optimizers' parameters get no gradient),
+        zero its gradients, ``manual_backward``, clip to ``max_grad_norm`` (norm), step, untoggle,
+        then step the learning-rate scheduler built for this optimizer, if any.
+
+        Args:
+            optimizer: one of ``self.optimizers()``.
+            terms: the turn's named loss terms (declared in ``loss_terms``), scalars.
+            turn: the turn's name, e.g. ``"generator"``, ``"fake_score"``, ``"discriminator"``.
+            max_grad_norm: clip the gradient norm of this optimizer's parameters; ``None``: no clipping.
+
+        Returns:
+            The detached weighted total.
+
+        Raises:
+            ValueError: an undeclared or empty set of terms, every weight 0, or a ``turn`` that
+                is not an identifier.
+        """
+        if not turn.isidentifier():
+            raise ValueError(f"`turn` must be an identifier such as 'generator', got {turn!r}.")
+        total = self._weigh_and_log(terms, stage="train", total_name=f"loss_{turn}")
+        self.toggle_optimizer(optimizer)
         optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        if clip_grad_norm is not None:
-            self.clip_gradients(optimizer, gradient_clip_val=clip_grad_norm, gradient_clip_algorithm="norm")
+        self.manual_backward(total)
+        if max_grad_norm is not None:
+            self.clip_gradients(optimizer, gradient_clip_val=max_grad_norm, gradient_clip_algorithm="norm")
         optimizer.step()
+        self.untoggle_optimizer(optimizer)
+        scheduler = self._scheduler_of(optimizer)
+        if scheduler is not None:
+            scheduler.step()
+        return total.detach()
+
+    def log_diagnostics(self, values: Mapping[str, torch.Tensor | float], *, prog_bar: bool = False) -> None:
+        """Log quantities that are not loss terms (a realism score, a kept fraction) as ``diag/<name>`` per step."""
+        for name, value in values.items():
+            value = value.detach() if isinstance(value, torch.Tensor) else float(value)
+            self.log(
+                f"diag/{name}",
+                value,
+                on_step=True,
+                on_epoch=False,
+                prog_bar=prog_bar,
+                batch_size=self._batch_size_hint,
+            )
+
+    def _scheduler_of(self, optimizer: Any) -> Any:
+        """The learning-rate scheduler configured for ``optimizer`` (manual optimization steps it), else ``None``."""
+        inner = getattr(optimizer, "optimizer", optimizer)
+        for config in self.trainer.lr_scheduler_configs:
+            if getattr(config.scheduler, "optimizer", None) is inner:
+                return config.scheduler
+        return None
 
     @staticmethod
     def is_update_step(iteration: int, every: int, *, offset: int = 0) -> bool:

@@ -66,6 +66,7 @@ from lightning_distill.diffusion.sampling import sample as teacher_sampler
 from lightning_distill.diffusion.schedule import NoiseSchedule
 from lightning_distill.diffusion.timesteps import uniform_timesteps
 from lightning_distill.module import DistillationModule
+from lightning_distill.utils.checks import check_option
 
 __all__ = [
     "DiffusionDistillationModule",
@@ -77,23 +78,6 @@ __all__ = [
     "model_null_label",
     "model_sample_shape",
 ]
-
-
-def check_option(ok: bool, key: str, value: object, allowed: str) -> None:
-    """Raise a ``ValueError`` naming the config key when a constructor argument is invalid.
-
-    Raises:
-        ValueError: ``"`key` must be <allowed>, got <value>; set `model.init_args.<key>`."`` unless ``ok``.
-
-    Example:
-        >>> check_option(2 >= 1, "ratio", 2, "an integer >= 1")
-        >>> check_option(0 >= 1, "ratio", 0, "an integer >= 1")
-        Traceback (most recent call last):
-        ...
-        ValueError: `ratio` must be an integer >= 1, got 0; set `model.init_args.ratio`.
-    """
-    if not ok:
-        raise ValueError(f"`{key}` must be {allowed}, got {value!r}; set `model.init_args.{key}`.")
 
 
 def derive_seed(entropy: Sequence[int], words: int = 2) -> int:

@@ -7,7 +7,7 @@ VILA-Lab/SRe2L (``CDA/recover_cda_*.py``, ``CDA/utils.py``, ``relabel/generate_s
 
 1. Squeeze: a BatchNorm classifier trained on the real data is the frozen ``teacher`` (in the
    config: ``trained_classifier``, trained on first use and cached).
-2. Recover: the images ``x`` of a :class:`~lightning_distill.dataset.SyntheticSet` start from
+2. Recover: the images ``x`` of a :class:`~lightning_distill.dataset_distillation.SyntheticSet` start from
    N(0, 1). Every step, per group of one image per class (the official batches):
    a. crop ``x`` with a random resized crop of area in ``[s_t, 1]`` (+ flip, + circular shift);
       ``s_t`` follows the curriculum (CDA: cosine 1.0 -> 0.08 over the steps; SRe2L: 0.08);
@@ -17,7 +17,7 @@ VILA-Lab/SRe2L (``CDA/recover_cda_*.py``, ``CDA/utils.py``, ``relabel/generate_s
    d. one Adam step (betas 0.5, 0.9; lr cosine to 0) on ``x``; clip ``x`` to the data range.
 3. Relabel: the teacher's logits on the final images become the set's soft labels (the artifact's
    ``EvalSpec`` trains students with KL at ``T``), and a relabel cache stores, per student epoch and
-   batch, FKD crops, CutMix parameters and fp16 teacher logits (:mod:`lightning_distill.dataset.relabel`).
+   batch, FKD crops, CutMix parameters and fp16 teacher logits (:mod:`lightning_distill.dataset_distillation.relabel`).
 
 Total loss: ``1.0 * ce + r_bn * bn`` (``loss_weights`` ``{ce: 1, bn: 0.01}``, the ImageNet-1K value).
 
@@ -52,9 +52,9 @@ from torch import Tensor, nn
 
 from lightning_distill.callbacks import FeatureHooks, ProgressiveSchedule
 from lightning_distill.callbacks.teacher_cache import RandomResizedCropFlip
-from lightning_distill.dataset import SyntheticSet, retrain_model
-from lightning_distill.dataset.recipe_base import SyntheticSetModule
-from lightning_distill.dataset.recover import (
+from lightning_distill.dataset_distillation import SyntheticSet, retrain_model
+from lightning_distill.dataset_distillation.recipe_base import SyntheticSetModule
+from lightning_distill.dataset_distillation.recover import (
     CurriculumCrop,
     batchnorm_paths,
     bn_matching_loss,
@@ -62,7 +62,7 @@ from lightning_distill.dataset.recover import (
     crop_schedule,
     running_stats,
 )
-from lightning_distill.dataset.relabel import RelabelCache, build_relabel_cache
+from lightning_distill.dataset_distillation.relabel import RelabelCache, build_relabel_cache
 
 __all__ = ["CDA", "recover_adam"]
 
@@ -77,7 +77,7 @@ class CDA(SyntheticSetModule):
 
     With a soft-label EvalSpec, students retrain on fresh teacher logits in validation and on the
     relabelled ones in test (:meth:`fit_eval_model`; the rest is
-    :class:`~lightning_distill.dataset.recipe_base.SyntheticSetModule`'s).
+    :class:`~lightning_distill.dataset_distillation.recipe_base.SyntheticSetModule`'s).
 
     Args:
         synthetic: the set being recovered (``init: noise`` for the paper); soft labels are added
@@ -291,7 +291,7 @@ class CDA(SyntheticSetModule):
         if stage == "fit" and (self.clip == "data" or not bool(self.synthetic.initialized)):
             return (
                 "`clip: data` and `synthetic.init: real` need the training images: wrap the data in "
-                "lightning_distill.dataset.recover.RecoverDataModule (or set `clip: none` and `init: noise`)."
+                "lightning_distill.dataset_distillation.recover.RecoverDataModule (or set `clip: none` and `init: noise`)."
             )
         return None
 

@@ -5,7 +5,7 @@ with Attention Matching", ICCV 2023, arXiv 2310.00093. Official code: DataDistil
 (``main_DataDAM.py``, ``utils.py``).
 
 What learns is a small synthetic set ``S`` (``ipc`` images per class, here a
-:class:`~lightning_distill.dataset.SyntheticSet`); there is no teacher. Every iteration:
+:class:`~lightning_distill.dataset_distillation.SyntheticSet`); there is no teacher. Every iteration:
 
 1. Draw a fresh randomly initialised ConvNet ``phi`` (frozen: only the images learn).
 2. For every class ``c``: a batch of real images ``T_c`` and the synthetic images ``S_c``, both
@@ -52,7 +52,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from lightning_distill.callbacks import FeatureHooks
-from lightning_distill.dataset import (
+from lightning_distill.dataset_distillation import (
     ConvNet,
     ConvNetSpec,
     SiameseAugment,
@@ -61,7 +61,7 @@ from lightning_distill.dataset import (
     classwise_mean_discrepancy,
     reset_parameters,
 )
-from lightning_distill.dataset.recipe_base import SyntheticSetModule
+from lightning_distill.dataset_distillation.recipe_base import SyntheticSetModule
 
 __all__ = ["DataDAM", "image_sgd"]
 
@@ -75,7 +75,7 @@ class DataDAM(SyntheticSetModule):
     """DataDAM recipe. See the module docstring for the algorithm.
 
     Its sets are judged by hard-label retraining, the default of
-    :class:`~lightning_distill.dataset.recipe_base.SyntheticSetModule` (evaluation, setup, artifact, seed).
+    :class:`~lightning_distill.dataset_distillation.recipe_base.SyntheticSetModule` (evaluation, setup, artifact, seed).
 
     Args:
         synthetic: the set being distilled; its images are the trainable parameters.
@@ -256,5 +256,5 @@ class DataDAM(SyntheticSetModule):
             raise ValueError(
                 f"DataDAM needs class-blocked real batches with the same number of images per class for all "
                 f"{k} classes (labels 0,..,0,1,..,1,...); got labels {labels[:12].tolist()}... of a batch of "
-                f"{real.shape[0]}. Wrap the data in lightning_distill.dataset.ClassBalancedDataModule."
+                f"{real.shape[0]}. Wrap the data in lightning_distill.dataset_distillation.ClassBalancedDataModule."
             )

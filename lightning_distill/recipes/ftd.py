@@ -55,14 +55,14 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from lightning_distill.callbacks import EMATeacher
-from lightning_distill.dataset import (
+from lightning_distill.dataset_distillation import (
     ConvNet,
     ConvNetSpec,
     SiameseAugment,
     SyntheticSet,
 )
-from lightning_distill.dataset.recipe_base import SyntheticSetModule
-from lightning_distill.dataset.trajectory import (
+from lightning_distill.dataset_distillation.recipe_base import SyntheticSetModule
+from lightning_distill.dataset_distillation.trajectory import (
     ExpertSpec,
     ExpertTrajectories,
     ParamLayout,
@@ -82,7 +82,7 @@ def image_sgd(params: Any) -> torch.optim.Optimizer:
 class FTD(SyntheticSetModule):
     """FTD (and MTT) recipe. See the module docstring for the algorithm.
 
-    :class:`~lightning_distill.dataset.recipe_base.SyntheticSetModule` retrains students on
+    :class:`~lightning_distill.dataset_distillation.recipe_base.SyntheticSetModule` retrains students on
     :meth:`evaluated_set` at the learned learning rate (:meth:`retrain_settings`).
 
     Args:

@@ -49,8 +49,8 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from lightning_distill.dataset import SiameseAugment, SyntheticSet
-from lightning_distill.dataset.label_projector import (
+from lightning_distill.dataset_distillation import SiameseAugment, SyntheticSet
+from lightning_distill.dataset_distillation.label_projector import (
     LabelLoss,
     LabelProjector,
     hard_label_bytes,
@@ -58,7 +58,7 @@ from lightning_distill.dataset.label_projector import (
     soft_label_cache_bytes,
     soft_label_loss,
 )
-from lightning_distill.dataset.recipe_base import SyntheticSetModule
+from lightning_distill.dataset_distillation.recipe_base import SyntheticSetModule
 
 __all__ = ["HeLlO", "image_adam"]
 
@@ -72,14 +72,14 @@ class HeLlO(SyntheticSetModule):
     """HeLlO recipe. See the module docstring for the algorithm.
 
     Students take their labels online from the projector (:meth:`fit_eval_model` of
-    :class:`~lightning_distill.dataset.recipe_base.SyntheticSetModule`); the projector's own
+    :class:`~lightning_distill.dataset_distillation.recipe_base.SyntheticSetModule`); the projector's own
     accuracy (``<stage>/acc``) and its agreement with the generator (``<stage>/label_kl``) are
     logged next to ``<stage>/syn_acc``.
 
     Args:
         student: the :class:`LabelProjector` (LoRA adapters trainable).
         teacher: the original label generator, typically a
-            :class:`~lightning_distill.dataset.label_projector.WeakTeacherEnsemble`; any classifier
+            :class:`~lightning_distill.dataset_distillation.label_projector.WeakTeacherEnsemble`; any classifier
             whose outputs are logits or log-probabilities works.
         synthetic: the image set the students train on (random real images, or a distilled set).
         projector_steps: optimiser steps of phase 3 (projector training).

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from lightning_distill.dataset import attention_map, attention_matching_loss, classwise_mean_discrepancy
+from lightning_distill.dataset_distillation import attention_map, attention_matching_loss, classwise_mean_discrepancy
 
 
 def reference_attention(features: torch.Tensor, power: float) -> torch.Tensor:

@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_distill.cli import main as cli_main
 from lightning_distill.data import DigitsDataModule
-from lightning_distill.dataset import (
+from lightning_distill.dataset_distillation import (
     ClassBalancedDataModule,
     ConvNetSpec,
     EvalSpec,

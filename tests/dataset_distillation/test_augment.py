@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_distill.dataset import AugmentParams, SiameseAugment
+from lightning_distill.dataset_distillation import AugmentParams, SiameseAugment
 
 STRATEGY = "color_crop_cutout_flip_scale_rotate"
 

@@ -13,8 +13,8 @@ from torch import nn
 
 from lightning_distill.cli import main as cli_main
 from lightning_distill.data import DigitsDataModule
-from lightning_distill.dataset import ConvNet, EvalSpec, SiameseAugment, SyntheticSet
-from lightning_distill.dataset.label_projector import (
+from lightning_distill.dataset_distillation import ConvNet, EvalSpec, SiameseAugment, SyntheticSet
+from lightning_distill.dataset_distillation.label_projector import (
     CLIPImageEncoder,
     LabelProjector,
     OnlineLabelClassifier,

@@ -12,8 +12,8 @@ with a KL loss at temperature ``T``; the teacher is not needed any more.
   :attr:`RelabelCache.label_bytes` and :attr:`RelabelCache.nbytes` give the storage.
 * :meth:`RelabelCache.batch` replays one stored batch: ``(inputs, soft logits, sample indices)``.
 * :func:`retrain_on_relabel_cache` / :func:`evaluate_relabel_cache`: evaluation by retraining on
-  the cache (the same :class:`~lightning_distill.dataset.RetrainClassifier` as
-  :func:`~lightning_distill.dataset.evaluate_synthetic`, with the stored inputs and soft labels
+  the cache (the same :class:`~lightning_distill.dataset_distillation.RetrainClassifier` as
+  :func:`~lightning_distill.dataset_distillation.evaluate_synthetic`, with the stored inputs and soft labels
   instead of DSA and per-image labels).
 
 The crops are :class:`~lightning_distill.callbacks.RandomResizedCropFlip` parameters (the same
@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lightning_distill.callbacks.teacher_cache import RandomResizedCropFlip
-from lightning_distill.dataset.evaluate import (
+from lightning_distill.dataset_distillation.evaluate import (
     EvalResult,
     RetrainClassifier,
     classification_accuracy,
@@ -411,7 +411,7 @@ def retrain_on_relabel_cache(
 ) -> nn.Module:
     """Train a fresh model on the cache's replayed inputs with ``T^2 KL`` at ``temperature`` to its logits.
 
-    The optimizer and schedule are those of :class:`~lightning_distill.dataset.RetrainClassifier`
+    The optimizer and schedule are those of :class:`~lightning_distill.dataset_distillation.RetrainClassifier`
     (SGD, lr / 10 at half time); no further augmentation. Training epoch ``e`` replays stored epoch
     ``e % cache.epochs``. The global random state is seeded with ``seed`` before ``model_fn()`` and
     restored afterwards.

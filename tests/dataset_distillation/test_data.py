@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lightning_distill.data import DigitsDataModule
-from lightning_distill.dataset import ClassBalancedBatches, ClassBalancedDataModule
+from lightning_distill.dataset_distillation import ClassBalancedBatches, ClassBalancedDataModule
 
 
 def test_batches_are_class_blocked_without_repeats():

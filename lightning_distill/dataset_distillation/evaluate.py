@@ -36,9 +36,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_distill.dataset.augment import SiameseAugment
-from lightning_distill.dataset.networks import ConvNet
-from lightning_distill.dataset.synthetic import EvalSpec
+from lightning_distill.dataset_distillation.augment import SiameseAugment
+from lightning_distill.dataset_distillation.networks import ConvNet
+from lightning_distill.dataset_distillation.synthetic import EvalSpec
 from lightning_distill.losses import kd_loss
 
 __all__ = [
@@ -327,8 +327,8 @@ def fit_fresh_model(
     """Build a fresh model under ``seed`` and train it for ``epochs`` epochs with a quiet, bare Trainer.
 
     The loop behind every evaluation by retraining (:func:`retrain_model`,
-    :func:`~lightning_distill.dataset.relabel.retrain_on_relabel_cache`,
-    :func:`~lightning_distill.dataset.label_projector.retrain_with_online_labels`): the global
+    :func:`~lightning_distill.dataset_distillation.relabel.retrain_on_relabel_cache`,
+    :func:`~lightning_distill.dataset_distillation.label_projector.retrain_with_online_labels`): the global
     random state is seeded with ``seed`` before ``model_fn()`` and restored afterwards, gradients
     are on whatever the caller's grad or inference mode (so it runs inside another Trainer's
     validation), and Lightning's per-Trainer notices are silenced (:func:`quiet_lightning`).

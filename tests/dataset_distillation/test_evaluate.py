@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lightning_distill.data import DigitsDataModule
-from lightning_distill.dataset import (
+from lightning_distill.dataset_distillation import (
     ConvNet,
     evaluate_synthetic,
     full_training_set,
@@ -16,7 +16,7 @@ from lightning_distill.dataset import (
     random_real_subset,
     teacher_soft_labels,
 )
-from lightning_distill.dataset.evaluate import _herding, _kcenter
+from lightning_distill.dataset_distillation.evaluate import _herding, _kcenter
 
 
 def tiny_convnet() -> ConvNet:

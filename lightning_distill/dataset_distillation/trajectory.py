@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_distill.dataset.augment import SiameseAugment
-from lightning_distill.dataset.networks import ConvNet, ConvNetSpec, reset_parameters
+from lightning_distill.dataset_distillation.augment import SiameseAugment
+from lightning_distill.dataset_distillation.networks import ConvNet, ConvNetSpec, reset_parameters
 from lightning_distill.models.pretrained import file_lock
 
 __all__ = [

@@ -29,13 +29,13 @@ from torch import Tensor, nn
 if TYPE_CHECKING:  # pragma: no cover
     import lightning.pytorch as L
 
-    from lightning_distill.dataset.evaluate import EvalResult
+    from lightning_distill.dataset_distillation.evaluate import EvalResult
 
 __all__ = ["EvalSpec", "SyntheticSet"]
 
 _FORMAT = "lightning_distill.synthetic_set"
 _VERSION = 1
-_CONVNET = "lightning_distill.dataset.networks.ConvNet"
+_CONVNET = "lightning_distill.dataset_distillation.networks.ConvNet"
 
 
 @dataclass
@@ -50,7 +50,7 @@ class EvalSpec:
     Attributes:
         architecture: ``{"class_path": ..., "init_args": {...}}`` of the model to train; the class
             must map ``(B, C, H, W)`` images to ``(B, K)`` logits. Default: :class:`ConvNet`.
-        augment: a DSA strategy string (see :class:`~lightning_distill.dataset.SiameseAugment`) or
+        augment: a DSA strategy string (see :class:`~lightning_distill.dataset_distillation.SiameseAugment`) or
             ``None`` for no augmentation.
         lr: learning rate (a set with a learned learning rate is evaluated with that one instead).
         epochs: training epochs.
@@ -101,7 +101,7 @@ class EvalSpec:
 
     @classmethod
     def convnet(cls, **convnet_args: Any) -> dict[str, Any]:
-        """An ``architecture`` dict for :class:`~lightning_distill.dataset.ConvNet` with these arguments."""
+        """An ``architecture`` dict for :class:`~lightning_distill.dataset_distillation.ConvNet` with these arguments."""
         return {"class_path": _CONVNET, "init_args": dict(convnet_args)}
 
     def build_model(self) -> nn.Module:
@@ -397,12 +397,12 @@ class SyntheticSet(nn.Module):
             **overrides: :class:`EvalSpec` fields to change for this call (e.g. ``epochs=50``).
 
         Returns:
-            The accuracies over seeds (:class:`~lightning_distill.dataset.EvalResult`).
+            The accuracies over seeds (:class:`~lightning_distill.dataset_distillation.EvalResult`).
 
         Raises:
             ValueError: ``label_type="soft"`` on a set without soft labels, or an unknown override.
         """
-        from lightning_distill.dataset.evaluate import evaluate_spec
+        from lightning_distill.dataset_distillation.evaluate import evaluate_spec
 
         spec = EvalSpec.from_dict({**self.eval_spec.to_dict(), **overrides})
         if spec.label_type == "soft" and self.soft_labels is None:

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_distill.dataset import EvalSpec, SyntheticSet, retrain_model
-from lightning_distill.dataset.recipe_base import SyntheticSetModule
+from lightning_distill.dataset_distillation import EvalSpec, SyntheticSet, retrain_model
+from lightning_distill.dataset_distillation.recipe_base import SyntheticSetModule
 from tests.conftest import quiet_trainer_kwargs
 
 K = 3

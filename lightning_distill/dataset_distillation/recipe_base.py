@@ -1,6 +1,6 @@
 """The plumbing every dataset-distillation recipe shares: one base class, :class:`SyntheticSetModule`.
 
-A dataset-distillation recipe learns a :class:`~lightning_distill.dataset.SyntheticSet` (or, like
+A dataset-distillation recipe learns a :class:`~lightning_distill.dataset_distillation.SyntheticSet` (or, like
 HeLlO, something that goes with one) instead of a network, so it has no student to validate.
 Everything around its ``training_step`` is the same from recipe to recipe and lives here:
 
@@ -31,8 +31,8 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from torch import Tensor, nn
 
-from lightning_distill.dataset.evaluate import classification_accuracy, retrain_model
-from lightning_distill.dataset.synthetic import SyntheticSet
+from lightning_distill.dataset_distillation.evaluate import classification_accuracy, retrain_model
+from lightning_distill.dataset_distillation.synthetic import SyntheticSet
 from lightning_distill.module import DistillationModule
 
 __all__ = ["SyntheticSetModule"]
@@ -52,7 +52,7 @@ class SyntheticSetModule(DistillationModule):
     * How one evaluation model is retrained, by overriding :meth:`fit_eval_model`. The default
       trains on the hard labels with the set's ``EvalSpec`` (:func:`retrain_model`); CDA passes
       the teacher's soft labels (KL at ``T``), HeLlO takes labels online from its projector
-      (:func:`~lightning_distill.dataset.label_projector.retrain_with_online_labels`).
+      (:func:`~lightning_distill.dataset_distillation.label_projector.retrain_with_online_labels`).
 
     and where it needs to:
 
@@ -83,7 +83,7 @@ class SyntheticSetModule(DistillationModule):
 
     Example:
         >>> import torch
-        >>> from lightning_distill.dataset import SyntheticSet
+        >>> from lightning_distill.dataset_distillation import SyntheticSet
         >>> class Nothing(SyntheticSetModule):
         ...     requires_teacher = False
         ...     method, seed_key = "nothing", "nothing_seed"
@@ -101,7 +101,7 @@ class SyntheticSetModule(DistillationModule):
     #: Stages where DistillationModule's student/teacher metrics are logged next to ``syn_acc``.
     model_metric_stages: ClassVar[tuple[str, ...]] = ()
     #: An example datamodule with ``train_images()``, named in the error of a missing one.
-    datamodule_hint: ClassVar[str] = "lightning_distill.dataset.ClassBalancedDataModule"
+    datamodule_hint: ClassVar[str] = "lightning_distill.dataset_distillation.ClassBalancedDataModule"
     #: The constructor argument that says where the artifact goes (named in the "not saved" warning).
     save_option: ClassVar[str] = "save_path"
 
@@ -120,7 +120,7 @@ class SyntheticSetModule(DistillationModule):
     ) -> None:
         if not isinstance(synthetic, SyntheticSet):
             raise TypeError(
-                "`synthetic` must be a lightning_distill.dataset.SyntheticSet, got "
+                "`synthetic` must be a lightning_distill.dataset_distillation.SyntheticSet, got "
                 f"{type(synthetic).__name__}; set `model.init_args.synthetic.class_path`."
             )
         super().__init__(
@@ -180,7 +180,7 @@ class SyntheticSetModule(DistillationModule):
         """Train one fresh model on ``synthetic`` for ``epochs`` epochs; override to change the labels.
 
         The default trains ``synthetic.eval_spec.build_model()`` on the hard labels with the
-        settings of :meth:`retrain_settings` (:func:`~lightning_distill.dataset.retrain_model`).
+        settings of :meth:`retrain_settings` (:func:`~lightning_distill.dataset_distillation.retrain_model`).
 
         Args:
             synthetic: the set to train on (:meth:`evaluated_set`).

@@ -23,7 +23,7 @@ Distillation with Label Space Lightening", arXiv 2408.08201) replaces the cache 
   :meth:`LabelProjector.storage_bytes`.
 * Evaluation by retraining with labels taken online from any label function
   (:func:`evaluate_online_labels`), the same protocol as
-  :func:`~lightning_distill.dataset.evaluate_synthetic` otherwise.
+  :func:`~lightning_distill.dataset_distillation.evaluate_synthetic` otherwise.
 """
 
 from __future__ import annotations
@@ -45,13 +45,13 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_distill.dataset.evaluate import (
+from lightning_distill.dataset_distillation.evaluate import (
     EvalResult,
     RetrainClassifier,
     classification_accuracy,
     fit_fresh_model,
 )
-from lightning_distill.dataset.networks import ConvNet
+from lightning_distill.dataset_distillation.networks import ConvNet
 
 __all__ = [
     "CLIPImageEncoder",
@@ -725,10 +725,10 @@ def retrain_with_online_labels(
     accelerator: str = "cpu",
     devices: int | list[int] = 1,
 ) -> nn.Module:
-    """:func:`~lightning_distill.dataset.retrain_model` with labels from ``label_fn`` on every augmented view.
+    """:func:`~lightning_distill.dataset_distillation.retrain_model` with labels from ``label_fn`` on every augmented view.
 
     The same Trainer settings, seeding, SGD schedule (lr / 10 at half time) and augmentation as
-    :func:`~lightning_distill.dataset.retrain_model`; ``label_fn`` is used in place (moved to the
+    :func:`~lightning_distill.dataset_distillation.retrain_model`; ``label_fn`` is used in place (moved to the
     training device and back to the CPU afterwards).
 
     Returns:

@@ -14,7 +14,7 @@ from torch import nn
 
 from lightning_distill.cli import main as cli_main
 from lightning_distill.data import DigitsDataModule
-from lightning_distill.dataset import (
+from lightning_distill.dataset_distillation import (
     ClassBalancedDataModule,
     ConvNet,
     ConvNetSpec,
@@ -23,7 +23,7 @@ from lightning_distill.dataset import (
     SyntheticSet,
     full_training_set,
 )
-from lightning_distill.dataset.trajectory import (
+from lightning_distill.dataset_distillation.trajectory import (
     ExpertSpec,
     ExpertStep,
     ExpertTrajectories,

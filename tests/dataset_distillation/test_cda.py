@@ -15,8 +15,8 @@ from lightning_distill.callbacks import FeatureHooks
 from lightning_distill.callbacks.teacher_cache import RandomResizedCropFlip
 from lightning_distill.cli import main as cli_main
 from lightning_distill.data import DigitsDataModule
-from lightning_distill.dataset import EvalSpec, SyntheticSet
-from lightning_distill.dataset.recover import (
+from lightning_distill.dataset_distillation import EvalSpec, SyntheticSet
+from lightning_distill.dataset_distillation.recover import (
     CurriculumCrop,
     RecoverDataModule,
     batchnorm_paths,
@@ -24,7 +24,7 @@ from lightning_distill.dataset.recover import (
     bn_stat_taps,
     crop_schedule,
 )
-from lightning_distill.dataset.relabel import RelabelCache, build_relabel_cache, evaluate_relabel_cache
+from lightning_distill.dataset_distillation.relabel import RelabelCache, build_relabel_cache, evaluate_relabel_cache
 from lightning_distill.recipes.cda import CDA
 from tests.conftest import quiet_trainer_kwargs
 
@@ -279,7 +279,7 @@ def test_relabel_cache_replays_the_same_crops_and_labels(tmp_path):
 def test_relabel_cache_trains_a_student_deterministically():
     dm = DigitsDataModule()
     teacher = BNNet().eval()
-    from lightning_distill.dataset import random_real_subset
+    from lightning_distill.dataset_distillation import random_real_subset
 
     x, y = random_real_subset(dm, 1, seed=0)
     cache = build_relabel_cache(teacher, x, epochs=2, batch_size=5, mix="cutmix")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_distill.dataset import ConvNet, ConvNetSpec, random_network, reset_parameters
+from lightning_distill.dataset_distillation import ConvNet, ConvNetSpec, random_network, reset_parameters
 
 
 @pytest.mark.parametrize("size,depth,feature", [(8, 3, 1), (16, 3, 2), (32, 3, 4), (28, 3, 3)])

@@ -8,9 +8,9 @@
 * :class:`ClassBalancedDataModule` (``data.py``): class-blocked real batches.
 """
 
-from lightning_distill.dataset.augment import DSA_OPS, AugmentParams, SiameseAugment
-from lightning_distill.dataset.data import ClassBalancedBatches, ClassBalancedDataModule
-from lightning_distill.dataset.evaluate import (
+from lightning_distill.dataset_distillation.augment import DSA_OPS, AugmentParams, SiameseAugment
+from lightning_distill.dataset_distillation.data import ClassBalancedBatches, ClassBalancedDataModule
+from lightning_distill.dataset_distillation.evaluate import (
     EvalResult,
     RetrainClassifier,
     classification_accuracy,
@@ -25,7 +25,7 @@ from lightning_distill.dataset.evaluate import (
     retrain_trainer,
     teacher_soft_labels,
 )
-from lightning_distill.dataset.label_projector import (
+from lightning_distill.dataset_distillation.label_projector import (
     CLIPImageEncoder,
     LabelProjector,
     OnlineLabelClassifier,
@@ -41,14 +41,14 @@ from lightning_distill.dataset.label_projector import (
     trajectory_checkpoints,
     trajectory_teachers,
 )
-from lightning_distill.dataset.matching import (
+from lightning_distill.dataset_distillation.matching import (
     attention_map,
     attention_matching_loss,
     classwise_mean_discrepancy,
 )
-from lightning_distill.dataset.networks import ConvNet, ConvNetSpec, random_network, reset_parameters
-from lightning_distill.dataset.recipe_base import SyntheticSetModule
-from lightning_distill.dataset.recover import (
+from lightning_distill.dataset_distillation.networks import ConvNet, ConvNetSpec, random_network, reset_parameters
+from lightning_distill.dataset_distillation.recipe_base import SyntheticSetModule
+from lightning_distill.dataset_distillation.recover import (
     CurriculumCrop,
     RecoverDataModule,
     batchnorm_paths,
@@ -57,14 +57,14 @@ from lightning_distill.dataset.recover import (
     crop_schedule,
     running_stats,
 )
-from lightning_distill.dataset.relabel import (
+from lightning_distill.dataset_distillation.relabel import (
     RelabelCache,
     build_relabel_cache,
     evaluate_relabel_cache,
     retrain_on_relabel_cache,
 )
-from lightning_distill.dataset.synthetic import EvalSpec, SyntheticSet
-from lightning_distill.dataset.trajectory import (
+from lightning_distill.dataset_distillation.synthetic import EvalSpec, SyntheticSet
+from lightning_distill.dataset_distillation.trajectory import (
     ExpertSpec,
     ExpertStep,
     ExpertTrajectories,

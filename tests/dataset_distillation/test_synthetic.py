@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lightning_distill.data import DigitsDataModule
-from lightning_distill.dataset import EvalSpec, SyntheticSet
+from lightning_distill.dataset_distillation import EvalSpec, SyntheticSet
 
 TINY_SPEC = EvalSpec(
     architecture=EvalSpec.convnet(in_channels=1, num_classes=10, image_size=[8, 8], width=8, depth=2),
