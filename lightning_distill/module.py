@@ -257,6 +257,8 @@ class DistillationModule(L.LightningModule):
                 f"Every loss term of {list(terms)} has weight 0; nothing would be optimised. Check "
                 "`model.init_args.loss_weights`."
             )
+        if not bool(torch.isfinite(total.detach()).all()):  # one host sync per step, on the total only
+            self._raise_non_finite(terms, total_name)
         self.log(
             f"{stage}/{total_name}",
             total.detach(),
@@ -266,6 +268,16 @@ class DistillationModule(L.LightningModule):
             batch_size=batch_size,
         )
         return total
+
+    def _raise_non_finite(self, terms: Mapping[str, torch.Tensor], total_name: str) -> None:
+        bad = [name for name, value in terms.items() if not bool(torch.isfinite(value.detach()).all())]
+        step = self.trainer.global_step if self._trainer is not None else None
+        raise FloatingPointError(
+            f"{type(self).__name__}: the loss `{total_name}` is not finite at global step {step}; non-finite "
+            f"term(s): {bad or list(terms)} (values {[float(terms[n].detach().float().mean()) for n in bad]}). "
+            "Nothing was stepped. Check the data for NaN/inf, lower the learning rate or set `max_grad_norm`; "
+            "`--trainer.detect_anomaly=true` finds the operation that produced it."
+        )
 
     _batch_size_hint: int | None = None
 

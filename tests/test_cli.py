@@ -75,6 +75,7 @@ def test_fit_then_test_runs_each_recipe_config(config, tmp_path, capsys, monkeyp
             *config_args(config),
             "--trainer.fast_dev_run=true",
             f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.callbacks+=tests.test_contracts.LoggedKeysRule",  # the logging rule
             *QUIET,
         ]
     )

@@ -51,7 +51,8 @@ def config_args(config: Path) -> list[str]:
 
 
 def dump(out: Path, steps: int, only: set[str] | None) -> None:
-    results = {}
+    # With --only, entries of other configs already in OUT are kept (runs can be merged).
+    results = json.loads(out.read_text()) if only and out.exists() else {}
     configs = sorted((ROOT / "recipes").glob("*/*.yaml"))
     for config in configs:
         key = f"{config.parent.name}/{config.stem}"
@@ -74,7 +75,7 @@ def dump(out: Path, steps: int, only: set[str] | None) -> None:
             else:
                 results[key] = json.loads(state.read_text())
                 print(f"{key}: {len(results[key]['tensors'])} tensors")
-    out.write_text(json.dumps(results, indent=1, sort_keys=True))
+            out.write_text(json.dumps(results, indent=1, sort_keys=True))
 
 
 def compare(before: Path, after: Path) -> int:
