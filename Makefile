@@ -37,7 +37,7 @@ docs: venv
 
 ## Quality and speed benchmarks (hours on a 2-core CPU; they rewrite the tables in recipes/*/README.md
 ## and benchmarks/results/). One benchmark: `make bench BENCHES=benchmarks/msd.py`.
-BENCHES ?= $(filter-out benchmarks/_report.py,$(sort $(wildcard benchmarks/*.py)))
+BENCHES ?= $(filter-out benchmarks/_%,$(sort $(wildcard benchmarks/*.py)))
 bench: venv
 	@set -e; for b in $(BENCHES); do echo "== $$b"; $(PY) $$b --threads 1; done
 

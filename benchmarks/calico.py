@@ -28,22 +28,18 @@ Writes ``benchmarks/results/calico.md`` and the block between ``<!-- results:sta
 from __future__ import annotations
 
 import argparse
-import logging
 import os
-import shlex
-import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported
 
 import torch  # noqa: E402
+from _harness import bench_parser, recipe_cli, results_dir, timed_fit, update_readme  # noqa: E402
 from _report import generated_header, machine_line, markdown_table, mean_std, paired, write_block  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from lightning_distill.cli import DistillCLI  # noqa: E402
 from lightning_distill.lidar import CLASS_NAMES, collate, linear_probe  # noqa: E402
 from lightning_distill.lidar.bev import bev_cells, bev_linear_probe, scatter_to_bev  # noqa: E402
 from lightning_distill.lidar.networks import sparse_point_features  # noqa: E402
@@ -51,15 +47,7 @@ from lightning_distill.lidar.networks import sparse_point_features  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 PRC, RAD = ROOT / "recipes" / "calico" / "config.yaml", ROOT / "recipes" / "calico" / "rad.yaml"
 SLIDR = ROOT / "recipes" / "slidr" / "config.yaml"
-RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "recipes" / "calico" / "README.md"
-QUIET = [
-    "--trainer.logger=false",
-    "--trainer.enable_checkpointing=false",
-    "--trainer.enable_progress_bar=false",
-    "--trainer.enable_model_summary=false",
-    "--trainer.limit_val_batches=0",
-]
 ROWS_3D = {
     "random": ("random initialisation", "no training"),
     "prc": ("CALICO stage 1, PRC (config.yaml)", "LiDAR only, no labels"),
@@ -73,19 +61,9 @@ ROWS_BEV = {
 }
 
 
-def build(config: Path, seed: int, extra: list[str]) -> DistillCLI:
-    return DistillCLI(args=["--config", str(config), f"--seed_everything={seed}", *QUIET, *extra], run=False)
-
-
-def fit(cli: DistillCLI) -> float:
-    start = time.perf_counter()
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    return time.perf_counter() - start
-
-
 def run_seed(seed: int, args: argparse.Namespace, data: list[str], epochs: list[str]) -> dict[str, dict]:
     out: dict[str, dict] = {}
-    prc = build(PRC, seed, data + epochs)
+    prc = recipe_cli(PRC, seed, data + epochs)
     dm = prc.datamodule
     dm.setup("fit")
     probe_train = DataLoader(dm.scenes("train")[: args.probe_scenes], batch_size=4, collate_fn=collate)
@@ -109,10 +87,10 @@ def run_seed(seed: int, args: argparse.Namespace, data: list[str], epochs: list[
         )
 
     out["random"] = {"result": probe_3d(prc.model.student), "train_s": 0.0}
-    out["prc"] = {"train_s": fit(prc)}
+    out["prc"] = {"train_s": timed_fit(prc)[0]}
     out["prc"]["result"] = probe_3d(prc.model.student)
-    slidr = build(SLIDR, seed, data + epochs)
-    out["slidr"] = {"train_s": fit(slidr)}
+    slidr = recipe_cli(SLIDR, seed, data + epochs)
+    out["slidr"] = {"train_s": timed_fit(slidr)[0]}
     out["slidr"]["result"] = probe_3d(slidr.model.student)
     for key in ROWS_3D:
         print(
@@ -123,12 +101,14 @@ def run_seed(seed: int, args: argparse.Namespace, data: list[str], epochs: list[
     with tempfile.TemporaryDirectory() as tmp:
         teachers = {
             "bev_rad": prc.model.student,
-            "bev_rad_random_teacher": build(PRC, seed, data).model.student,
+            "bev_rad_random_teacher": recipe_cli(PRC, seed, data).model.student,
         }
         for key, teacher in teachers.items():
             path = Path(tmp) / f"{key}.pt"
             torch.save(teacher.state_dict(), path)
-            rad = build(RAD, seed, data + epochs + [f"--model.init_args.teacher.init_args.checkpoint={path}"])
+            rad = recipe_cli(
+                RAD, seed, data + epochs + [f"--model.init_args.teacher.init_args.checkpoint={path}"]
+            )
             student, grid = rad.model.student, rad.model.grid
 
             def bev_of(points, net=student):
@@ -146,7 +126,7 @@ def run_seed(seed: int, args: argparse.Namespace, data: list[str], epochs: list[
                     return scatter_to_bev(features[inside], cells[inside], int(points[:, 0].max()) + 1, grid)
 
                 out["bev_teacher"] = {"result": probe_bev(teacher_of, grid), "train_s": out["prc"]["train_s"]}
-            out[key] = {"train_s": fit(rad)}
+            out[key] = {"train_s": timed_fit(rad)[0]}
             out[key]["result"] = probe_bev(bev_of, grid)
     for key in ROWS_BEV:
         print(
@@ -209,18 +189,15 @@ def report(runs: dict[int, dict], args: argparse.Namespace, command: str, wall: 
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--threads", type=int, default=1)
+def build_parser():
+    parser = bench_parser(__file__, __doc__, quick="1 seed, 1 epoch, 12 training scenes")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--probe-scenes", type=int, default=16)
-    parser.add_argument("--quick", action="store_true", help="1 seed, 1 epoch, 12 training scenes")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore")
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().start(argv, all_warnings=True)
     # the data of config.yaml, for SLidR too (whose config has more scenes)
     data = [
         "--data.init_args.num_scenes=48",
@@ -240,14 +217,10 @@ def main() -> None:
     ]
     start = time.perf_counter()
     runs = {seed: run_seed(seed, args, data, epochs) for seed in args.seeds}
-    command = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/calico.py", *sys.argv[1:]])
-    text = report(runs, args, command, time.perf_counter() - start)
-    target = RESULTS / "quick" if args.quick else RESULTS
-    target.mkdir(parents=True, exist_ok=True)
-    write_block(target / "calico.md", text, create="# CALICO benchmark")
+    text = report(runs, args, args.command, time.perf_counter() - start)
+    write_block(results_dir(args) / "calico.md", text, create="# CALICO benchmark")
     print(text)
-    if not args.quick:
-        write_block(README, text)
+    update_readme(args, README, text)
 
 
 if __name__ == "__main__":

@@ -30,15 +30,11 @@ Writes ``benchmarks/results/cda.md`` and the block between ``<!-- results:start 
 
 from __future__ import annotations
 
-import argparse
 import importlib
-import logging
 import os
-import shlex
 import sys
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,10 +45,9 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import generated_header, machine_line, markdown_table, mean_std, paired, write_block  # noqa: E402
+from _harness import bench_parser, recipe_cli, results_dir, timed_fit, update_readme  # noqa: E402
+from _report import generated_header, machine_line, markdown_table, mean_std, paired  # noqa: E402
 
-from lightning_distill.callbacks.teacher_cache import RandomResizedCropFlip  # noqa: E402
-from lightning_distill.cli import DistillCLI  # noqa: E402
 from lightning_distill.data import DigitsDataModule  # noqa: E402
 from lightning_distill.dataset_distillation import (  # noqa: E402
     ConvNet,
@@ -64,11 +59,15 @@ from lightning_distill.dataset_distillation import (  # noqa: E402
     random_real_subset,
     teacher_soft_labels,
 )
-from lightning_distill.dataset_distillation.relabel import RelabelCache, build_relabel_cache, evaluate_relabel_cache  # noqa: E402
+from lightning_distill.dataset_distillation.relabel import (  # noqa: E402
+    RelabelCache,
+    build_relabel_cache,
+    evaluate_relabel_cache,
+)
 from lightning_distill.models import trained_classifier  # noqa: E402
+from lightning_distill.utils.augment import RandomResizedCropFlip  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 CONFIGS = {"CDA": ROOT / "recipes" / "cda" / "config.yaml", "SRe2L": ROOT / "recipes" / "cda" / "sre2l.yaml"}
 SOFT = "random real + teacher soft labels"
 RELABEL = "random real + relabel cache"
@@ -127,34 +126,22 @@ def distill(
     """Run the recipe from its config; the saved set and relabel cache (read back), wall and CPU seconds."""
     artifact = workdir / f"{method}_ipc{ipc}_seed{seed}.pt"
     config = with_size(yaml.safe_load(CONFIGS[method].read_text()), settings.size)
-    path = workdir / "config.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    cli = DistillCLI(
-        args=[
-            "--config",
-            str(path),
-            f"--seed_everything={seed}",
+    cli = recipe_cli(
+        config,
+        seed,
+        [
             "--test_after_fit=false",
             "--trainer.accelerator=cpu",
             "--trainer.devices=1",
-            "--trainer.logger=false",
-            "--trainer.enable_progress_bar=false",
-            "--trainer.enable_checkpointing=false",
-            "--trainer.enable_model_summary=false",
-            "--trainer.limit_val_batches=0",
             f"--trainer.max_steps={settings.steps}",
-            f"--trainer.default_root_dir={workdir}",
             f"--model.init_args.synthetic.init_args.ipc={ipc}",
             f"--model.init_args.synthetic.init_args.seed={seed}",
             f"--model.init_args.relabel_epochs={settings.eval_epochs}",
             f"--model.init_args.save_path={artifact}",
         ],
-        run=False,
-        save_config_callback=None,
+        workdir=workdir,
     )
-    start, cpu_start = time.perf_counter(), time.process_time()
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    seconds, cpu_seconds = timed_fit(cli)
     cache = RelabelCache.load(artifact.with_name(artifact.stem + ".relabel.pt"))
     return SyntheticSet.load(artifact), cache, seconds, cpu_seconds
 
@@ -358,9 +345,8 @@ def render(rows: list[Row], info: dict[str, Any], settings: Settings, command: s
     return "\n".join(lines) + "\n"
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+def build_parser():
+    parser = bench_parser(__file__, __doc__, quick="1 seed, tiny budgets")
     parser.add_argument("--ipcs", type=int, nargs="+", default=[1, 10])
     parser.add_argument("--size", type=int, default=16, help="image side after upsampling (default 16)")
     parser.add_argument("--steps", type=int, default=500, help="recovery steps per run (default 500)")
@@ -370,22 +356,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--temperature", type=float, default=1.0, help="soft-label temperature (default 1)")
     parser.add_argument("--no-relabel", action="store_true", help="leave out the relabel-cache rows")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 1 seed, tiny budgets, no README")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    parser.add_argument("--no-readme", action="store_true", help="write benchmarks/results only")
-    args = parser.parse_args(argv)
-    if args.threads < 1:
-        parser.error(f"--threads must be >= 1, got {args.threads}")
-    return args
+    return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    warnings.filterwarnings("ignore", ".*eval mode at the start of training.*")
-    warnings.filterwarnings("ignore", ".*LeafSpec.*")
+    args = build_parser().start(argv)
     settings = Settings(
         seeds=args.seeds[:1] if args.quick else args.seeds,
         ipcs=args.ipcs,
@@ -396,16 +371,14 @@ def main(argv: list[str] | None = None) -> None:
         temperature=args.temperature,
         relabel=not args.no_relabel,
     )
-    out_dir = RESULTS / "quick" if args.quick else RESULTS
-    out_dir.mkdir(parents=True, exist_ok=True)
-    command = shlex.join(["python", "benchmarks/cda.py", *(sys.argv[1:] if argv is None else argv)])
+    out_dir = results_dir(args)
+    command = args.command
     start = time.perf_counter()
     rows, info = run(settings)
     table = render(rows, info, settings, command, time.perf_counter() - start)
     (out_dir / "cda.md").write_text(table)
     print(f"\n{table}", flush=True)
-    if not (args.quick or args.no_readme):
-        write_block(ROOT / "recipes" / "cda" / "README.md", table)
+    update_readme(args, ROOT / "recipes" / "cda" / "README.md", table)
 
 
 if __name__ == "__main__":

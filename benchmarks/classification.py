@@ -27,18 +27,13 @@ so the epoch time is the training loop alone, teacher forward passes included.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import datetime
-import logging
 import os
 import platform
-import shlex
 import statistics
-import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,13 +45,12 @@ import lightning  # noqa: E402
 import lightning.pytorch as L  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
-from _report import cpu_model, mean_std, write_block  # noqa: E402
+from _harness import bench_parser, recipe_cli, results_dir, update_readme  # noqa: E402
+from _report import cpu_model, mean_std  # noqa: E402
 
 from lightning_distill.cli import DistillCLI  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
-START, END = "<!-- results:start -->", "<!-- results:end -->"
 SUPERVISED = "lightning_distill.recipes.supervised.Supervised"
 
 Config = dict[str, Any]
@@ -274,26 +268,15 @@ def accuracy(predict_probs: Callable[[torch.Tensor], torch.Tensor], loader: Any)
 
 def build(config: Config, seed: int, max_epochs: int | None, workdir: Path) -> DistillCLI:
     """Instantiate trainer, model and data from ``config`` as ``lightning-distill fit`` would."""
-    path = workdir / "config.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    args = [
-        "--config",
-        str(path),
-        f"--seed_everything={seed}",
+    extra = [
         "--test_after_fit=false",
         "--trainer.accelerator=cpu",
         "--trainer.devices=1",
-        "--trainer.logger=false",
-        "--trainer.enable_progress_bar=false",
-        "--trainer.enable_checkpointing=false",
-        "--trainer.enable_model_summary=false",
-        "--trainer.limit_val_batches=0",
         "--trainer.num_sanity_val_steps=0",
-        f"--trainer.default_root_dir={workdir}",
     ]
     if max_epochs is not None:
-        args.append(f"--trainer.max_epochs={max_epochs}")
-    return DistillCLI(args=args, run=False, save_config_callback=None)
+        extra.append(f"--trainer.max_epochs={max_epochs}")
+    return recipe_cli(config, seed, extra, workdir=workdir)
 
 
 def run_one(row: Row, config: Config, seed: int, max_epochs: int | None, extras: dict[str, float]) -> None:
@@ -423,36 +406,18 @@ def render(
 
 
 # ----------------------------------------------------------------------------- main
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default 0 1 2)"
-    )
+def build_parser():
+    parser = bench_parser(__file__, __doc__, threads=2, quick="first seed only, 2 epochs")
     parser.add_argument("--recipes", nargs="+", choices=sorted(RECIPE_ROWS), default=sorted(RECIPE_ROWS))
-    parser.add_argument(
-        "--quick", action="store_true", help="smoke run: first seed only, 2 epochs, no README update"
-    )
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    parser.add_argument("--no-readme", action="store_true", help="write benchmarks/results only")
-    args = parser.parse_args(argv)
-    if args.threads < 1:
-        parser.error(f"--threads must be >= 1, got {args.threads}")
-    return args
+    return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    warnings.filterwarnings("ignore", ".*`training_step` returns `None`.*")
+    args = build_parser().start(argv)
     seeds = args.seeds[:1] if args.quick else args.seeds
     max_epochs = 2 if args.quick else None
-    out_dir = RESULTS / "quick" if args.quick else RESULTS
-    out_dir.mkdir(parents=True, exist_ok=True)
-    command = shlex.join(
-        ["python", "benchmarks/classification.py", *(sys.argv[1:] if argv is None else argv)]
-    )
+    out_dir = results_dir(args)
+    command = args.command
     total = time.perf_counter()
     for slug in args.recipes:
         start = time.perf_counter()
@@ -460,8 +425,7 @@ def main(argv: list[str] | None = None) -> None:
         table = render(slug, rows, info, seeds, command, time.perf_counter() - start)
         (out_dir / f"{slug}.md").write_text(table)
         print(f"\n{table}", flush=True)
-        if not (args.quick or args.no_readme):
-            write_block(ROOT / "recipes" / slug / "README.md", table)
+        update_readme(args, ROOT / "recipes" / slug / "README.md", table)
     print(f"total wall time: {(time.perf_counter() - total) / 60:.1f} min", flush=True)
 
 

@@ -28,17 +28,13 @@ and ``<!-- results:end -->`` in ``recipes/datadam/README.md``; ``--quick`` write
 
 from __future__ import annotations
 
-import argparse
 import datetime
-import logging
 import os
 import platform
-import shlex
 import statistics
 import sys
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,9 +44,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported
 import lightning  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
-from _report import cpu_model, mean_std, write_block  # noqa: E402
+from _harness import bench_parser, recipe_cli, results_dir, timed_fit, update_readme  # noqa: E402
+from _report import cpu_model, mean_std  # noqa: E402
 
-from lightning_distill.cli import DistillCLI  # noqa: E402
 from lightning_distill.data import DigitsDataModule  # noqa: E402
 from lightning_distill.dataset_distillation import (  # noqa: E402
     ConvNet,
@@ -65,9 +61,7 @@ from lightning_distill.dataset_distillation import (  # noqa: E402
 from lightning_distill.models import trained_classifier  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 CONFIG = ROOT / "recipes" / "datadam" / "config.yaml"
-START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
 @dataclass
@@ -110,39 +104,27 @@ def distill(
     config: dict[str, Any], seed: int, ipc: int, power: float, lr: float, steps: int, workdir: Path
 ) -> tuple[SyntheticSet, float, float]:
     """Run the datadam recipe from its config; the saved set (read back), wall and CPU seconds of the fit."""
-    path = workdir / "config.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
     steps_per_epoch = config["data"]["init_args"]["steps_per_epoch"]
     epochs = max(1, steps // steps_per_epoch)
     artifact = workdir / f"datadam_ipc{ipc}_p{power:g}_seed{seed}.pt"
-    cli = DistillCLI(
-        args=[
-            "--config",
-            str(path),
-            f"--seed_everything={seed}",
+    cli = recipe_cli(
+        config,
+        seed,
+        [
             "--test_after_fit=false",
             "--trainer.accelerator=cpu",
             "--trainer.devices=1",
-            "--trainer.logger=false",
-            "--trainer.enable_progress_bar=false",
-            "--trainer.enable_checkpointing=false",
-            "--trainer.enable_model_summary=false",
-            "--trainer.limit_val_batches=0",
             f"--trainer.max_epochs={epochs}",
             f"--trainer.max_steps={steps}",
-            f"--trainer.default_root_dir={workdir}",
             f"--model.init_args.synthetic.init_args.ipc={ipc}",
             f"--model.init_args.synthetic.init_args.seed={seed}",
             f"--model.init_args.power={power}",
             f"--model.init_args.optimizer.init_args.lr={lr}",
             f"--model.init_args.save_path={artifact}",
         ],
-        run=False,
-        save_config_callback=None,
+        workdir=workdir,
     )
-    start, cpu_start = time.perf_counter(), time.process_time()
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    seconds, cpu_seconds = timed_fit(cli)
     return SyntheticSet.load(artifact), seconds, cpu_seconds
 
 
@@ -310,9 +292,8 @@ def _variant(text: str, parser_error: Any) -> tuple[float, float, int | None]:
         raise
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+def build_parser():
+    parser = bench_parser(__file__, __doc__, quick="1 seed, tiny budgets")
     parser.add_argument("--ipcs", type=int, nargs="+", default=[1, 10])
     parser.add_argument("--steps", type=int, default=200, help="DataDAM iterations per run (default 200)")
     parser.add_argument(
@@ -327,21 +308,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--teacher-epochs", type=int, default=30)
     parser.add_argument("--temperature", type=float, default=1.0, help="soft-label temperature (default 1)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 1 seed, tiny budgets, no README")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    parser.add_argument("--no-readme", action="store_true", help="write benchmarks/results only")
-    args = parser.parse_args(argv)
-    if args.threads < 1:
-        parser.error(f"--threads must be >= 1, got {args.threads}")
-    return args
+    return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    warnings.filterwarnings("ignore", ".*eval mode at the start of training.*")
+    args = build_parser().start(argv)
     settings = Settings(
         seeds=args.seeds[:1] if args.quick else args.seeds,
         ipcs=args.ipcs,
@@ -352,18 +323,14 @@ def main(argv: list[str] | None = None) -> None:
         temperature=args.temperature,
         variants=[_variant(v, parser_error=lambda m: sys.exit(f"error: {m}")) for v in args.variants],
     )
-    out_dir = RESULTS / "quick" if args.quick else RESULTS
-    out_dir.mkdir(parents=True, exist_ok=True)
-    command = shlex.join(
-        ["python", "benchmarks/dataset_distillation.py", *(sys.argv[1:] if argv is None else argv)]
-    )
+    out_dir = results_dir(args)
+    command = args.command
     start = time.perf_counter()
     rows, info = run(settings)
     table = render(rows, info, settings, command, time.perf_counter() - start)
     (out_dir / "datadam.md").write_text(table)
     print(f"\n{table}", flush=True)
-    if not (args.quick or args.no_readme):
-        write_block(ROOT / "recipes" / "datadam" / "README.md", table)
+    update_readme(args, ROOT / "recipes" / "datadam" / "README.md", table)
 
 
 if __name__ == "__main__":

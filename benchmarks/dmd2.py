@@ -24,19 +24,12 @@ Writes ``benchmarks/results/dmd2.md`` and the block between ``<!-- results:start
 
 from __future__ import annotations
 
-import argparse
 import copy
 import datetime
-import logging
 import os
 import platform
-import shlex
-import statistics
-import sys
 import tempfile
 import time
-import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +39,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported
 import lightning  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
-from _report import cpu_model, mean_std, write_block  # noqa: E402
+from _harness import bench_parser, recipe_cli, results_dir, sampling_ms, timed_fit, update_readme  # noqa: E402
+from _report import cpu_model, mean_std  # noqa: E402
 from gmm_bench_floor import data_floor, evaluate_sampler, teacher_baseline  # noqa: E402
 
 from lightning_distill.cli import DistillCLI  # noqa: E402
@@ -54,8 +48,6 @@ from lightning_distill.diffusion import sample  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "recipes" / "dmd2" / "config.yaml"
-RESULTS = ROOT / "benchmarks" / "results"
-START, END = "<!-- results:start -->", "<!-- results:end -->"
 METRICS = ("swd", "mmd", "mode_coverage", "mode_tv")
 Config = dict[str, Any]
 
@@ -105,23 +97,10 @@ def dmd2_rows() -> list[Row]:
 
 def build(config: Config, seed: int, max_epochs: int | None, workdir: Path) -> DistillCLI:
     """Instantiate trainer, model and data from ``config`` as ``lightning-distill fit`` would (no validation)."""
-    path = workdir / "config.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    args = [
-        f"--config={path}",
-        f"--seed_everything={seed}",
-        "--trainer.logger=false",
-        "--trainer.callbacks=[]",
-        "--trainer.enable_progress_bar=false",
-        "--trainer.enable_checkpointing=false",
-        "--trainer.enable_model_summary=false",
-        "--trainer.limit_val_batches=0",
-        "--trainer.num_sanity_val_steps=0",
-        f"--trainer.default_root_dir={workdir}",
-    ]
+    extra = ["--trainer.callbacks=[]", "--trainer.num_sanity_val_steps=0"]
     if max_epochs is not None:
-        args.append(f"--trainer.max_epochs={max_epochs}")
-    return DistillCLI(args=args, run=False, save_config_callback=None)
+        extra.append(f"--trainer.max_epochs={max_epochs}")
+    return recipe_cli(config, seed, extra, workdir=workdir)
 
 
 def run_one(row: Row, config: Config, seed: int, max_epochs: int | None, n: int) -> Any:
@@ -130,27 +109,13 @@ def run_one(row: Row, config: Config, seed: int, max_epochs: int | None, n: int)
     config["model"]["init_args"].update(copy.deepcopy(row.init_args))
     with tempfile.TemporaryDirectory() as tmp:
         cli = build(config, seed, max_epochs, Path(tmp))
-        model, data, trainer = cli.model, cli.datamodule, cli.trainer
-        start = time.perf_counter()
-        trainer.fit(model, datamodule=data)
-        row.train_s.append(time.perf_counter() - start)
+        model = cli.model
+        row.train_s.append(timed_fit(cli)[0])
     row.iterations = model.iteration
     scores = evaluate_sampler(model.sample, model.reference_mixture, n, [seed])
     for name in METRICS:
         row.metrics[name].append(float(scores[name][0]))
     return model
-
-
-def sampling_ms(draw: Callable[[int, torch.Generator], torch.Tensor], n: int, repeats: int = 5) -> float:
-    """Median wall-clock milliseconds of one call ``draw(n, generator)``."""
-    times = []
-    for k in range(repeats):
-        generator = torch.Generator().manual_seed(k)
-        start = time.perf_counter()
-        with torch.no_grad():
-            draw(n, generator)
-        times.append(1000 * (time.perf_counter() - start))
-    return statistics.median(times)
 
 
 # --------------------------------------------------------------------------- report
@@ -210,22 +175,15 @@ def render(rows: list[Row], seeds: list[int], n: int, command: str, seconds: flo
 
 
 # ----------------------------------------------------------------------------- main
+def build_parser():
+    return bench_parser(__file__, __doc__, quick="1 seed, 2 epochs", samples=2000)
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--n", type=int, default=2000, help="samples per model and seed (default 2000)")
-    parser.add_argument(
-        "--quick", action="store_true", help="1 seed, 2 epochs, results under quick/, no README"
-    )
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    warnings.filterwarnings("ignore", ".*(treespec|LeafSpec|eval mode|args parameter is intended).*")
+    args = build_parser().start(argv)
     seeds = args.seeds[:1] if args.quick else args.seeds
     max_epochs = 2 if args.quick else None
-    command = shlex.join(["python", "benchmarks/dmd2.py", *(sys.argv[1:] if argv is None else argv)])
+    command = args.command
     config = yaml.safe_load(CONFIG.read_text())
     total = time.perf_counter()
 
@@ -259,12 +217,9 @@ def main(argv: list[str] | None = None) -> None:
     rows = [floor, *baselines, *dmd2]
 
     table = render(rows, seeds, args.n, command, time.perf_counter() - total, config)
-    out_dir = RESULTS / "quick" if args.quick else RESULTS
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "dmd2.md").write_text(table)
+    (results_dir(args) / "dmd2.md").write_text(table)
     print(f"\n{table}", flush=True)
-    if not args.quick:
-        write_block(ROOT / "recipes" / "dmd2" / "README.md", table)
+    update_readme(args, ROOT / "recipes" / "dmd2" / "README.md", table)
 
 
 if __name__ == "__main__":

@@ -26,17 +26,10 @@ and the block between ``<!-- digits:start -->`` and ``<!-- digits:end -->`` of
 
 from __future__ import annotations
 
-import argparse
 import copy
-import logging
 import os
-import shlex
-import statistics
-import sys
 import tempfile
 import time
-import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +37,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported
 
 import torch  # noqa: E402
 import yaml  # noqa: E402
-from _report import generated_header, machine_line, markdown_table, mean_std, paired, write_block  # noqa: E402
+from _harness import bench_parser, recipe_cli, results_dir, sampling_ms, timed_fit, update_readme  # noqa: E402
+from _report import generated_header, machine_line, markdown_table, mean_std, paired  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from lightning_distill.callbacks.sample_logging import image_grid  # noqa: E402
@@ -54,29 +48,15 @@ from lightning_distill.diffusion.metrics import FrechetClassifierDistance, digit
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "recipes" / "dmd2" / "digits.yaml"
-RESULTS = ROOT / "benchmarks" / "results"
 Config = dict[str, Any]
 
 
 def build(config: Config, seed: int, max_epochs: int | None, workdir: Path) -> DistillCLI:
     """Trainer, model and data from ``config`` as ``lightning-distill fit`` would build them (no validation)."""
-    path = workdir / "config.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    args = [
-        f"--config={path}",
-        f"--seed_everything={seed}",
-        "--trainer.logger=false",
-        "--trainer.callbacks=[]",
-        "--trainer.enable_progress_bar=false",
-        "--trainer.enable_checkpointing=false",
-        "--trainer.enable_model_summary=false",
-        "--trainer.limit_val_batches=0",
-        "--trainer.num_sanity_val_steps=0",
-        f"--trainer.default_root_dir={workdir}",
-    ]
+    extra = ["--trainer.callbacks=[]", "--trainer.num_sanity_val_steps=0"]
     if max_epochs is not None:
-        args.append(f"--trainer.max_epochs={max_epochs}")
-    return DistillCLI(args=args, run=False, save_config_callback=None)
+        extra.append(f"--trainer.max_epochs={max_epochs}")
+    return recipe_cli(config, seed, extra, workdir=workdir)
 
 
 def fcd(metric: FrechetClassifierDistance, held_out: torch.Tensor, images: torch.Tensor) -> float:
@@ -88,38 +68,22 @@ def fcd(metric: FrechetClassifierDistance, held_out: torch.Tensor, images: torch
     return float(metric.compute())
 
 
-def sampling_ms(draw: Callable[[torch.Generator], torch.Tensor], repeats: int = 3) -> float:
-    """Median wall-clock milliseconds of one call ``draw(generator)``."""
-    times = []
-    for k in range(repeats):
-        generator = torch.Generator().manual_seed(k)
-        start = time.perf_counter()
-        with torch.no_grad():
-            draw(generator)
-        times.append(1000 * (time.perf_counter() - start))
-    return statistics.median(times)
-
-
 def save_grid(images: torch.Tensor, value_range: tuple[float, float], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image_grid(images[:64], value_range)).save(path)
 
 
+def build_parser():
+    return bench_parser(__file__, __doc__, quick="1 seed, 1 epoch, n 200", samples=1000)
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--n", type=int, default=1000, help="samples per model and seed (default 1000)")
-    parser.add_argument("--quick", action="store_true", help="1 seed, 1 epoch, n 200, results under quick/")
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
+    args = build_parser().start(argv, all_warnings=True)
     seeds = args.seeds[:1] if args.quick else args.seeds
     n = 200 if args.quick else args.n
     max_epochs = 1 if args.quick else None
-    command = shlex.join(["python", "benchmarks/dmd2_digits.py", *(sys.argv[1:] if argv is None else argv)])
-    out_dir = RESULTS / "quick" if args.quick else RESULTS
+    command = args.command
+    out_dir = results_dir(args)
     config = yaml.safe_load(CONFIG.read_text())
     total = time.perf_counter()
 
@@ -133,9 +97,7 @@ def main(argv: list[str] | None = None) -> None:
             cli = build(copy.deepcopy(config), seed, max_epochs, Path(tmp))
             model, data = cli.model, cli.datamodule
             teacher_train_s = model.teacher.training_record.get("seconds", teacher_train_s)
-            start = time.perf_counter()
-            cli.trainer.fit(model, datamodule=data)
-            train_s.append(time.perf_counter() - start)
+            train_s.append(timed_fit(cli)[0])
         model.eval()
         data.setup()
         splits = data._prepare()
@@ -166,9 +128,13 @@ def main(argv: list[str] | None = None) -> None:
         )
     for k in (1, 4, 50):
         ms[f"teacher, DDIM, {k} step{'s' if k > 1 else ''}"] = sampling_ms(
-            lambda g, k=k: sample(model.teacher, model.schedule, torch.randn(n, 1, 8, 8, generator=g), k)
+            lambda count, g, k=k: sample(
+                model.teacher, model.schedule, torch.randn(count, 1, 8, 8, generator=g), k
+            ),
+            n,
+            repeats=3,
         )
-    ms["DMD2 student, 1 step (digits.yaml)"] = sampling_ms(lambda g: model.sample(n, g))
+    ms["DMD2 student, 1 step (digits.yaml)"] = sampling_ms(model.sample, n, repeats=3)
 
     student, teacher50 = rows["DMD2 student, 1 step (digits.yaml)"], rows["teacher, DDIM, 50 steps"]
     floor, teacher1 = rows["data vs data (floor)"], rows["teacher, DDIM, 1 step"]
@@ -214,11 +180,9 @@ def main(argv: list[str] | None = None) -> None:
             f"- one-step student / data-vs-data floor: {paired(student, floor, op='ratio')}",
         ]
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "dmd2_digits.md").write_text("# DMD2 on digits 8x8\n\n" + body + "\n")
     print(f"\n{body}", flush=True)
-    if not args.quick:
-        write_block(ROOT / "recipes" / "dmd2" / "README.md", body, key="digits")
+    update_readme(args, ROOT / "recipes" / "dmd2" / "README.md", body, key="digits")
 
 
 if __name__ == "__main__":

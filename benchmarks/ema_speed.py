@@ -16,12 +16,10 @@ of ``--repeats`` rounds is reported with the ratio to (d). Run:
 
 from __future__ import annotations
 
-import argparse
 import copy
 import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,12 +27,13 @@ from pathlib import Path
 import lightning
 import lightning.pytorch as pl
 import torch
+from _harness import bench_parser
 from _report import cpu_model
 from lightning.pytorch.callbacks import EMAWeightAveraging
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from lightning_distill.callbacks.ema_teacher import EMAUpdater
+from lightning_distill.utils.ema import EMAUpdater
 
 RESULTS = Path(__file__).parent / "results" / "ema_speed.md"
 
@@ -99,18 +98,19 @@ def build(width: int, depth: int, momentum: float) -> dict[str, Callable[[], Non
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser():
+    parser = bench_parser(__file__, __doc__, seeds=None, threads=None, readme=False)
     parser.add_argument("--width", type=int, default=1440)
     parser.add_argument("--depth", type=int, default=12)
     parser.add_argument("--momentum", type=float, default=0.999)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().start(argv)
 
     methods = build(args.width, args.depth, args.momentum)
     names = list(methods)
@@ -131,7 +131,7 @@ def main() -> None:
     lines = [
         "# EMA update speed",
         "",
-        f"Command: `python {' '.join(sys.argv)}`  ",
+        f"Command: `{args.command}`  ",
         f"Machine: {cpu_name()}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}  ",
         f"Versions: torch {torch.__version__}, lightning {lightning.__version__}, Python {platform.python_version()}  ",
         f"Model: {args.depth} x Linear({args.width}, {args.width}), {params / 1e6:.1f}M fp32 parameters "

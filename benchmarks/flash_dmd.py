@@ -27,16 +27,10 @@ Writes ``benchmarks/results/flash_dmd.md`` and the results block of ``recipes/fl
 
 from __future__ import annotations
 
-import argparse
 import copy
-import logging
 import os
-import shlex
-import statistics
-import sys
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +39,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported
 
 import torch  # noqa: E402
 import yaml  # noqa: E402
+from _harness import bench_parser, recipe_cli, results_dir, sampling_ms, timed_fit, update_readme  # noqa: E402
 from _report import generated_header, machine_line, markdown_table, mean_std, paired, write_block  # noqa: E402
 from gmm_bench_floor import data_floor, evaluate_sampler, reference_sample, teacher_baseline  # noqa: E402
 from lightning.pytorch.callbacks import Callback  # noqa: E402
@@ -55,7 +50,6 @@ from lightning_distill.diffusion.metrics import mode_coverage, sliced_wasserstei
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "recipes" / "flash_dmd" / "config.yaml"
-RESULTS = ROOT / "benchmarks" / "results"
 METRICS = ("swd", "mmd", "mode_coverage", "coverage10", "mode_tv", "reward")
 CURVE_EVERY = 117  # iterations between curve points (3 epochs of 39 batches)
 CURVE_N = 1000
@@ -147,22 +141,8 @@ class Curve(Callback):
 def build(config: dict, seed: int, max_epochs: int, workdir: Path) -> DistillCLI:
     """Trainer, model and data from ``config`` as ``lightning-distill fit`` builds them (no validation)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    path = workdir / "config.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    args = [
-        f"--config={path}",
-        f"--seed_everything={seed}",
-        f"--trainer.max_epochs={max_epochs}",
-        "--trainer.logger=false",
-        "--trainer.callbacks=[]",
-        "--trainer.enable_progress_bar=false",
-        "--trainer.enable_checkpointing=false",
-        "--trainer.enable_model_summary=false",
-        "--trainer.limit_val_batches=0",
-        "--trainer.num_sanity_val_steps=0",
-        f"--trainer.default_root_dir={workdir}",
-    ]
-    return DistillCLI(args=args, run=False, save_config_callback=None)
+    extra = [f"--trainer.max_epochs={max_epochs}", "--trainer.callbacks=[]"]
+    return recipe_cli(config, seed, [*extra, "--trainer.num_sanity_val_steps=0"], workdir=workdir)
 
 
 def fit(row_config: dict, seed: int, epochs: int, workdir: Path, curve: dict, ckpt: Path | None = None):
@@ -170,9 +150,8 @@ def fit(row_config: dict, seed: int, epochs: int, workdir: Path, curve: dict, ck
     model, trainer = cli.model, cli.trainer
     reference = reference_sample(model.reference_mixture, CURVE_N, 999)
     trainer.callbacks.append(Curve(reference, curve))
-    start = time.perf_counter()
-    trainer.fit(model, datamodule=cli.datamodule, ckpt_path=None if ckpt is None else str(ckpt))
-    return model, trainer, time.perf_counter() - start
+    seconds, _ = timed_fit(cli, ckpt_path=None if ckpt is None else str(ckpt))
+    return model, trainer, seconds
 
 
 def score(row: Row, model: Any, seed: int, n: int) -> None:
@@ -224,17 +203,6 @@ def run_seed(all_rows: list[Row], config: dict, seed: int, epochs: int, n: int) 
                 flush=True,
             )
     return model
-
-
-def sampling_ms(draw: Any, n: int, repeats: int = 5) -> float:
-    times = []
-    for k in range(repeats):
-        generator = torch.Generator().manual_seed(k)
-        start = time.perf_counter()
-        with torch.no_grad():
-            draw(n, generator)
-        times.append(1000 * (time.perf_counter() - start))
-    return statistics.median(times)
 
 
 # --------------------------------------------------------------------------- report
@@ -349,18 +317,12 @@ def render(all_rows: list[Row], seeds: list[int], n: int, command: str, seconds:
     return "\n".join(lines) + "\n"
 
 
+def build_parser():
+    return bench_parser(__file__, __doc__, quick="1 seed, 2 epochs", samples=2000)
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--n", type=int, default=2000, help="samples per model and seed (default 2000)")
-    parser.add_argument(
-        "--quick", action="store_true", help="1 seed, 2 epochs, results under quick/, no README"
-    )
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
+    args = build_parser().start(argv, all_warnings=True)
     seeds = args.seeds[:1] if args.quick else args.seeds
     config = yaml.safe_load(CONFIG.read_text())
     epochs = 2 if args.quick else int(config["trainer"]["max_epochs"])
@@ -369,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
     config["model"]["init_args"]["reward_start_iteration"] = (
         epochs // 2
     ) * batches  # Stage 2: the second half
-    command = shlex.join(["python", "benchmarks/flash_dmd.py", *(sys.argv[1:] if argv is None else argv)])
+    command = args.command
     total = time.perf_counter()
 
     flash = rows()
@@ -404,12 +366,9 @@ def main(argv: list[str] | None = None) -> None:
     all_rows = [floor, *baselines, *flash]
 
     text = render(all_rows, seeds, args.n, command, time.perf_counter() - total, config)
-    out_dir = RESULTS / "quick" if args.quick else RESULTS
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_block(out_dir / "flash_dmd.md", text, create="# Flash-DMD on the exact-score bench")
+    write_block(results_dir(args) / "flash_dmd.md", text, create="# Flash-DMD on the exact-score bench")
     print(f"\n{text}", flush=True)
-    if not args.quick:
-        write_block(ROOT / "recipes" / "flash_dmd" / "README.md", text)
+    update_readme(args, ROOT / "recipes" / "flash_dmd" / "README.md", text)
 
 
 if __name__ == "__main__":

@@ -30,13 +30,10 @@ Writes ``benchmarks/results/ftd.md`` and the block between ``<!-- results:start 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
-import shlex
 import sys
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,9 +44,9 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import generated_header, machine_line, markdown_table, mean_std, paired, write_block  # noqa: E402
+from _harness import bench_parser, recipe_cli, results_dir, timed_fit, update_readme  # noqa: E402
+from _report import generated_header, machine_line, markdown_table, mean_std, paired  # noqa: E402
 
-from lightning_distill.cli import DistillCLI  # noqa: E402
 from lightning_distill.data import DigitsDataModule  # noqa: E402
 from lightning_distill.dataset_distillation import (  # noqa: E402
     ConvNet,
@@ -61,16 +58,15 @@ from lightning_distill.dataset_distillation import (  # noqa: E402
     herding_subset,
     random_real_subset,
 )
-from lightning_distill.dataset_distillation.trajectory import (  # noqa: E402
+from lightning_distill.dataset_distillation.experts import (  # noqa: E402
     ExpertSpec,
     ExpertTrajectories,
     expert_trajectories,
-    hessian_top_eigenvalue,
 )
+from lightning_distill.dataset_distillation.trajectory import hessian_top_eigenvalue  # noqa: E402
 from lightning_distill.models import trained_classifier  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 CONFIGS = {"FTD": ROOT / "recipes" / "ftd" / "config.yaml", "MTT": ROOT / "recipes" / "ftd" / "mtt.yaml"}
 
 
@@ -90,33 +86,23 @@ def distill(
 ) -> tuple[SyntheticSet, SyntheticSet, float, float]:
     """One recipe run: (saved artifact read back, live set, wall seconds, CPU seconds)."""
     artifact = workdir / f"set_ipc{ipc}_seed{seed}.pt"
-    cli = DistillCLI(
-        args=[
-            "--config",
-            str(config),
-            f"--seed_everything={seed}",
+    cli = recipe_cli(
+        config,
+        seed,
+        [
             "--test_after_fit=false",
             "--trainer.accelerator=cpu",
             "--trainer.devices=1",
-            "--trainer.logger=false",
-            "--trainer.enable_progress_bar=false",
-            "--trainer.enable_checkpointing=false",
-            "--trainer.enable_model_summary=false",
-            "--trainer.limit_val_batches=0",
             "--trainer.max_epochs=1000",
             f"--trainer.max_steps={steps}",
-            f"--trainer.default_root_dir={workdir}",
             f"--model.init_args.synthetic.init_args.ipc={ipc}",
             f"--model.init_args.synthetic.init_args.seed={seed}",
             f"--model.init_args.save_path={artifact}",
             *overrides,
         ],
-        run=False,
-        save_config_callback=None,
+        workdir=workdir,
     )
-    start, cpu_start = time.perf_counter(), time.process_time()
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    seconds, cpu_seconds = timed_fit(cli)
     return SyntheticSet.load(artifact), cli.model.synthetic, seconds, cpu_seconds
 
 
@@ -356,9 +342,8 @@ def render(
     return "\n".join(lines) + "\n"
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+def build_parser():
+    parser = bench_parser(__file__, __doc__, quick="1 seed, tiny budgets")
     parser.add_argument("--ipcs", type=int, nargs="+", default=[1, 10])
     parser.add_argument(
         "--steps", type=int, default=100, help="distillation iterations per run (default 100)"
@@ -366,35 +351,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-epochs", type=int, default=300, help="retraining epochs (default 300)")
     parser.add_argument("--full-epochs", type=int, default=100, help="retraining epochs on the full set")
     parser.add_argument("--teacher-epochs", type=int, default=30)
-    parser.add_argument(
-        "--quick", action="store_true", help="smoke run: 1 seed, tiny budgets, results/quick/"
-    )
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    parser.add_argument("--no-readme", action="store_true", help="write benchmarks/results only")
-    args = parser.parse_args(argv)
-    if args.threads < 1:
-        parser.error(f"--threads must be >= 1, got {args.threads}")
-    return args
+    return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    warnings.filterwarnings("ignore", ".*eval mode at the start of training.*")
-    command = shlex.join(["python", "benchmarks/ftd.py", *(sys.argv[1:] if argv is None else argv)])
+    args = build_parser().start(argv)
+    command = args.command
     start = time.perf_counter()
     if args.quick:  # a private cache: the smoke run's tiny experts never reach the real cache
         os.environ["LIGHTNING_DISTILL_CACHE"] = tempfile.mkdtemp(prefix="ftd_quick_cache_")
     body = run(args)
     table = generated_header("benchmarks/ftd.py", command, time.perf_counter() - start) + "\n\n" + body
-    out = RESULTS / "quick" / "ftd.md" if args.quick else RESULTS / "ftd.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(table)
+    (results_dir(args) / "ftd.md").write_text(table)
     print(f"\n{table}", flush=True)
-    if not (args.quick or args.no_readme):
-        write_block(ROOT / "recipes" / "ftd" / "README.md", table)
+    update_readme(args, ROOT / "recipes" / "ftd" / "README.md", table)
 
 
 if __name__ == "__main__":

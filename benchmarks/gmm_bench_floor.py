@@ -18,14 +18,13 @@ same ``n``, seeds and schedule. Run: ``python benchmarks/gmm_bench_floor.py`` (w
 
 from __future__ import annotations
 
-import argparse
 import platform
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+from _harness import bench_parser
 from _report import mean_std as _mean_std
 from torch import Tensor
 
@@ -133,24 +132,22 @@ def _describe(gmm: GaussianMixture, preset: str) -> str:
     return f"`{preset}`: {gmm.num_modes} modes in {gmm.dim}-D"
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser():
+    parser = bench_parser(__file__, __doc__, readme=False, samples=2000)
     parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=PRESETS)
-    parser.add_argument("--n", type=int, default=2000)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 4, 50])
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().start(argv)
     start = time.perf_counter()
     schedules = {"DDIM, VP ε (linear betas)": default_schedule("vp"), "Euler, flow": default_schedule("flow")}
     lines = [
         "# Exact-score bench: noise floors and teacher baselines",
         "",
-        "Command: `"
-        + " ".join(["python benchmarks/gmm_bench_floor.py", *(sys.argv[1:] if argv is None else argv)])
-        + "`  ",
+        f"Command: `{args.command}`  ",
         f"Versions: torch {torch.__version__}, Python {platform.python_version()}  ",
         f"Samples per seed: n = {args.n}; seeds {args.seeds} (mean ± std over seeds). Model noise uses seed s, "
         f"the data it is compared with seed s + {_REFERENCE_OFFSET}.  ",

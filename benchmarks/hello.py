@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 import tempfile
 import time
@@ -47,9 +46,9 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import generated_header, machine_line, markdown_table, mean_std, paired, write_block  # noqa: E402
+from _harness import bench_parser, recipe_cli, results_dir, timed_fit, update_readme  # noqa: E402
+from _report import generated_header, machine_line, markdown_table, mean_std, paired  # noqa: E402
 
-from lightning_distill.cli import DistillCLI  # noqa: E402
 from lightning_distill.data import DigitsDataModule  # noqa: E402
 from lightning_distill.dataset_distillation import (  # noqa: E402
     ConvNet,
@@ -58,7 +57,7 @@ from lightning_distill.dataset_distillation import (  # noqa: E402
     random_real_subset,
     teacher_soft_labels,
 )
-from lightning_distill.dataset_distillation.label_projector import (  # noqa: E402
+from lightning_distill.dataset_distillation.online_labels import (  # noqa: E402
     evaluate_online_labels,
     hard_label_bytes,
     soft_label_cache_bytes,
@@ -91,33 +90,24 @@ class KeepInitialImages(L.Callback):
 def fit_hello(seed: int, args: argparse.Namespace, workdir: Path) -> tuple[Any, torch.Tensor, float]:
     """Run the recipe from its config; the fitted module, the images before the update, and the seconds."""
     steps = args.projector_steps + args.image_steps
-    cli = DistillCLI(
-        args=[
-            "--config",
-            str(CONFIG),
-            f"--seed_everything={seed}",
+    cli = recipe_cli(
+        CONFIG,
+        seed,
+        [
             "--test_after_fit=false",
             "--trainer.accelerator=cpu",
             "--trainer.devices=1",
-            "--trainer.logger=false",
-            "--trainer.enable_progress_bar=false",
-            "--trainer.enable_checkpointing=false",
-            "--trainer.enable_model_summary=false",
-            "--trainer.limit_val_batches=0",
             f"--trainer.max_steps={steps}",
-            f"--trainer.default_root_dir={workdir}",
             f"--model.init_args.synthetic.init_args.seed={seed}",
             f"--model.init_args.projector_steps={args.projector_steps}",
             f"--model.init_args.image_steps={args.image_steps}",
         ],
-        run=False,
-        save_config_callback=None,
+        workdir=workdir,
     )
     keep = KeepInitialImages()
     cli.trainer.callbacks.append(keep)
-    start = time.perf_counter()
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    return cli.model, keep.images, time.perf_counter() - start
+    seconds, _ = timed_fit(cli)
+    return cli.model, keep.images, seconds
 
 
 def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
@@ -242,28 +232,25 @@ def render(
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+def build_parser():
+    parser = bench_parser(__file__, __doc__, quick="1 seed, tiny budgets")
     parser.add_argument("--eval-epochs", type=int, default=300)
     parser.add_argument("--projector-steps", type=int, default=400)
     parser.add_argument("--image-steps", type=int, default=50)
     parser.add_argument("--teacher-epochs", type=int, default=30)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--quick", action="store_true", help="1 seed, tiny budgets; writes results/quick/")
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().start(argv)
     if args.quick:
         args.seeds, args.eval_epochs, args.projector_steps, args.image_steps = [0], 20, 30, 5
-    torch.set_num_threads(args.threads)
-    command = "python benchmarks/hello.py " + shlex.join(sys.argv[1:])
     start = time.perf_counter()
     rows, info = run(args)
-    text = render(rows, info, args, command.strip(), time.perf_counter() - start)
-    out = ROOT / "benchmarks" / "results" / ("quick/hello.md" if args.quick else "hello.md")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    text = render(rows, info, args, args.command, time.perf_counter() - start)
+    out = results_dir(args) / "hello.md"
     out.write_text("# HeLlO: label storage against accuracy (digits, IPC 10)\n\n" + text)
-    if not args.quick:
-        write_block(README, text)
+    update_readme(args, README, text)
     print(text)
 
 

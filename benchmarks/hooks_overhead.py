@@ -19,18 +19,16 @@ Writes (or updates the section for this device in) ``benchmarks/results/hooks_ov
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import os
 import platform
-import shlex
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _harness import bench_parser
 from _report import cpu_model, write_block
 from torch import nn
 
@@ -154,26 +152,25 @@ def write_section(path: Path, key: str, body: str) -> None:
     write_block(path, body, key=key, create=header)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads (1: least disturbed on a shared machine)"
+def build_parser():
+    parser = bench_parser(
+        __file__, __doc__, seeds=None, quick="2 blocks of 2 steps, written under results/quick/", readme=False
     )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--blocks", type=int, default=30, help="timed blocks per variant (ABBA order)")
     parser.add_argument("--steps", type=int, default=3, help="steps per block")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps per variant first")
-    parser.add_argument(
-        "--quick", action="store_true", help="2 blocks of 2 steps, written under results/quick/"
-    )
     parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().start(argv)
     if args.quick:
         args.blocks, args.steps, args.warmup = 2, 2, 1
     out = args.out or (RESULTS / "quick" if args.quick else RESULTS) / "hooks_overhead.md"
 
-    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
     model = SmallResNet().to(device).train()
@@ -203,7 +200,7 @@ def main() -> None:
             times["wall"][variant].append(wall)
             times["cpu"][variant].append(cpu)
 
-    command = "python " + " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+    command = args.command
     lines = [
         f"## {device.type.upper()}: {machine(device)}",
         "",

@@ -30,12 +30,9 @@ Writes ``benchmarks/results/lasermix_pp.md`` and the block between ``<!-- result
 from __future__ import annotations
 
 import argparse
-import logging
 import os
-import shlex
 import sys
 import time
-import warnings
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported
@@ -44,23 +41,15 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import generated_header, machine_line, markdown_table, mean_std, paired, write_block  # noqa: E402
+from _harness import bench_parser, logged, recipe_cli, results_dir, timed_fit, update_readme  # noqa: E402
+from _report import generated_header, machine_line, markdown_table, mean_std, paired  # noqa: E402
 
-from lightning_distill.cli import DistillCLI  # noqa: E402
 from lightning_distill.lidar import CLASS_NAMES, collate, linear_probe, segmentation_metrics  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "recipes" / "lasermix_pp" / "config.yaml"
 SUPERVISED = ROOT / "recipes" / "lasermix_pp" / "supervised.yaml"
-RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "recipes" / "lasermix_pp" / "README.md"
-QUIET = [
-    "--trainer.logger=false",
-    "--trainer.enable_checkpointing=false",
-    "--trainer.enable_progress_bar=false",
-    "--trainer.enable_model_summary=false",
-    "--trainer.limit_val_batches=0",
-]
 # key: (name, what differs from config.yaml, extra config files, extra flags)
 ROWS = {
     "supervised": ("supervised only", "`supervised.yaml`: labelled scans only, CE", [SUPERVISED], []),
@@ -80,13 +69,6 @@ ROWS = {
 }
 
 
-def build(seed: int, configs: list[Path], extra: list[str]) -> DistillCLI:
-    args = ["--config", str(CONFIG)]
-    for path in configs:
-        args += ["--config", str(path)]
-    return DistillCLI(args=[*args, f"--seed_everything={seed}", *QUIET, *extra], run=False)
-
-
 @torch.no_grad()
 def test_predictions(module: torch.nn.Module, loader) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-point classes and labels over a loader, module in eval mode."""
@@ -100,10 +82,8 @@ def test_predictions(module: torch.nn.Module, loader) -> tuple[torch.Tensor, tor
 
 def run(seed: int, key: str, args: argparse.Namespace, extra: list[str]) -> dict:
     _, _, configs, flags = ROWS[key]
-    cli = build(seed, configs, extra + flags)
-    t0 = time.perf_counter()
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    fit_s = time.perf_counter() - t0
+    cli = recipe_cli([CONFIG, *configs], seed, extra + flags)
+    fit_s, _ = timed_fit(cli)
     model, dm = cli.model, cli.datamodule
     test = dm.test_dataloader()
     classes = len(CLASS_NAMES)
@@ -119,7 +99,6 @@ def run(seed: int, key: str, args: argparse.Namespace, extra: list[str]) -> dict
         input_features=model.student.input_features,
         seed=seed,
     )
-    metrics = cli.trainer.callback_metrics
     out = {
         "ema": ema,
         "student": student,
@@ -127,7 +106,7 @@ def run(seed: int, key: str, args: argparse.Namespace, extra: list[str]) -> dict
         "fit_s": fit_s,
         "steps": cli.trainer.global_step,
         "labelled": len(dm.labelled_scenes),
-        "confident": float(metrics.get("train/pseudo_confident", float("nan"))),
+        "confident": logged(cli, "diag/pseudo_confident"),
     }
     print(
         f"  seed {seed} {key}: EMA mIoU {ema.miou:.3f}, student {student.miou:.3f}, probe {probe.miou:.3f} "
@@ -194,21 +173,18 @@ def report(runs: dict, seeds: list[int], keys: list[str], command: str, wall: fl
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    global ARGS
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--threads", type=int, default=1)
+def build_parser():
+    parser = bench_parser(__file__, __doc__, quick="1 seed, 10 steps, 24 training scenes")
     parser.add_argument("--probe-scenes", type=int, default=24)
     parser.add_argument(
         "--ablate", action="store_true", help="add the LaserMix row without camera distillation"
     )
-    parser.add_argument("--quick", action="store_true", help="1 seed, 10 steps, 24 training scenes")
-    ARGS = args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore")
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    global ARGS
+    ARGS = args = build_parser().start(argv, all_warnings=True)
     extra: list[str] = []
     if args.quick:
         args.seeds = args.seeds[:1]
@@ -219,19 +195,15 @@ def main() -> None:
             "--data.init_args.labelled_fraction=0.1",
             "--trainer.max_steps=10",
         ]
-    probe = build(args.seeds[0], [], extra)
+    probe = recipe_cli(CONFIG, args.seeds[0], extra)
     ARGS.fraction_text = f"`labelled_fraction: {probe.datamodule.labelled_fraction}`"
     keys = ["supervised", "lasermix_pp", *(["lasermix"] if args.ablate else []), "full"]
     start = time.perf_counter()
     runs = {seed: {key: run(seed, key, args, extra) for key in keys} for seed in args.seeds}
-    command = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/lasermix_pp.py", *sys.argv[1:]])
-    text = report(runs, args.seeds, keys, command, time.perf_counter() - start, args.quick)
-    target = RESULTS / "quick" if args.quick else RESULTS
-    target.mkdir(parents=True, exist_ok=True)
-    (target / "lasermix_pp.md").write_text("# LaserMix++ benchmark\n\n" + text)
+    text = report(runs, args.seeds, keys, args.command, time.perf_counter() - start, args.quick)
+    (results_dir(args) / "lasermix_pp.md").write_text("# LaserMix++ benchmark\n\n" + text)
     print(text)
-    if not args.quick and README.is_file():
-        write_block(README, text)
+    update_readme(args, README, text)
 
 
 ARGS: argparse.Namespace

@@ -24,34 +24,22 @@ Writes ``benchmarks/results/lima.md`` and the block between ``<!-- results:start
 from __future__ import annotations
 
 import argparse
-import logging
 import os
-import shlex
-import sys
 import time
-import warnings
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported
 
-import torch  # noqa: E402
-from _report import generated_header, machine_line, markdown_table, mean_std, paired, write_block  # noqa: E402
+from _harness import bench_parser, recipe_cli, results_dir, update_readme  # noqa: E402
+from _report import generated_header, machine_line, markdown_table, mean_std, paired  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from lightning_distill.cli import DistillCLI  # noqa: E402
 from lightning_distill.lidar import CLASS_NAMES, collate, linear_probe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "recipes" / "lima" / "config.yaml"
-RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "recipes" / "lima" / "README.md"
-QUIET = [
-    "--trainer.logger=false",
-    "--trainer.enable_checkpointing=false",
-    "--trainer.enable_progress_bar=false",
-    "--trainer.enable_model_summary=false",
-    "--trainer.limit_val_batches=0",
-]
 #: key -> (row name, what differs from config.yaml, extra CLI flags); None = no training
 ROWS: dict[str, tuple[str, str, list[str] | None]] = {
     "random": ("random initialisation", "no training", None),
@@ -73,8 +61,8 @@ PAIRS = (
 )
 
 
-def build(seed: int, extra: list[str]) -> DistillCLI:
-    return DistillCLI(args=["--config", str(CONFIG), f"--seed_everything={seed}", *QUIET, *extra], run=False)
+def build(seed: int, extra: list[str]) -> Any:
+    return recipe_cli(CONFIG, seed, extra)
 
 
 def run_seed(seed: int, args: argparse.Namespace, extra: list[str]) -> dict[str, dict]:
@@ -146,17 +134,14 @@ def report(
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--threads", type=int, default=1)
+def build_parser():
+    parser = bench_parser(__file__, __doc__, quick="1 seed, 1 epoch, 8 training scenes")
     parser.add_argument("--probe-scenes", type=int, default=24)
-    parser.add_argument("--quick", action="store_true", help="1 seed, 1 epoch, 8 training scenes")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore")
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().start(argv, all_warnings=True)
     extra: list[str] = []
     if args.quick:
         args.seeds = args.seeds[:1]
@@ -164,14 +149,10 @@ def main() -> None:
         extra = ["--data.init_args.num_scenes=8", "--data.init_args.test_scenes=2", "--trainer.max_epochs=1"]
     start = time.perf_counter()
     runs = {seed: run_seed(seed, args, extra) for seed in args.seeds}
-    command = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/lima.py", *sys.argv[1:]])
-    text = report(runs, args.seeds, command, time.perf_counter() - start, args)
-    target = RESULTS / "quick" if args.quick else RESULTS
-    target.mkdir(parents=True, exist_ok=True)
-    (target / "lima.md").write_text("# LiMA benchmark\n\n" + text)
+    text = report(runs, args.seeds, args.command, time.perf_counter() - start, args)
+    (results_dir(args) / "lima.md").write_text("# LiMA benchmark\n\n" + text)
     print(text)
-    if not args.quick:
-        write_block(README, text)
+    update_readme(args, README, text)
 
 
 if __name__ == "__main__":

@@ -28,26 +28,23 @@ Writes ``benchmarks/results/mirage.md`` and the block between ``<!-- results:sta
 
 from __future__ import annotations
 
-import argparse
 import os
-import shlex
 import statistics
 import sys
 import time
-import warnings
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported
 
-import torch  # noqa: E402
 import yaml  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import generated_header, machine_line, markdown_table, mean_std, write_block  # noqa: E402
+from _harness import bench_parser, results_dir, update_readme  # noqa: E402
+from _report import generated_header, machine_line, markdown_table, mean_std  # noqa: E402
 
+from lightning_distill.data.graphs import GraphCVDataModule  # noqa: E402
 from lightning_distill.graphs import (  # noqa: E402
     GraphClassifier,
-    GraphCVDataModule,
     GraphSet,
     graph_accuracy,
     random_graph_subset,
@@ -56,7 +53,6 @@ from lightning_distill.graphs import (  # noqa: E402
 from lightning_distill.recipes.mirage import Mirage  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 CONFIG = ROOT / "recipes" / "mirage" / "config.yaml"
 README = ROOT / "recipes" / "mirage" / "README.md"
 ARCHS = ("gcn", "gin", "gat")
@@ -69,16 +65,15 @@ NAMES = {
 }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+def build_parser():
+    parser = bench_parser(__file__, __doc__, quick="1 seed, 2 of the 10 folds, 10 steps")
     parser.add_argument("--folds", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--root", default="data/tu", help="where MUTAG is copied from the grakel wheel")
-    parser.add_argument("--quick", action="store_true", help="1 seed, 2 of the 10 folds, 10 steps")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().start(argv, all_warnings=True)
     config = yaml.safe_load(CONFIG.read_text())["model"]["init_args"]
     student_args = config["student"]["init_args"]
     steps = 10 if args.quick else config["eval_steps"]
@@ -138,12 +133,9 @@ def main() -> None:
 
     wall = time.perf_counter() - start
     text = report(args, acc, sizes, distill_seconds, train_seconds, seeds, list(folds), steps, config, wall)
-    target = RESULTS / "quick" if args.quick else RESULTS
-    target.mkdir(parents=True, exist_ok=True)
-    (target / "mirage.md").write_text("# Mirage benchmark (MUTAG, 10-fold CV)\n\n" + text + "\n")
+    (results_dir(args) / "mirage.md").write_text("# Mirage benchmark (MUTAG, 10-fold CV)\n\n" + text + "\n")
     print(text)
-    if not args.quick:
-        write_block(README, text)
+    update_readme(args, README, text)
 
 
 def report(args, acc, sizes, distill_seconds, train_seconds, seeds, folds, steps, config, wall) -> str:
@@ -175,10 +167,9 @@ def report(args, acc, sizes, distill_seconds, train_seconds, seeds, folds, steps
         align="lrrrrrrrr",
     )
     full, mir = mean_size("full", "numbers"), mean_size("mirage", "numbers")
-    argv = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/mirage.py", *sys.argv[1:]])
     student = config["student"]["init_args"]
     lines = [
-        generated_header("benchmarks/mirage.py", argv, wall),
+        generated_header("benchmarks/mirage.py", args.command, wall),
         machine_line(),
         "",
         ("**Quick smoke run: not a result.** " if args.quick else "")

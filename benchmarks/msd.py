@@ -27,16 +27,11 @@ writes ``benchmarks/results/quick/msd.md`` and leaves the README alone).
 
 from __future__ import annotations
 
-import argparse
 import copy
-import logging
 import os
-import shlex
 import statistics
-import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,15 +41,14 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported
 
 import torch  # noqa: E402
 import yaml  # noqa: E402
-from _report import generated_header, machine_line, markdown_table, mean_std, paired, write_block  # noqa: E402
+from _harness import bench_parser, recipe_cli, results_dir, timed_fit, update_readme  # noqa: E402
+from _report import generated_header, machine_line, markdown_table, mean_std, paired  # noqa: E402
 from gmm_bench_floor import evaluate_samples, reference_sample  # noqa: E402
 
-from lightning_distill.cli import DistillCLI  # noqa: E402
 from lightning_distill.diffusion import sample  # noqa: E402
 from lightning_distill.diffusion.gmm import GaussianMixture  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 METRICS = ("swd", "mmd", "mode_coverage", "mode_tv")
 Sampler = Callable[[int, torch.Generator, torch.Tensor], torch.Tensor]  # (n, generator, labels) -> (n, D)
 
@@ -109,19 +103,12 @@ def fit(row: Row, seed: int, max_epochs: int | None) -> Any:
     """Fit one row's config for one seed (no validation) and return the trained module."""
     config = yaml.safe_load((ROOT / "recipes" / "msd" / row.config).read_text())
     _merge(config["model"]["init_args"], row.overrides)
+    extra = ["--trainer.callbacks=[]", "--trainer.num_sanity_val_steps=0"]
+    if max_epochs is not None:
+        extra.append(f"--trainer.max_epochs={max_epochs}")
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "config.yaml"
-        path.write_text(yaml.safe_dump(config, sort_keys=False))
-        args = [f"--config={path}", f"--seed_everything={seed}", "--trainer.logger=false", "--trainer.callbacks=[]",
-                "--trainer.enable_progress_bar=false", "--trainer.enable_checkpointing=false",
-                "--trainer.enable_model_summary=false", "--trainer.limit_val_batches=0",
-                "--trainer.num_sanity_val_steps=0", f"--trainer.default_root_dir={tmp}"]  # fmt: skip
-        if max_epochs is not None:
-            args.append(f"--trainer.max_epochs={max_epochs}")
-        cli = DistillCLI(args=args, run=False, save_config_callback=None)
-        start = time.perf_counter()
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-        row.train_s.append(time.perf_counter() - start)
+        cli = recipe_cli(config, seed, extra, workdir=tmp)
+        row.train_s.append(timed_fit(cli)[0])
     return cli.model.eval()
 
 
@@ -213,24 +200,17 @@ def render(rows: list[Row], seeds: list[int], n: int, command: str, seconds: flo
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--n", type=int, default=2000, help="samples per model and seed (default 2000)")
-    parser.add_argument(
-        "--quick", action="store_true", help="1 seed, 1 epoch, results under quick/, no README"
-    )
-    parser.add_argument("--threads", type=int, default=1)
+def build_parser():
+    parser = bench_parser(__file__, __doc__, quick="1 seed, 1 epoch", samples=2000)
     parser.add_argument("--ablations", action="store_true", help="also a shared fake score and a TSM warm-up")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    warnings.filterwarnings(
-        "ignore", ".*(does not have many workers|treespec|LeafSpec|eval mode|args parameter).*"
-    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().start(argv)
     seeds = args.seeds[:1] if args.quick else args.seeds
     max_epochs = 1 if args.quick else None
-    command = shlex.join(["python", "benchmarks/msd.py", *(sys.argv[1:] if argv is None else argv)])
+    command = args.command
     start = time.perf_counter()
 
     rows, models = trained_rows(args.ablations), {}
@@ -272,12 +252,9 @@ def main(argv: list[str] | None = None) -> None:
         )  # fmt: skip
 
     text = render([*baselines, *rows], seeds, args.n, command, time.perf_counter() - start, iterations)
-    out = RESULTS / "quick" / "msd.md" if args.quick else RESULTS / "msd.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    (results_dir(args) / "msd.md").write_text(text)
     print(f"\n{text}", flush=True)
-    if not args.quick:
-        write_block(ROOT / "recipes" / "msd" / "README.md", text)
+    update_readme(args, ROOT / "recipes" / "msd" / "README.md", text)
 
 
 if __name__ == "__main__":

@@ -29,17 +29,12 @@ Writes ``benchmarks/results/phased_dmd.md`` and the table between the results ma
 
 from __future__ import annotations
 
-import argparse
 import copy
-import logging
 import os
 import platform
-import shlex
 import sys
 import tempfile
 import time
-import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,19 +44,17 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _harness import bench_parser, recipe_cli, results_dir, sampling_ms, timed_fit, update_readme  # noqa: E402
 from gmm_bench_floor import data_floor, evaluate_sampler, mean_std, table_rows, teacher_baseline  # noqa: E402
 
-from lightning_distill.cli import DistillCLI  # noqa: E402
 from lightning_distill.diffusion import MLPDenoiser, NoiseSchedule, model_output, sample  # noqa: E402
 from lightning_distill.diffusion.gmm import AnalyticTeacher, GaussianMixture, make_mixture  # noqa: E402
 from lightning_distill.diffusion.metrics import mode_coverage, mode_weight_tv, sliced_wasserstein  # noqa: E402
 from lightning_distill.recipes.phased_dmd import PhasedDMD  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 CONFIG = ROOT / "recipes" / "phased_dmd" / "config.yaml"
 README = ROOT / "recipes" / "phased_dmd" / "README.md"
-START, END = "<!-- results:start -->", "<!-- results:end -->"
 N_SAMPLES = 2000
 
 
@@ -97,29 +90,10 @@ def fit_ring(changes: dict[str, Any], seed: int, max_steps: int, workdir: Path) 
     config["model"]["init_args"].update(copy.deepcopy(changes))
     config["trainer"]["max_steps"] = max_steps
     config["trainer"]["callbacks"] = []
-    path = workdir / "config.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    args = [
-        "--config", str(path), f"--seed_everything={seed}", "--test_after_fit=false",
-        "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.logger=false",
-        "--trainer.enable_progress_bar=false", "--trainer.enable_checkpointing=false",
-        "--trainer.enable_model_summary=false", "--trainer.limit_val_batches=0",
-        "--trainer.num_sanity_val_steps=0", f"--trainer.default_root_dir={workdir}",
-    ]  # fmt: skip
-    cli = DistillCLI(args=args, run=False, save_config_callback=None)
-    start = time.perf_counter()
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    return cli.model.eval(), time.perf_counter() - start
-
-
-def sampling_ms(draw: Callable[[int, torch.Generator], torch.Tensor]) -> float:
-    """Median wall-clock milliseconds of one call drawing ``N_SAMPLES`` samples."""
-    times = []
-    for rep in range(5):
-        start = time.perf_counter()
-        draw(N_SAMPLES, torch.Generator().manual_seed(rep))
-        times.append(time.perf_counter() - start)
-    return 1000 * sorted(times)[len(times) // 2]
+    extra = ["--test_after_fit=false", "--trainer.accelerator=cpu", "--trainer.devices=1"]
+    cli = recipe_cli(config, seed, [*extra, "--trainer.num_sanity_val_steps=0"], workdir=workdir)
+    seconds, _ = timed_fit(cli)
+    return cli.model.eval(), seconds
 
 
 def ring_experiment(seeds: list[int], max_steps: int) -> tuple[str, dict[str, float]]:
@@ -134,7 +108,8 @@ def ring_experiment(seeds: list[int], max_steps: int) -> tuple[str, dict[str, fl
     baseline = teacher_baseline(gmm, (1, 4, 50), seeds, N_SAMPLES, schedule)
     for k, metrics in baseline.items():
         ms = sampling_ms(
-            lambda n, g, k=k: sample(teacher, schedule, torch.randn(n, 2, generator=g), num_steps=k)
+            lambda n, g, k=k: sample(teacher, schedule, torch.randn(n, 2, generator=g), num_steps=k),
+            N_SAMPLES,
         )
         rows.append(
             table_rows(f"teacher (analytic), Euler, {k} step{'s' * (k > 1)}", metrics) + f" {ms:.1f} | - |"
@@ -147,7 +122,7 @@ def ring_experiment(seeds: list[int], max_steps: int) -> tuple[str, dict[str, fl
                 model, seconds = fit_ring(changes, seed, max_steps, Path(tmp))
             per_seed.append(evaluate_sampler(lambda n, g, m=model: m.sample(n, g), gmm, N_SAMPLES, [seed]))
             train_s.append(seconds)
-            ms.append(sampling_ms(lambda n, g, m=model: m.sample(n, g)))
+            ms.append(sampling_ms(model.sample, N_SAMPLES))
             print(
                 f"  {name}, seed {seed}: swd {float(per_seed[-1]['swd'][0]):.3f}, {seconds:.0f} s", flush=True
             )
@@ -288,31 +263,19 @@ def draw_histograms(
 
 
 # ----------------------------------------------------------------------------- main
-def update_readme(table: str) -> None:
-    text = README.read_text()
-    i, j = text.find(START), text.find(END)
-    if i < 0 or j < i:
-        raise ValueError(f"{README} must contain {START!r} followed by {END!r}.")
-    README.write_text(text[: i + len(START)] + "\n" + table + text[j:])
+def build_parser():
+    parser = bench_parser(__file__, __doc__, quick="1 seed, 300 iterations, 200 toy steps")
+    parser.add_argument("--toy-steps", type=int, default=1500, help="training steps of each toy network")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument(
-        "--quick", action="store_true", help="1 seed, 300 iterations, 200 toy steps; no README"
-    )
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--toy-steps", type=int, default=1500, help="training steps of each toy network")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
+    args = build_parser().start(argv, all_warnings=True)
     seeds = args.seeds[:1] if args.quick else args.seeds
     max_steps = 300 if args.quick else int(yaml.safe_load(CONFIG.read_text())["trainer"]["max_steps"])
     toy_steps = 200 if args.quick else args.toy_steps
-    out = RESULTS / "quick" if args.quick else RESULTS
-    command = shlex.join(["python", "benchmarks/phased_dmd.py", *(sys.argv[1:] if argv is None else argv)])
+    out = results_dir(args)
+    command = args.command
     start = time.perf_counter()
     ring, swd = ring_experiment(seeds, max_steps)
     toy = toy_experiment(seeds, toy_steps, out / "phased_dmd_toy.png")
@@ -338,8 +301,7 @@ Factor (student SWD / 50-step teacher SWD): {factor}.
     out.mkdir(parents=True, exist_ok=True)
     (out / "phased_dmd.md").write_text("# Phased DMD benchmark\n" + table)
     print(table, flush=True)
-    if not args.quick:
-        update_readme(table)
+    update_readme(args, README, table)
 
 
 if __name__ == "__main__":

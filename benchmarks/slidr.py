@@ -34,36 +34,25 @@ import argparse
 import datetime
 import os
 import platform
-import shlex
 import statistics
-import sys
 import time
-import warnings
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported
 
 import lightning  # noqa: E402
 import torch  # noqa: E402
+from _harness import bench_parser, logged, recipe_cli, results_dir, timed_fit, update_readme  # noqa: E402
 from _report import mean_std  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from lightning_distill.cli import DistillCLI  # noqa: E402
 from lightning_distill.lidar import CLASS_NAMES, StreetSceneGenerator, collate, finetune, linear_probe  # noqa: E402
 from lightning_distill.lidar.networks import SparseUNet, sparse_point_features  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "recipes" / "slidr" / "config.yaml"
-RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "recipes" / "slidr" / "README.md"
-START, END = "<!-- results:start -->", "<!-- results:end -->"
-QUIET = [
-    "--trainer.logger=false",
-    "--trainer.enable_checkpointing=false",
-    "--trainer.enable_progress_bar=false",
-    "--trainer.enable_model_summary=false",
-    "--trainer.limit_val_batches=0",
-]
 ROWS = {
     "random": ("random initialisation", "no training"),
     "slidr": ("SLidR, superpixel InfoNCE (config)", "none"),
@@ -76,8 +65,8 @@ ROWS = {
 }
 
 
-def build(seed: int, extra: list[str]) -> DistillCLI:
-    return DistillCLI(args=["--config", str(CONFIG), f"--seed_everything={seed}", *QUIET, *extra], run=False)
+def build(seed: int, extra: list[str]) -> Any:
+    return recipe_cli(CONFIG, seed, extra)
 
 
 def run_seed(seed: int, args: argparse.Namespace, extra: list[str]) -> dict[str, dict]:
@@ -113,13 +102,11 @@ def run_seed(seed: int, args: argparse.Namespace, extra: list[str]) -> dict[str,
         ("point", ["--model.init_args.level=point"]),
     ):
         cli = build(seed, extra + flags)
-        t0 = time.perf_counter()
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-        train_s = time.perf_counter() - t0
+        train_s, _ = timed_fit(cli)
         out[key] = {
             "result": probe(cli.model.student),
             "train_s": train_s,
-            "loss": float(cli.trainer.callback_metrics.get("train/infonce", float("nan"))),
+            "loss": logged(cli, "train/infonce"),
         }
         print(f"  seed {seed} {key}: mIoU {out[key]['result'].miou:.3f} (fit {train_s:.0f} s)", flush=True)
     # full supervision: the config's student, fresh from the same seed, trained on labels
@@ -255,21 +242,16 @@ def report(
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    global ARGS
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--threads", type=int, default=1)
+def build_parser():
+    parser = bench_parser(__file__, __doc__, quick="1 seed, 1 epoch, 16 training scenes")
     parser.add_argument("--probe-scenes", type=int, default=24)
     parser.add_argument("--test-scenes", type=int, default=24)
-    parser.add_argument("--quick", action="store_true", help="1 seed, 1 epoch, 16 training scenes")
-    ARGS = args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore")
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        import logging
+    return parser
 
-        logging.getLogger(name).setLevel(logging.ERROR)
+
+def main(argv: list[str] | None = None) -> None:
+    global ARGS
+    ARGS = args = build_parser().start(argv, all_warnings=True)
     extra = [f"--data.init_args.test_scenes={args.test_scenes}"]
     if args.quick:
         args.seeds = args.seeds[:1]
@@ -282,18 +264,10 @@ def main() -> None:
     cli = build(args.seeds[0], extra)
     cli.datamodule.setup("fit")
     speed_lines = speed(cli.datamodule, cli.model.voxel_size, repeats=3 if args.quick else 5)
-    argv = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/slidr.py", *sys.argv[1:]])
-    text = report(runs, args.seeds, speed_lines, argv, time.perf_counter() - start, args.quick)
-    target = RESULTS / "quick" if args.quick else RESULTS
-    target.mkdir(parents=True, exist_ok=True)
-    (target / "slidr.md").write_text("# SLidR benchmark\n\n" + text)
+    text = report(runs, args.seeds, speed_lines, args.command, time.perf_counter() - start, args.quick)
+    (results_dir(args) / "slidr.md").write_text("# SLidR benchmark\n\n" + text)
     print(text)
-    if not args.quick and README.is_file():
-        readme = README.read_text()
-        if START in readme and END in readme:
-            head, rest = readme.split(START, 1)
-            _, tail = rest.split(END, 1)
-            README.write_text(f"{head}{START}\n{text}{END}{tail}")
+    update_readme(args, README, text)
 
 
 ARGS: argparse.Namespace

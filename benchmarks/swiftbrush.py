@@ -30,18 +30,12 @@ Writes ``benchmarks/results/swiftbrush.md`` and the block between ``<!-- results
 
 from __future__ import annotations
 
-import argparse
 import copy
 import datetime
-import logging
 import os
 import platform
-import shlex
-import statistics
-import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +46,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported
 import lightning  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
-from _report import cpu_model, mean_std, write_block  # noqa: E402
+from _harness import bench_parser, recipe_cli, results_dir, sampling_ms, timed_fit, update_readme  # noqa: E402
+from _report import cpu_model, mean_std  # noqa: E402
 
 from lightning_distill.cli import DistillCLI  # noqa: E402
 from lightning_distill.diffusion import sample  # noqa: E402
@@ -66,8 +61,6 @@ from lightning_distill.diffusion.metrics import (  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "recipes" / "swiftbrush" / "config.yaml"
-RESULTS = ROOT / "benchmarks" / "results"
-START, END = "<!-- results:start -->", "<!-- results:end -->"
 METRICS = ("swd", "mmd", "mode_coverage", "on_class", "swd_teacher50")
 _REFERENCE_OFFSET, _TEACHER_OFFSET = 10_000, 20_000
 Config = dict[str, Any]
@@ -160,18 +153,6 @@ def student_sampler(model: Any) -> Sampler:
     return draw
 
 
-def sampling_ms(draw: Sampler, n: int, repeats: int = 5) -> float:
-    """Median wall-clock milliseconds of one call ``draw(n, generator)``."""
-    times = []
-    for k in range(repeats):
-        generator = torch.Generator().manual_seed(k)
-        start = time.perf_counter()
-        with torch.no_grad():
-            draw(n, generator)
-        times.append(1000 * (time.perf_counter() - start))
-    return statistics.median(times)
-
-
 # ------------------------------------------------------------------------------------------ training
 def build(config: Config, seed: int, iterations: int | None, workdir: Path) -> DistillCLI:
     """Instantiate trainer, model and data from ``config`` as ``lightning-distill fit`` would (no validation)."""
@@ -179,23 +160,10 @@ def build(config: Config, seed: int, iterations: int | None, workdir: Path) -> D
     config["trainer"]["callbacks"] = [
         c for c in config["trainer"]["callbacks"] if "EMATeacher" in c["class_path"]
     ]
-    path = workdir / "config.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    args = [
-        f"--config={path}",
-        f"--seed_everything={seed}",
-        "--test_after_fit=false",
-        "--trainer.logger=false",
-        "--trainer.enable_progress_bar=false",
-        "--trainer.enable_checkpointing=false",
-        "--trainer.enable_model_summary=false",
-        "--trainer.limit_val_batches=0",
-        "--trainer.num_sanity_val_steps=0",
-        f"--trainer.default_root_dir={workdir}",
-    ]
+    extra = ["--test_after_fit=false", "--trainer.num_sanity_val_steps=0"]
     if iterations is not None:
-        args.append(f"--trainer.max_steps={2 * iterations}")
-    return DistillCLI(args=args, run=False, save_config_callback=None)
+        extra.append(f"--trainer.max_steps={2 * iterations}")
+    return recipe_cli(config, seed, extra, workdir=workdir)
 
 
 def run_one(row: Row, config: Config, seed: int, iterations: int | None, n: int) -> Any:
@@ -204,10 +172,8 @@ def run_one(row: Row, config: Config, seed: int, iterations: int | None, n: int)
     config["model"]["init_args"].update(copy.deepcopy(row.init_args))
     with tempfile.TemporaryDirectory() as tmp:
         cli = build(config, seed, iterations, Path(tmp))
-        model, data, trainer = cli.model, cli.datamodule, cli.trainer
-        start = time.perf_counter()
-        trainer.fit(model, datamodule=data)
-        row.train_s.append(time.perf_counter() - start)
+        model = cli.model
+        row.train_s.append(timed_fit(cli)[0])
     model.student.load_state_dict(model.ema_student.state_dict())
     for name, value in score(student_sampler(model), model, row.scale, n, seed).items():
         row.metrics[name].append(value)
@@ -283,22 +249,16 @@ def render(
 
 
 # ------------------------------------------------------------------------------------------ main
+def build_parser():
+    return bench_parser(__file__, __doc__, quick="1 seed, 100 iterations", samples=2000)
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--n", type=int, default=2000, help="samples per model and seed (default 2000)")
-    parser.add_argument(
-        "--quick", action="store_true", help="1 seed, 100 iterations, results under quick/, no README"
-    )
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", ".*(workers|treespec|LeafSpec|eval mode|args parameter is intended).*")
+    args = build_parser().start(argv)
     seeds = args.seeds[:1] if args.quick else args.seeds
     config = yaml.safe_load(CONFIG.read_text())
     iterations = 100 if args.quick else config["trainer"]["max_steps"] // 2
-    command = shlex.join(["python", "benchmarks/swiftbrush.py", *(sys.argv[1:] if argv is None else argv)])
+    command = args.command
     total = time.perf_counter()
 
     students = swiftbrush_rows()
@@ -344,12 +304,9 @@ def main(argv: list[str] | None = None) -> None:
         iterations,
         config["data"]["init_args"]["batch_size"],
     )
-    out_dir = RESULTS / "quick" if args.quick else RESULTS
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "swiftbrush.md").write_text(table)
+    (results_dir(args) / "swiftbrush.md").write_text(table)
     print(f"\n{table}", flush=True)
-    if not args.quick:
-        write_block(ROOT / "recipes" / "swiftbrush" / "README.md", table)
+    update_readme(args, ROOT / "recipes" / "swiftbrush" / "README.md", table)
 
 
 if __name__ == "__main__":

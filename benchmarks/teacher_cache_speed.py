@@ -23,17 +23,12 @@ Usage (from the repository root)::
 
 from __future__ import annotations
 
-import argparse
 import datetime
-import logging
 import os
 import platform
-import shlex
 import statistics
-import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported; steadier on a shared CPU
@@ -42,16 +37,15 @@ import lightning  # noqa: E402
 import lightning.pytorch as pl  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from _harness import bench_parser  # noqa: E402
 from _report import cpu_model, mean_std  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
-from lightning_distill.callbacks.teacher_cache import (  # noqa: E402
-    IndexedDataset,
-    RandomResizedCropFlip,
-    TeacherCacheCallback,
-)
+from lightning_distill.callbacks.teacher_cache import TeacherCacheCallback  # noqa: E402
+from lightning_distill.data.indexed import IndexedDataset  # noqa: E402
+from lightning_distill.utils.augment import RandomResizedCropFlip  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 16
@@ -202,23 +196,22 @@ def fmt(values: list[float], digits: int = 3) -> str:
     return mean_std(values, digits=digits)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+def build_parser():
+    parser = bench_parser(__file__, __doc__, threads=None, readme=False)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--teacher-epochs", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks" / "results" / "teacher_cache_speed.md"
     )
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.start(argv, all_warnings=True)
     if args.epochs < 2:
         parser.error("--epochs must be >= 2 (the speed-up is measured after the first epoch)")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
 
     data = digits()
     teacher = train_teacher(data[0], data[1], args.teacher_epochs, args.batch_size)
@@ -258,9 +251,7 @@ def main() -> None:
 
     speedups = {m: [b / c for b, c in zip(fastest[m], fastest["cache"])] for m in MODES[:2]}
     cpu = cpu_model()
-    command = "python " + " ".join(
-        shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]]
-    )
+    command = args.command
     teacher_params = sum(p.numel() for p in teacher.parameters())
     student_params = sum(p.numel() for p in student.parameters())
     lines = [
