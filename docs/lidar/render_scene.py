@@ -14,7 +14,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from lightning_distill.lidar import CLASS_COLORS, CLASS_NAMES, SyntheticLidarDataModule  # noqa: E402
+from lightning_distill.data.lidar import SyntheticLidarDataModule  # noqa: E402
+from lightning_distill.lidar import CLASS_COLORS, CLASS_NAMES  # noqa: E402
 from lightning_distill.lidar.geometry import project_points  # noqa: E402
 
 

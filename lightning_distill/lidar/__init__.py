@@ -1,4 +1,7 @@
-"""LiDAR toolkit: synthetic street scenes, voxels and projection, sparse 3D networks, evaluation.
+"""LiDAR toolkit: synthetic street scenes, voxels and projection, sparse 3D networks, evaluation,
+and the parts the LiDAR recipes compose (see README.md in this folder). Its LightningDataModules
+live in :mod:`lightning_distill.data.lidar` (and ``data.semantic_kitti`` / ``data.nuscenes``), its
+losses in :mod:`lightning_distill.losses.contrastive` and :mod:`lightning_distill.losses.segmentation`.
 
 open3d (scene generation, ``.pcd``/``.ply`` reading), spconv (sparse networks) and scikit-image
 (superpixels) are imported only by the functions that need them, so importing this package needs
@@ -14,6 +17,7 @@ from lightning_distill.lidar.augment import (
     laser_mix_indices,
     mix_pairs,
 )
+from lightning_distill.lidar.batches import batch_points, collate, read_scan
 from lightning_distill.lidar.bev import (
     BEVBackbone,
     BEVGrid,
@@ -29,15 +33,12 @@ from lightning_distill.lidar.cylindrical import (
     cylindrical_coordinates,
     cylindrical_point_features,
 )
-from lightning_distill.lidar.data import SyntheticLidarDataModule, batch_points, collate, read_scan
 from lightning_distill.lidar.datasets import (
     NUSCENES_CAMERAS,
     NUSCENES_LIDARSEG_CLASSES,
     NUSCENES_LIDARSEG_MAP,
     SEMANTIC_KITTI_CLASSES,
     SEMANTIC_KITTI_LEARNING_MAP,
-    NuScenesLidarDataModule,
-    SemanticKITTIDataModule,
     collate_frames,
 )
 from lightning_distill.lidar.evaluate import (
@@ -59,7 +60,7 @@ from lightning_distill.lidar.geometry import (
     to_sparse_tensor,
     voxelize,
 )
-from lightning_distill.lidar.losses import info_nce, superpixel_info_nce, superpixel_pool, superpixel_regions
+from lightning_distill.lidar.image_to_lidar import slidr_sgd, superpixel_pool, superpixel_regions
 from lightning_distill.lidar.networks import (
     ImageHead,
     PointHead,
@@ -68,12 +69,7 @@ from lightning_distill.lidar.networks import (
     point_inputs,
     sparse_point_features,
 )
-from lightning_distill.lidar.region_contrast import (
-    point_region_contrast,
-    region_aware_distillation,
-    region_aware_point_contrast,
-    sample_region_points,
-)
+from lightning_distill.lidar.region_contrast import sample_region_points
 from lightning_distill.lidar.regions import (
     RegionPartition,
     cluster_is_object,
@@ -91,13 +87,12 @@ from lightning_distill.lidar.scene import (
 )
 from lightning_distill.lidar.semi import (
     PointSegmenter,
-    SemiSupervisedLidarDataModule,
     confident_pseudo_labels,
     labelled_split,
+    lasermix_sgd,
     mask_labels,
 )
 from lightning_distill.lidar.sequence import (
-    SyntheticSequenceDataModule,
     collate_sequence,
     cross_view_mean,
     gather_pixel_features,
@@ -130,7 +125,6 @@ __all__ = [
     "Frame",
     "ImageHead",
     "MixedScans",
-    "NuScenesLidarDataModule",
     "Pairs",
     "PillarEncoder",
     "PointCloudLogger",
@@ -139,13 +133,9 @@ __all__ = [
     "RegionPartition",
     "ScanAugmentation",
     "SegmentationResult",
-    "SemanticKITTIDataModule",
-    "SemiSupervisedLidarDataModule",
     "SmallImageBackbone",
     "SparseUNet",
     "StreetSceneGenerator",
-    "SyntheticLidarDataModule",
-    "SyntheticSequenceDataModule",
     "Voxels",
     "apply_cpu_backward_fix",
     "batch_points",
@@ -171,9 +161,9 @@ __all__ = [
     "ground_mask",
     "import_spconv",
     "inclination",
-    "info_nce",
     "label_colors",
     "labelled_split",
+    "lasermix_sgd",
     "laser_bands",
     "laser_mix",
     "laser_mix_indices",
@@ -184,12 +174,9 @@ __all__ = [
     "pair_points_with_pixels",
     "pca_colors",
     "point_inputs",
-    "point_region_contrast",
     "point_regions",
     "project_points",
     "read_scan",
-    "region_aware_distillation",
-    "region_aware_point_contrast",
     "region_pool",
     "relative_pose",
     "render_points",
@@ -199,8 +186,8 @@ __all__ = [
     "scatter_to_bev",
     "segmentation_metrics",
     "slic_superpixels",
+    "slidr_sgd",
     "sparse_point_features",
-    "superpixel_info_nce",
     "superpixel_pool",
     "superpixel_regions",
     "to_openpcdet",

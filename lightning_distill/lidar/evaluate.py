@@ -9,7 +9,7 @@
 * :func:`segmentation_metrics`: mIoU and per-class IoU through torchmetrics'
   ``MulticlassJaccardIndex``.
 
-Loaders yield batches as in :mod:`lightning_distill.lidar.data` (``points``, ``labels``).
+Loaders yield batches as in :mod:`lightning_distill.lidar.batches` (``points``, ``labels``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Adapters between our batch layout and the OpenPCDet and Pointcept batch dicts.
 
 Our batched points are ``(N, 5)`` ``[batch, x, y, z, intensity]`` (x forward, y left, z up) with
-``labels (N,)`` (see :mod:`lightning_distill.lidar.data`). The two code bases most users train
+``labels (N,)`` (see :mod:`lightning_distill.lidar.batches`). The two code bases most users train
 3D models with lay out the same information differently:
 
 ==============  ===========================================  ==========================================

@@ -1,181 +1,132 @@
-"""Region-level contrastive losses of CALICO (Sun et al., ICLR 2024, arXiv 2306.00349) and their sampling.
+"""Parts of CALICO's region-level contrast (Sun et al., ICLR 2024, arXiv 2306.00349), no Lightning.
 
-Every loss compares ``P`` row-aligned anchors ``a`` and keys ``k`` (L2-normalised features of the
-same sampled points in two views, or of a student and a teacher), with a region id ``r_i`` per
-point (``-1``: semantic-less, see :mod:`lightning_distill.lidar.regions`). With
-``s_ij = a_i . k_j / tau`` and ``log p_ij = s_ij - logsumexp_k s_ik``:
+Both CALICO recipes (:class:`~lightning_distill.recipes.calico.CALICOPRC`, stage 1, and
+:class:`~lightning_distill.recipes.calico.CALICORAD`, stage 2) compose these:
 
-* :func:`point_region_contrast` (PLRC, CALICO eq. 1): for each semantic-rich anchor the positives
-  are all keys of its region, ``l_i = -mean_{j: r_j = r_i} log p_ij``; semantic-less points are
-  only negatives. Averaged over semantic-rich anchors.
-* :func:`region_aware_point_contrast` (RAPC): scene-level point contrast (PointContrast), the key of
-  the same point is the positive, and keys of *other points of the same region* are left out of
-  the denominator (they are not negatives).
-* :func:`region_aware_distillation` (RAD, CALICO eq. 3): InfoNCE from student anchors to teacher
-  keys, each anchor weighted ``1 / (G n_g)`` so that each of the ``G`` groups (regions, and the
-  semantic-less points of each scan as one group) weighs the same whatever its size.
+* :func:`check_region_contrast`: the argument checks both stages share.
+* :func:`paper_view_augmentation`: the paper's random rigid view (rotation +-90 deg, scaling
+  0.9-1.1, flips); :func:`step_generator`: the CPU generator of a step's views and samples, a
+  function of the run seed and the step (so a resumed run draws what an uninterrupted one would).
+* :func:`sample_region_points`: up to ``N`` semantic-rich and ``M`` semantic-less points (or BEV
+  cells) per scan (CALICO: ``N = M = 1024``); :func:`cell_regions`: the occupied BEV cells and
+  their region.
+* :func:`symmetric_contrast`: a contrastive loss, averaged over both directions when asked
+  (the official ``ClipLoss``); :func:`match_accuracy`: how often an anchor's nearest key is its own.
 
-:func:`sample_region_points` draws up to ``N`` semantic-rich and ``M`` semantic-less points per
-scan (CALICO: ``N = M = 1024``).
+The losses themselves (PLRC, RAPC, RAD) are pure functions in
+:mod:`lightning_distill.losses.contrastive`; the semantic pooling is
+:class:`~lightning_distill.lidar.regions.RegionPartition`.
 
-Softmaxes run in float32. Example:
-
+Example:
     >>> import torch
-    >>> feats = torch.nn.functional.normalize(torch.eye(4)[:, :3] + 0.1, dim=1)
-    >>> regions = torch.tensor([0, 0, 1, -1])
-    >>> loss = point_region_contrast(feats, feats, regions, temperature=0.1)
-    >>> bool(loss > 0), point_region_contrast(feats, feats, regions, reduction="none").shape
-    (True, torch.Size([3]))
+    >>> regions = torch.tensor([0, 0, 1, -1, -1, 2])
+    >>> scans = torch.tensor([0, 0, 0, 0, 1, 1])
+    >>> sample_region_points(regions, scans, num_rich=1, num_less=1, generator=torch.Generator().manual_seed(0)).shape
+    torch.Size([4])
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from lightning_distill.lidar.augment import ScanAugmentation
+from lightning_distill.lidar.bev import BEVGrid, bev_cells
 
 __all__ = [
-    "point_region_contrast",
-    "region_aware_distillation",
-    "region_aware_point_contrast",
+    "cell_regions",
+    "check_region_contrast",
+    "match_accuracy",
+    "paper_view_augmentation",
     "sample_region_points",
+    "step_generator",
+    "symmetric_contrast",
 ]
 
-Reduction = Literal["mean", "sum", "none"]
 
+def check_region_contrast(
+    backbone: nn.Module,
+    role: str,
+    *,
+    temperature: float,
+    num_rich: int,
+    num_less: int,
+    voxel_size: float,
+    input_features: str,
+) -> None:
+    """The argument checks of both CALICO stages.
 
-def _check(anchors: Tensor, keys: Tensor, regions: Tensor, temperature: float, reduction: str) -> None:
-    if anchors.ndim != 2 or anchors.shape != keys.shape:
+    Raises:
+        ValueError: a non-positive ``temperature`` or ``voxel_size``, ``num_rich`` < 1,
+            ``num_less`` < 0, or an unknown ``input_features``.
+        TypeError: a ``backbone`` without an int ``out_channels``.
+    """
+    for name, value in (("temperature", temperature), ("voxel_size", voxel_size)):
+        if value <= 0:
+            raise ValueError(f"`{name}` must be > 0, got {value}; set `model.init_args.{name}`.")
+    if num_rich < 1 or num_less < 0:
         raise ValueError(
-            f"`anchors` and `keys` must both be (P, D), got {tuple(anchors.shape)} and {tuple(keys.shape)}."
+            f"`num_rich` must be >= 1 and `num_less` >= 0, got {num_rich} and {num_less}; "
+            "set `model.init_args.num_rich` / `num_less`."
         )
-    if regions.shape != anchors.shape[:1]:
-        raise ValueError(f"`regions` must be ({len(anchors)},), got {tuple(regions.shape)}.")
-    if temperature <= 0:
-        raise ValueError(f"`temperature` must be > 0, got {temperature}.")
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"`reduction` must be 'mean', 'sum' or 'none', got {reduction!r}.")
+    if input_features not in ("ones", "intensity"):
+        raise ValueError(
+            f"`input_features` must be 'ones' or 'intensity', got {input_features!r}; "
+            "set `model.init_args.input_features`."
+        )
+    if not isinstance(getattr(backbone, "out_channels", None), int):
+        raise TypeError(f"The {role} ({type(backbone).__name__}) needs an int `out_channels` attribute.")
 
 
-def _reduce(losses: Tensor, reduction: str) -> Tensor:
-    if reduction == "none":
-        return losses
-    if reduction == "sum":
-        return losses.sum()
-    return losses.mean() if len(losses) else losses.sum()
+def paper_view_augmentation() -> ScanAugmentation:
+    """CALICO's view: rotation in [-90, 90] deg, flips with probability 0.5, scaling in [0.9, 1.1], no jitter."""
+    return ScanAugmentation(
+        rotation_range_deg=(-90.0, 90.0), flip_probability=0.5, scale_range=(0.9, 1.1), jitter_std=0.0
+    )
 
 
-def _log_probs(anchors: Tensor, keys: Tensor, temperature: float, exclude: Tensor | None = None) -> Tensor:
-    logits = anchors.float() @ keys.float().T / temperature  # (P, P)
-    if exclude is not None:
-        logits = logits.masked_fill(exclude, float("-inf"))
-    return logits - torch.logsumexp(logits, dim=1, keepdim=True)
+def step_generator(step: int) -> torch.Generator:
+    """A generator from the run seed and the step, so a resumed run draws what an uninterrupted one would."""
+    return torch.Generator().manual_seed((torch.initial_seed() * 1_000_003 + step) % (2**63))
 
 
-def point_region_contrast(
+def symmetric_contrast(
+    loss: Callable[..., Tensor],
     anchors: Tensor,
     keys: Tensor,
     regions: Tensor,
     *,
-    temperature: float = 0.1,
-    reduction: Reduction = "mean",
+    temperature: float,
+    symmetric: bool,
 ) -> Tensor:
-    """PLRC: every key of an anchor's region is a positive; semantic-less points are only negatives.
+    """``loss(anchors, keys)``, or ``(loss(anchors, keys) + loss(keys, anchors)) / 2`` when ``symmetric``."""
+    value = loss(anchors, keys, regions, temperature=temperature)
+    if symmetric:
+        value = 0.5 * (value + loss(keys, anchors, regions, temperature=temperature))
+    return value
 
-    ``l_i = -(1 / |R(i)|) sum_{j in R(i)} log softmax_j(a_i . k / tau)`` for anchors with
-    ``r_i >= 0``, ``R(i) = {j : r_j = r_i}`` (``i`` included); the softmax runs over all ``P`` keys.
+
+def match_accuracy(anchors: Tensor, keys: Tensor) -> Tensor:
+    """Fraction of anchors ``(P, D)`` whose most similar key ``(P, D)`` is their own row."""
+    target = torch.arange(len(anchors), device=anchors.device)
+    return ((anchors @ keys.T).argmax(dim=1) == target).float().mean()
+
+
+def cell_regions(points: Tensor, regions: Tensor, grid: BEVGrid) -> tuple[Tensor, Tensor]:
+    """Occupied BEV cells ``(M,)`` and their region (the largest id of their points; -1 if none) ``(M,)``.
 
     Args:
-        anchors: ``(P, D)`` L2-normalised features of the sampled points in view 1.
-        keys: ``(P, D)`` features of the same points in view 2 (row-aligned).
-        regions: ``(P,)`` region ids, ``-1`` for semantic-less points.
-        temperature: ``tau``.
-        reduction: over the semantic-rich anchors; ``"none"`` gives ``(P_rich,)``.
-
-    Returns:
-        The loss (0 when no anchor is semantic-rich, with ``"mean"``).
-
-    Raises:
-        ValueError: mismatched shapes, ``temperature <= 0`` or an unknown ``reduction``.
+        points: ``(N, 4 + F)`` batched points.
+        regions: ``(N,)`` region id per point, -1 for semantic-less.
+        grid: the BEV grid (cells are flattened ``b * H * W + row * W + col``).
     """
-    _check(anchors, keys, regions, temperature, reduction)
-    log_p = _log_probs(anchors, keys, temperature)
-    rich = regions >= 0
-    positive = (regions[:, None] == regions[None, :]) & rich[:, None]
-    per_anchor = -(log_p * positive).sum(dim=1) / positive.sum(dim=1).clamp_min(1)
-    return _reduce(per_anchor[rich], reduction)
-
-
-def region_aware_point_contrast(
-    anchors: Tensor,
-    keys: Tensor,
-    regions: Tensor,
-    *,
-    temperature: float = 0.1,
-    reduction: Reduction = "mean",
-) -> Tensor:
-    """RAPC: point-level InfoNCE whose negatives leave out the other points of the anchor's region.
-
-    ``l_i = -log( exp(a_i . k_i / tau) / sum_{j : j = i or not (r_j = r_i >= 0)} exp(a_i . k_j / tau) )``.
-
-    Args:
-        anchors: ``(P, D)`` L2-normalised features in view 1.
-        keys: ``(P, D)`` features of the same points in view 2.
-        regions: ``(P,)`` region ids, ``-1`` for semantic-less points.
-        temperature: ``tau``.
-        reduction: over all ``P`` anchors.
-
-    Returns:
-        The loss.
-
-    Raises:
-        ValueError: mismatched shapes, ``temperature <= 0`` or an unknown ``reduction``.
-    """
-    _check(anchors, keys, regions, temperature, reduction)
-    same = (regions[:, None] == regions[None, :]) & (regions >= 0)[:, None]
-    same.fill_diagonal_(False)
-    log_p = _log_probs(anchors, keys, temperature, exclude=same)
-    return _reduce(-log_p.diagonal(), reduction)
-
-
-def region_aware_distillation(
-    student: Tensor,
-    teacher: Tensor,
-    groups: Tensor,
-    *,
-    temperature: float = 0.1,
-    reduction: Literal["mean", "none"] = "mean",
-) -> Tensor:
-    """RAD: InfoNCE from student to teacher features, normalised so every region weighs the same.
-
-    ``L = sum_i w_i * -log softmax_i(s_i . t / tau)`` with ``w_i = 1 / (G n_{g(i)})``: ``G`` groups
-    present, ``n_g`` anchors in group ``g``. The teacher side should come from a frozen network.
-
-    Args:
-        student: ``(P, D)`` L2-normalised student features.
-        teacher: ``(P, D)`` teacher features of the same points or cells (row-aligned).
-        groups: ``(P,)`` group ids >= 0 (regions; the caller gives semantic-less points a group per scan).
-        temperature: ``tau``.
-        reduction: ``"mean"`` (the weighted sum above) or ``"none"`` (the unweighted ``(P,)`` terms).
-
-    Returns:
-        The loss.
-
-    Raises:
-        ValueError: mismatched shapes, a negative group id, ``temperature <= 0`` or another ``reduction``.
-    """
-    if reduction not in ("mean", "none"):
-        raise ValueError(f"`reduction` must be 'mean' or 'none', got {reduction!r}.")
-    _check(student, teacher, groups, temperature, "mean")
-    if len(groups) and int(groups.min()) < 0:
-        raise ValueError("`groups` must be >= 0: give semantic-less points a group of their own per scan.")
-    terms = -_log_probs(student, teacher, temperature).diagonal()
-    if reduction == "none":
-        return terms
-    _, inverse, counts = torch.unique(groups, return_inverse=True, return_counts=True)
-    weights = 1.0 / (len(counts) * counts[inverse].float())
-    return (weights * terms).sum()
+    cells, inside = bev_cells(points, grid)
+    cells, regions = cells[inside], regions[inside]
+    occupied, inverse = torch.unique(cells, return_inverse=True)
+    cell_region = torch.full((len(occupied),), -1, dtype=torch.long, device=points.device)
+    return occupied, cell_region.scatter_reduce(0, inverse, regions, reduce="amax", include_self=True)
 
 
 def sample_region_points(

@@ -23,6 +23,10 @@ Example:
     (4, torch.Size([3, 32, 48]), ('road', 'sidewalk'))
     >>> bool((frame.labels >= 0).all()) and bool(torch.equal(frame.points, gen.generate(seed=0)[0].points))
     True
+
+Why one file of ~520 lines: the street layout (``_Layout``, meshes with their ``_Surface``) and the
+sensors (``StreetSceneGenerator``: LiDAR and camera ray casting) share the class ids, the surface
+table and the texture; split in two, each half would import the other.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
-"""Short LiDAR+camera sequences: samples of consecutive frames with ego poses, and the geometry between them.
+"""Short LiDAR+camera sequences: windows of consecutive frames with ego poses, and the geometry between them.
 
-A *window* is the current frame ``t`` and its ``history`` past frames ``t-1, ..., t-history``. The
-current frame keeps the layout of :mod:`lightning_distill.lidar.data`; the past frames add, after
+A *window* is the current frame ``t`` and its ``history`` past frames ``t-1, ..., t-history``
+(served by :class:`~lightning_distill.data.lidar.SyntheticSequenceDataModule`). The current frame
+keeps the layout of :mod:`lightning_distill.lidar.batches`; the past frames add, after
 :func:`collate_sequence`:
 
 ======================== ================================ ==============================================
@@ -27,17 +28,14 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
 
-from lightning_distill.lidar.data import SyntheticLidarDataModule, collate
+from lightning_distill.lidar.batches import collate
 from lightning_distill.lidar.geometry import Pairs, pair_points_with_pixels, region_pool
 
 __all__ = [
-    "SyntheticSequenceDataModule",
+    "PAST_KEYS",
     "collate_sequence",
     "cross_view_mean",
     "gather_pixel_features",
@@ -46,7 +44,7 @@ __all__ = [
     "transform_points",
 ]
 
-_PAST_KEYS = {
+PAST_KEYS = {
     "images": "past_images",
     "K": "past_K",
     "T_cam_from_lidar": "past_T_cam_from_lidar",
@@ -176,102 +174,8 @@ def cross_view_mean(pair_features: Tensor, pair_point: Tensor, num_points: int) 
 
 
 def collate_sequence(samples: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-    """:func:`~lightning_distill.lidar.data.collate` of the current frames plus the stacked ``past_*`` keys."""
+    """:func:`~lightning_distill.lidar.batches.collate` of the current frames plus the stacked ``past_*`` keys."""
     batch = collate(samples)
-    for key in _PAST_KEYS.values():
+    for key in PAST_KEYS.values():
         batch[key] = torch.stack([s[key] for s in samples])
     return batch
-
-
-class SyntheticSequenceDataModule(SyntheticLidarDataModule):
-    """Windows of consecutive frames (current + ``history`` past ones) of the synthetic street scenes.
-
-    Each scene is generated with ``num_frames`` frames (default ``history + 1``); every frame
-    ``t >= history`` is the current frame of one sample, whose past frames are ``t-1 .. t-history``.
-    Cameras overlap when ``horizontal_fov_deg > 360 / num_cameras``. Batches are
-    :func:`collate_sequence` dicts; every other argument is that of
-    :class:`~lightning_distill.lidar.data.SyntheticLidarDataModule`.
-
-    Args:
-        history: past frames per sample (LiMA's memory length).
-        num_frames: frames per scene; ``None`` means ``history + 1``.
-        **kwargs: the arguments of :class:`~lightning_distill.lidar.data.SyntheticLidarDataModule`.
-
-    Raises:
-        ValueError: ``history < 1`` or ``num_frames <= history``.
-    """
-
-    def __init__(
-        self,
-        history: int = 2,
-        num_frames: int | None = None,
-        num_scenes: int = 200,
-        val_scenes: int = 20,
-        test_scenes: int = 40,
-        beams: int = 16,
-        elevation_deg: tuple[float, float] = (-25.0, 3.0),
-        azimuth_steps: int = 384,
-        image_size: tuple[int, int] = (64, 128),
-        num_cameras: int = 4,
-        horizontal_fov_deg: float = 110.0,
-        curb_height: float = 0.05,
-        superpixel_segments: int | None = None,
-        superpixel_compactness: float = 6.0,
-        superpixel_sigma: float | None = None,
-        batch_size: int = 4,
-        num_workers: int = 0,
-        seed: int = 0,
-        cache_dir: str | None = None,
-    ) -> None:
-        if not isinstance(history, int) or history < 1:
-            raise ValueError(f"`history` must be an int >= 1, got {history!r}; set `data.init_args.history`.")
-        num_frames = history + 1 if num_frames is None else num_frames
-        if num_frames <= history:
-            raise ValueError(
-                f"`num_frames` must exceed `history` ({history}), got {num_frames}; set `data.init_args.num_frames`."
-            )
-        super().__init__(
-            num_scenes=num_scenes,
-            val_scenes=val_scenes,
-            test_scenes=test_scenes,
-            num_frames=num_frames,
-            beams=beams,
-            elevation_deg=elevation_deg,
-            azimuth_steps=azimuth_steps,
-            image_size=image_size,
-            num_cameras=num_cameras,
-            horizontal_fov_deg=horizontal_fov_deg,
-            curb_height=curb_height,
-            superpixel_segments=superpixel_segments,
-            superpixel_compactness=superpixel_compactness,
-            superpixel_sigma=superpixel_sigma,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            seed=seed,
-            cache_dir=cache_dir,
-        )
-        self.history = history
-
-    def make_sample(self, seed: int, scene: int) -> list[dict[str, Tensor]]:
-        """The windows of the scene laid out from ``seed``: one per frame ``t >= history``."""
-        frames = super().make_sample(seed, scene)
-        windows = []
-        for t in range(self.history, len(frames)):
-            sample = dict(frames[t])
-            past = [frames[t - 1 - j] for j in range(self.history)]
-            for key, past_key in _PAST_KEYS.items():
-                sample[past_key] = torch.stack([f[key] for f in past])
-            windows.append(sample)
-        return windows
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.scenes(split),
-            batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
-            collate_fn=collate_sequence,
-            num_workers=self.hparams.num_workers,
-        )
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"settings_key": self.settings_key, "history": self.history}

@@ -180,7 +180,7 @@ class PointCloudLogger(Callback):
 
     The scan is the first cloud of the first validation batch (a dict with ``points (N, 5)``
     ``[batch, x, y, z, intensity]`` and ``labels (N,)``, the layout of
-    :class:`~lightning_distill.lidar.data.SyntheticLidarDataModule`). Features come from
+    :class:`~lightning_distill.data.lidar.SyntheticLidarDataModule`). Features come from
     ``pl_module(points)`` (``(N, C)`` per point); with ``predictions=True`` the module's
     ``predict_labels(points) -> (N,)`` is pictured too.
 

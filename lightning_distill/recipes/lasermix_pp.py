@@ -20,7 +20,7 @@ One step (labelled batch ``L`` with labels ``y``, unlabelled batch ``U``):
 5. ``L_mt = MSE(softmax S(L u U), softmax T(L u U))`` (mean teacher consistency).
 6. ``L_c2l = mean_pairs 1 - cos(h(F_S(p)), G(pixel(p)))`` on the mixed scans: ``G`` the frozen 2D
    backbone, ``h`` a trainable point head.
-7. ``T <- m T + (1 - m) S`` after the optimizer step (:class:`EMATeacher`, ``m = 0.99``).
+7. ``T <- d T + (1 - d) S`` after the optimizer step (:class:`EMATeacher`, ``d = 0.99``).
 
 Total: ``L = L_sup + w_mix L_mix + w_mt L_mt + w_c2l L_c2l``.
 
@@ -30,12 +30,18 @@ paper / official code                  key (``model.init_args.*``)          defa
 inclination range (``pitch_angles``)   ``pitch_range_deg``                  (-25, 3)
 number of bands (``num_areas``)        ``num_bands``                        (3, 4, 5, 6)
 pseudo-label threshold (``pseudo_thr``) ``pseudo_threshold``                0.9
-EMA momentum (``MeanTeacherHook`` 0.01) ``ema_momentum``                    0.99
+EMA decay (``MeanTeacherHook`` 0.01)   ``ema_decay``                        0.99
 mixed-scan weight (``unsup_weight``)   ``loss_weights.ce_mixed``            1.0
 consistency (``loss_mse`` weight)      ``loss_weights.consistency``         200
 camera-to-LiDAR distillation           ``loss_weights.distill``             1.0 (unverified)
 voxels (MinkUNet config)               ``voxel_size`` / ``grid``            0.05 m cubic
+optimizer (``optim_wrapper``)          ``optimizer``                        ``lasermix_sgd``
 =====================================  ===================================  ==============
+
+``lasermix_sgd`` is the MinkUNet config's SGD: lr 0.24, Nesterov momentum 0.9, weight decay 1e-4.
+Shared semi-supervised parts (segmenter, pseudo-labels, the official optimizer) are in
+:mod:`lightning_distill.lidar.semi`, LaserMix itself in :mod:`lightning_distill.lidar.augment`, the
+losses in :mod:`lightning_distill.losses.segmentation`.
 """
 
 from __future__ import annotations
@@ -56,7 +62,12 @@ from lightning_distill.lidar.cylindrical import CylindricalGrid
 from lightning_distill.lidar.geometry import Pairs, pair_points_with_pixels
 from lightning_distill.lidar.networks import PointHead
 from lightning_distill.lidar.scene import IGNORE_INDEX
-from lightning_distill.lidar.semi import PointSegmenter, confident_pseudo_labels
+from lightning_distill.lidar.semi import PointSegmenter, confident_pseudo_labels, lasermix_sgd
+from lightning_distill.losses.segmentation import (
+    ignore_index_cross_entropy,
+    paired_cosine_distance,
+    probability_mse,
+)
 from lightning_distill.module import DistillationModule
 
 __all__ = ["LaserMixPP"]
@@ -77,7 +88,7 @@ class LaserMixPP(DistillationModule):
         num_bands: choices for the number of inclination bands per mixed pair.
         pitch_range_deg: ``(down, up)`` inclination range split into bands, degrees.
         pseudo_threshold: teacher confidence below which a pseudo-label is ignored.
-        ema_momentum: mean-teacher momentum ``m``.
+        ema_decay: mean-teacher EMA decay ``d`` (``T <- d T + (1 - d) S``).
         ema_buffers: ``"copy"`` or ``"average"`` the BatchNorm statistics into the teacher.
         min_depth: nearest depth (metres) at which a point is paired with a pixel.
         augment_scans: augment every scan (LaserMix does); ``False`` turns augmentation off.
@@ -85,15 +96,16 @@ class LaserMixPP(DistillationModule):
             defaults (LaserMix's MinkUNet pipeline plus flips).
         loss_weights: ``{"ce_labelled", "ce_mixed", "consistency", "distill"}``; a zero weight skips
             the term's computation.
-        optimizer: optimizer of the segmenter and the distillation head.
+        optimizer: optimizer of the segmenter and the distillation head (default
+            :func:`~lightning_distill.lidar.semi.lasermix_sgd`, the official SGD).
         lr_scheduler: optional epoch-wise scheduler.
 
     Training batches are ``{"labelled": batch, "unlabelled": batch}`` from
-    :class:`~lightning_distill.lidar.semi.SemiSupervisedLidarDataModule`; without ``"unlabelled"``
+    :class:`~lightning_distill.data.lidar.SemiSupervisedLidarDataModule`; without ``"unlabelled"``
     the step is supervised only (plus distillation on the labelled scans when its weight is > 0).
 
     Raises:
-        ValueError: bad band choices, pitch range, threshold, momentum or buffer policy.
+        ValueError: bad band choices, pitch range, threshold, EMA decay or buffer policy.
         TypeError: a student or teacher without an int ``out_channels``.
     """
 
@@ -116,13 +128,13 @@ class LaserMixPP(DistillationModule):
         num_bands: Sequence[int] = (3, 4, 5, 6),
         pitch_range_deg: tuple[float, float] = (-25.0, 3.0),
         pseudo_threshold: float = 0.9,
-        ema_momentum: float = 0.99,
+        ema_decay: float = 0.99,
         ema_buffers: Literal["copy", "average"] = "copy",
         min_depth: float = 1.0,
         augment_scans: bool = True,
         augmentation: ScanAugmentation | None = None,
         loss_weights: dict[str, float] | None = None,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
+        optimizer: OptimizerCallable = lasermix_sgd,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         for role, module in (("student", student), ("teacher", teacher)):
@@ -147,9 +159,9 @@ class LaserMixPP(DistillationModule):
             )
         if not 0.0 <= pseudo_threshold <= 1.0:
             raise ValueError(f"`pseudo_threshold` must be in [0, 1], got {pseudo_threshold}.")
-        if not 0.0 <= ema_momentum <= 1.0:
+        if not 0.0 <= ema_decay <= 1.0:
             raise ValueError(
-                f"`ema_momentum` must be in [0, 1], got {ema_momentum}; set `model.init_args.ema_momentum`."
+                f"`ema_decay` must be in [0, 1], got {ema_decay}; set `model.init_args.ema_decay`."
             )
         if ema_buffers not in ("copy", "average"):
             raise ValueError(f"`ema_buffers` must be 'copy' or 'average', got {ema_buffers!r}.")
@@ -158,7 +170,7 @@ class LaserMixPP(DistillationModule):
         )
         self.pitch_range_deg = (float(pitch_range_deg[0]), float(pitch_range_deg[1]))
         self.pseudo_threshold = pseudo_threshold
-        self.ema_momentum = ema_momentum
+        self.ema_decay = ema_decay
         self.ema_buffers = ema_buffers
         self.min_depth = min_depth
         self.augmentation = (augmentation or ScanAugmentation()) if augment_scans else None
@@ -213,16 +225,12 @@ class LaserMixPP(DistillationModule):
     @staticmethod
     def segmentation_loss(logits: Tensor, labels: Tensor) -> Tensor:
         """Step 4: cross-entropy over the points whose label is not ignored (0 if there is none)."""
-        if not bool((labels != IGNORE_INDEX).any()):
-            return logits.sum() * 0.0
-        return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX)
+        return ignore_index_cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
 
     @staticmethod
     def consistency_loss(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
         """Step 5: mean squared difference of the class probabilities, teacher detached."""
-        return F.mse_loss(
-            F.softmax(student_logits.float(), dim=1), F.softmax(teacher_logits.detach().float(), dim=1)
-        )
+        return probability_mse(student_logits, teacher_logits)
 
     def image_features(self, images: Tensor) -> Tensor:
         """Frozen 2D features ``(B * C, D, H, W)`` of images ``(B, C, 3, H, W)``, upsampled bilinearly."""
@@ -236,8 +244,7 @@ class LaserMixPP(DistillationModule):
         if len(pairs.point) == 0:
             return point_features.sum() * 0.0
         projected = self.distill_head(point_features[pairs.point])
-        target = pixel_features[pairs.image, :, pairs.v, pairs.u]
-        return (1.0 - F.cosine_similarity(projected.float(), target.float(), dim=1)).mean()
+        return paired_cosine_distance(projected, pixel_features[pairs.image, :, pairs.v, pairs.u])
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
         labelled = batch["labelled"] if "labelled" in batch else batch
@@ -294,13 +301,7 @@ class LaserMixPP(DistillationModule):
                 num_images_a=labelled["images"].shape[0] * labelled["images"].shape[1],
             )
             terms["distill"] = self.distillation_loss(features_m, self.image_features(images), pairs_m)
-        self.log(
-            "train/pseudo_confident",
-            (pseudo != IGNORE_INDEX).float().mean(),
-            on_step=True,
-            on_epoch=False,
-            batch_size=self._batch_size_hint,
-        )
+        self.log_diagnostics({"pseudo_confident": (pseudo != IGNORE_INDEX).float().mean()})
         return self.log_losses(terms)
 
     def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -355,9 +356,9 @@ class LaserMixPP(DistillationModule):
             EMATeacher(
                 source="student",
                 target="ema_student",
-                momentum=self.ema_momentum,
+                decay=self.ema_decay,
                 buffers=self.ema_buffers,
-                log_name="ema/momentum",
+                log_name="ema/decay",
             )
         ]
 

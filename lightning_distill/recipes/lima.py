@@ -22,39 +22,45 @@ Algorithm (one step, on a window of the current frame ``t`` and its past frames)
 Total loss ``L = L_dist``. Steps 3-5 are our reading of the paper's figure and abstract (no method
 code is public); the cross-sequence memory alignment is not implemented (recipes/lima/README.md).
 
-Hyper-parameters -> config keys (``model.init_args.*``), besides SLidR's:
+Hyper-parameters -> config keys (``model.init_args.*``), besides those shared with SLidR:
 
 =====================================  ===================  ================================
 paper                                  key                  default
 =====================================  ===================  ================================
 cross-view aggregation on / off        ``cross_view``       True
 past frames in the memory (6 frames)   ``memory_frames``    5 (0 turns the memory off)
-weight of the propagated memory        ``memory_weight``    0.5 (not given by the paper)
+share of the propagated memory         ``memory_share``     0.5 (not given by the paper)
+optimizer (not published)              ``optimizer``        SLidR's official SGD (``slidr_sgd``)
 =====================================  ===================  ================================
+
+LiMA composes SLidR's steps from :mod:`lightning_distill.lidar.image_to_lidar` (it does not
+subclass the SLidR recipe); the sequence geometry is :mod:`lightning_distill.lidar.sequence`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import ClassVar, Literal
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from lightning_distill.lidar.geometry import Pairs, pair_points_with_pixels, region_pool
-from lightning_distill.lidar.losses import info_nce, superpixel_regions
+from lightning_distill.lidar import image_to_lidar as i2l
+from lightning_distill.lidar.geometry import Pairs, region_pool
+from lightning_distill.lidar.image_to_lidar import slidr_sgd
+from lightning_distill.lidar.networks import ImageHead, PointHead, sparse_point_features
 from lightning_distill.lidar.sequence import (
     cross_view_mean,
     gather_pixel_features,
     pair_points_with_past_pixels,
 )
-from lightning_distill.recipes.slidr import SLidR
+from lightning_distill.module import DistillationModule
 
 __all__ = ["LiMA"]
 
 
-class LiMA(SLidR):
-    """LiMA recipe. See the module docstring for the algorithm; SLidR's arguments keep their meaning.
+class LiMA(DistillationModule):
+    """LiMA recipe. See the module docstring for the algorithm.
 
     Args:
         student: sparse 3D backbone with an ``out_channels`` attribute.
@@ -63,17 +69,19 @@ class LiMA(SLidR):
             (point, camera) pair keeps its own pixel's feature and the memory is kept per camera.
         memory_frames: past frames propagated to the current scan (step 4); 0 turns the memory off.
             Batches need ``past_*`` keys with at least this many frames
-            (:class:`~lightning_distill.lidar.sequence.SyntheticSequenceDataModule`).
-        memory_weight: ``a`` in step 5, in ``[0, 1]``.
+            (:class:`~lightning_distill.data.lidar.SyntheticSequenceDataModule`).
+        memory_share: ``a`` in step 5, in ``[0, 1]``.
         feature_dim, temperature, level, num_matches, voxel_size, input_features, min_depth,
             shuffle_pairs, loss_weights, optimizer, lr_scheduler: as in
-            :class:`~lightning_distill.recipes.slidr.SLidR`. ``shuffle_pairs`` permutes the points
-            among the pairs after the targets are built (the control).
+            :class:`~lightning_distill.recipes.slidr.SLidR` (same defaults). ``shuffle_pairs``
+            permutes the points among the pairs after the targets are built (the control).
 
     Raises:
-        ValueError: SLidR's checks, ``memory_frames < 0`` or ``memory_weight`` outside ``[0, 1]``.
+        ValueError: SLidR's checks, ``memory_frames < 0`` or ``memory_share`` outside ``[0, 1]``.
         TypeError: a student or teacher without an integer ``out_channels``.
     """
+
+    loss_terms: ClassVar[tuple[str, ...]] = ("infonce",)
 
     def __init__(
         self,
@@ -81,7 +89,7 @@ class LiMA(SLidR):
         teacher: nn.Module,
         cross_view: bool = True,
         memory_frames: int = 5,
-        memory_weight: float = 0.5,
+        memory_share: float = 0.5,
         feature_dim: int = 64,
         temperature: float = 0.07,
         level: Literal["superpixel", "point"] = "superpixel",
@@ -91,47 +99,67 @@ class LiMA(SLidR):
         min_depth: float = 1.0,
         shuffle_pairs: bool = False,
         loss_weights: dict[str, float] | None = None,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
+        optimizer: OptimizerCallable = slidr_sgd,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         if not isinstance(memory_frames, int) or memory_frames < 0:
             raise ValueError(
                 f"`memory_frames` must be an int >= 0, got {memory_frames!r}; set `model.init_args.memory_frames`."
             )
-        if not 0.0 <= memory_weight <= 1.0:
+        if not 0.0 <= memory_share <= 1.0:
             raise ValueError(
-                f"`memory_weight` must be in [0, 1], got {memory_weight}; set `model.init_args.memory_weight`."
+                f"`memory_share` must be in [0, 1], got {memory_share}; set `model.init_args.memory_share`."
             )
         super().__init__(
             student,
-            teacher,
-            feature_dim=feature_dim,
-            temperature=temperature,
-            level=level,
-            num_matches=num_matches,
-            voxel_size=voxel_size,
-            input_features=input_features,
-            min_depth=min_depth,
-            shuffle_pairs=shuffle_pairs,
+            teacher=teacher,
             loss_weights=loss_weights,
             optimizer=optimizer,
             lr_scheduler=lr_scheduler,
         )
+        i2l.check_image_to_lidar(
+            student,
+            teacher,
+            level=level,
+            input_features=input_features,
+            temperature=temperature,
+            feature_dim=feature_dim,
+            num_matches=num_matches,
+            voxel_size=voxel_size,
+        )
+        self.save_hyperparameters(ignore=["student", "teacher", "optimizer", "lr_scheduler"])
+        self.temperature = temperature
+        self.level = level
+        self.num_matches = num_matches
+        self.voxel_size = voxel_size
+        self.input_features = input_features
+        self.min_depth = min_depth
+        self.shuffle_pairs = shuffle_pairs
+        self.point_head = PointHead(student.out_channels, feature_dim)
+        self.image_head = ImageHead(teacher.out_channels, feature_dim)
         self.cross_view = cross_view
         self.memory_frames = memory_frames
-        self.memory_weight = memory_weight
+        self.memory_share = memory_share
         self._stats: dict[str, float] = {}
 
     # ---------------------------------------------------------------- the paper
+    def point_features(self, points: Tensor) -> Tensor:
+        """Step 1: ``F3D``, per-point L2-normalised features ``(N, D)``."""
+        return i2l.point_features(
+            self.student,
+            self.point_head,
+            points,
+            voxel_size=self.voxel_size,
+            input_features=self.input_features,
+        )
+
+    def pixel_features(self, images: Tensor) -> Tensor:
+        """Step 2: ``G2D``, per-pixel L2-normalised features ``(B * C, D, H, W)`` from ``(B, C, 3, H, W)``."""
+        return i2l.pixel_features(self.teacher, self.image_head, images)
+
     def current_pairs(self, batch: dict[str, Tensor]) -> Pairs:
         """Point-pixel pairs of the current frame (never shuffled: the control acts in :meth:`contrastive_loss`)."""
-        return pair_points_with_pixels(
-            batch["points"],
-            batch["K"],
-            batch["T_cam_from_lidar"],
-            tuple(batch["images"].shape[-2:]),
-            min_depth=self.min_depth,
-        )
+        return i2l.calibrated_pairs(batch, min_depth=self.min_depth)
 
     def aggregate_views(self, pixel_features: Tensor, pairs: Pairs, num_points: int) -> Tensor:
         """Step 3: ``U(p)`` per pair ``(P, D)``; each pair's own pixel feature when ``cross_view`` is off."""
@@ -155,7 +183,7 @@ class LiMA(SLidR):
             have = batch["past_images"].shape[1] if "past_images" in batch else 0
             raise ValueError(
                 f"`memory_frames` is {self.memory_frames} but the batch holds {have} past frames; use "
-                "lightning_distill.lidar.sequence.SyntheticSequenceDataModule with `history` >= memory_frames, "
+                "lightning_distill.data.lidar.SyntheticSequenceDataModule with `history` >= memory_frames, "
                 "or set `model.init_args.memory_frames`."
             )
         points = batch["points"]
@@ -187,7 +215,7 @@ class LiMA(SLidR):
 
     def temporal_fusion(self, current: Tensor, memory: Tensor, frames_seen: Tensor) -> Tensor:
         """Step 5: ``D = (1 - a) U_t + a mean_k U_{t-k}`` where some past frame sees the point, else ``U_t``."""
-        weight = self.memory_weight * (frames_seen > 0).to(current.dtype)[:, None]
+        weight = self.memory_share * (frames_seen > 0).to(current.dtype)[:, None]
         return (1.0 - weight) * current + weight * memory
 
     def distillation_loss(
@@ -200,47 +228,62 @@ class LiMA(SLidR):
         if len(pairs.point) == 0:
             raise ValueError("No point projects into any image: check the calibration or `min_depth`.")
         if self.level == "point":
-            pick = torch.randperm(len(pairs.point), device=pairs.point.device)[: self.num_matches]
+            pick = i2l.random_pair_rows(pairs, self.num_matches)
             f, g = point_features[pairs.point[pick]], targets[pick]
         else:
-            regions, num_regions = superpixel_regions(superpixels)
+            regions, num_regions = i2l.superpixel_regions(superpixels)
             pair_region = regions[pairs.image, pairs.v, pairs.u]
             keep = torch.bincount(pair_region, minlength=num_regions) > 0
             f = region_pool(point_features[pairs.point], pair_region, num_regions)[keep]
             g = region_pool(targets, pair_region, num_regions)[keep]
-        return info_nce(f, g, temperature=self.temperature), f @ g.T
+        return i2l.info_nce_with_logits(f, g, temperature=self.temperature)
 
     def contrastive_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Steps 1-6 on one batch: ``L_dist`` and the ``(M, M)`` similarity matrix behind it."""
-        point_features = self.point_features(batch["points"])  # (N, D)
-        pixel_features = self.pixel_features(batch["images"])  # (B*C, D, H, W)
+        point_features = self.point_features(batch["points"])  # 1. (N, D)
+        pixel_features = self.pixel_features(batch["images"])  # 2. (B*C, D, H, W)
         pairs = self.current_pairs(batch)
         num_points = len(point_features)
-        targets = self.aggregate_views(pixel_features, pairs, num_points)  # (P, D)
+        targets = self.aggregate_views(pixel_features, pairs, num_points)  # 3. (P, D)
         views = torch.bincount(pairs.point, minlength=num_points)
         self._stats = {"multi_view": float((views > 1).sum() / (views > 0).sum().clamp_min(1))}
         if self.memory_frames:
-            memory, frames_seen = self.propagate_memory(batch, pairs)
-            targets = self.temporal_fusion(targets, memory, frames_seen)
+            memory, frames_seen = self.propagate_memory(batch, pairs)  # 4.
+            targets = self.temporal_fusion(targets, memory, frames_seen)  # 5.
             self._stats["memory_coverage"] = (
                 float((frames_seen > 0).float().mean()) if len(frames_seen) else 0.0
             )
         if self.shuffle_pairs:  # control: the targets stay, the points are permuted
-            order = torch.randperm(len(pairs.point), device=pairs.point.device)
-            pairs = pairs._replace(point=pairs.point[order])
-        return self.distillation_loss(point_features, targets, batch["superpixels"].flatten(0, 1), pairs)
+            pairs = i2l.shuffle_pair_points(pairs)
+        superpixels = batch["superpixels"].flatten(0, 1)
+        return self.distillation_loss(point_features, targets, superpixels, pairs)  # 6.
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         loss, similarity = self.contrastive_loss(batch)
-        stats = {"regions": float(len(similarity)), **self._stats}
-        self.log_dict(
-            {f"train/{k}": v for k, v in stats.items()},
-            on_step=True,
-            on_epoch=False,
-            batch_size=self._bs(batch),
-        )
+        self.log_diagnostics({"regions": float(len(similarity)), **self._stats})
         return self.log_losses({"infonce": loss})
 
-    @staticmethod
-    def _bs(batch: dict[str, Any]) -> int:
-        return int(batch["images"].shape[0])
+    def on_train_batch_start(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._batch_size_hint = int(batch["images"].shape[0])  # clouds, not points
+
+    # -------------------------------------------------------------- evaluation
+    def _evaluation_step(self, batch: dict[str, Tensor], stage: str) -> None:
+        """Logs ``<stage>/infonce`` and ``<stage>/match_acc`` (how often the true region scores highest)."""
+        metrics = i2l.contrastive_metrics(*self.contrastive_loss(batch))
+        self.log_dict(
+            {f"{stage}/{k}": v for k, v in metrics.items()},
+            on_epoch=True,
+            sync_dist=True,
+            batch_size=int(batch["images"].shape[0]),
+            prog_bar=True,
+        )
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        """Per-point features of the 3D backbone ``(N, C)`` (before the head)."""
+        return self.forward(batch["points"])
+
+    def forward(self, points: Tensor) -> Tensor:
+        """Per-point features of the 3D backbone ``(N, C)`` for batched points ``(N, 5)``."""
+        return sparse_point_features(
+            self.student, points, voxel_size=self.voxel_size, input_features=self.input_features
+        )

@@ -30,24 +30,29 @@ voxel size (cubic here)            ``voxel_size``       0.1 m
 3D input features                  ``input_features``   ``"ones"``
 nearest projected depth            ``min_depth``        1.0 m
 control: shuffled pairing          ``shuffle_pairs``    False
+official optimizer                 ``optimizer``        :func:`slidr_sgd`
 =================================  ===================  ===============
+
+``slidr_sgd`` is valeoai/SLidR ``config/slidr_minkunet.yaml``'s SGD: lr 0.5, momentum 0.9,
+dampening 0.1, weight decay 1e-4 (its cosine schedule over 50 epochs is ``lr_scheduler``'s job).
+The shared steps (features, pairing, superpixel pooling, the InfoNCE step) are parts of
+:mod:`lightning_distill.lidar.image_to_lidar`, which LiMA composes too.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
-import torch
-import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from lightning_distill.lidar.geometry import Pairs, pair_points_with_pixels
-from lightning_distill.lidar.losses import info_nce, superpixel_pool
+from lightning_distill.lidar import image_to_lidar as i2l
+from lightning_distill.lidar.geometry import Pairs
+from lightning_distill.lidar.image_to_lidar import slidr_sgd
 from lightning_distill.lidar.networks import ImageHead, PointHead, sparse_point_features
 from lightning_distill.module import DistillationModule
 
-__all__ = ["SLidR"]
+__all__ = ["SLidR", "slidr_sgd"]
 
 
 class SLidR(DistillationModule):
@@ -69,10 +74,11 @@ class SLidR(DistillationModule):
         shuffle_pairs: permute the points among the pairs (a control: the loss then carries no
             information about the scene, and the features should be no better than random).
         loss_weights: ``{"infonce": ...}``.
-        optimizer: optimizer of the student and both heads.
-        lr_scheduler: optional epoch-wise scheduler.
+        optimizer: optimizer of the student and both heads (default :func:`slidr_sgd`, the
+            official SGD).
+        lr_scheduler: optional epoch-wise scheduler (the official one is cosine over 50 epochs).
 
-    Batches are dicts from :class:`~lightning_distill.lidar.data.SyntheticLidarDataModule`.
+    Batches are dicts from :class:`~lightning_distill.data.lidar.SyntheticLidarDataModule`.
 
     Raises:
         ValueError: an unknown ``level`` or ``input_features``, a non-positive ``temperature``,
@@ -95,7 +101,7 @@ class SLidR(DistillationModule):
         min_depth: float = 1.0,
         shuffle_pairs: bool = False,
         loss_weights: dict[str, float] | None = None,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
+        optimizer: OptimizerCallable = slidr_sgd,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         super().__init__(
@@ -105,29 +111,16 @@ class SLidR(DistillationModule):
             optimizer=optimizer,
             lr_scheduler=lr_scheduler,
         )
-        if level not in ("superpixel", "point"):
-            raise ValueError(
-                f"`level` must be 'superpixel' or 'point', got {level!r}; set `model.init_args.level`."
-            )
-        if input_features not in ("ones", "intensity"):
-            raise ValueError(
-                f"`input_features` must be 'ones' or 'intensity', got {input_features!r}; "
-                "set `model.init_args.input_features`."
-            )
-        for name, value in (
-            ("temperature", temperature),
-            ("feature_dim", feature_dim),
-            ("num_matches", num_matches),
-            ("voxel_size", voxel_size),
-        ):
-            if value <= 0:
-                raise ValueError(f"`{name}` must be > 0, got {value}; set `model.init_args.{name}`.")
-        for role, module in (("student", student), ("teacher", teacher)):
-            if not isinstance(getattr(module, "out_channels", None), int):
-                raise TypeError(
-                    f"The {role} ({type(module).__name__}) needs an int `out_channels` attribute (its feature "
-                    "width) so the recipe can build its head."
-                )
+        i2l.check_image_to_lidar(
+            student,
+            teacher,
+            level=level,
+            input_features=input_features,
+            temperature=temperature,
+            feature_dim=feature_dim,
+            num_matches=num_matches,
+            voxel_size=voxel_size,
+        )
         self.save_hyperparameters(ignore=["student", "teacher", "optimizer", "lr_scheduler"])
         self.temperature = temperature
         self.level = level
@@ -143,50 +136,38 @@ class SLidR(DistillationModule):
     # ---------------------------------------------------------------- the paper
     def point_features(self, points: Tensor) -> Tensor:
         """Step 1: ``F3D``, per-point L2-normalised features ``(N, D)``."""
-        backbone = sparse_point_features(
-            self.student, points, voxel_size=self.voxel_size, input_features=self.input_features
+        return i2l.point_features(
+            self.student,
+            self.point_head,
+            points,
+            voxel_size=self.voxel_size,
+            input_features=self.input_features,
         )
-        return F.normalize(self.point_head(backbone), dim=1)
 
     def pixel_features(self, images: Tensor) -> Tensor:
         """Step 2: ``G2D``, per-pixel L2-normalised features ``(B * C, D, H, W)`` from ``(B, C, 3, H, W)``."""
-        flat = images.flatten(0, 1)
-        with torch.no_grad():
-            backbone = self.teacher(flat)
-        return F.normalize(self.image_head(backbone, tuple(flat.shape[-2:])), dim=1)
+        return i2l.pixel_features(self.teacher, self.image_head, images)
 
     def pairs(self, batch: dict[str, Tensor]) -> Pairs:
         """Step 3: point-pixel pairs from the calibration (shuffled when ``shuffle_pairs``)."""
-        pairs = pair_points_with_pixels(
-            batch["points"],
-            batch["K"],
-            batch["T_cam_from_lidar"],
-            tuple(batch["images"].shape[-2:]),
-            min_depth=self.min_depth,
-        )
-        if self.shuffle_pairs:
-            order = torch.randperm(len(pairs.point), device=pairs.point.device)
-            pairs = pairs._replace(point=pairs.point[order])
-        return pairs
+        pairs = i2l.calibrated_pairs(batch, min_depth=self.min_depth)
+        return i2l.shuffle_pair_points(pairs) if self.shuffle_pairs else pairs
 
     def superpixel_loss(
         self, point_features: Tensor, pixel_features: Tensor, superpixels: Tensor, pairs: Pairs
     ) -> tuple[Tensor, Tensor]:
         """Step 4 (paper eq. 3): InfoNCE between superpixel-pooled 3D and 2D features; also the logits."""
-        f, g = superpixel_pool(point_features, pixel_features, superpixels, *pairs)
-        return info_nce(f, g, temperature=self.temperature), f @ g.T
+        f, g = i2l.superpixel_pool(point_features, pixel_features, superpixels, *pairs)
+        return i2l.info_nce_with_logits(f, g, temperature=self.temperature)
 
     def point_loss(
         self, point_features: Tensor, pixel_features: Tensor, pairs: Pairs
     ) -> tuple[Tensor, Tensor]:
         """Step 4, point level: InfoNCE over ``num_matches`` random point-pixel pairs; also the logits."""
-        count = len(pairs.point)
-        if count == 0:
-            raise ValueError("No point projects into any image: check the calibration or `min_depth`.")
-        pick = torch.randperm(count, device=pairs.point.device)[: self.num_matches]
+        pick = i2l.random_pair_rows(pairs, self.num_matches)
         f = point_features[pairs.point[pick]]
         g = pixel_features[pairs.image[pick], :, pairs.v[pick], pairs.u[pick]]
-        return info_nce(f, g, temperature=self.temperature), f @ g.T
+        return i2l.info_nce_with_logits(f, g, temperature=self.temperature)
 
     def contrastive_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Steps 1-4 on one batch: the InfoNCE loss and the ``(M, M)`` similarity matrix behind it."""
@@ -201,25 +182,21 @@ class SLidR(DistillationModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         loss, similarity = self.contrastive_loss(batch)
-        self.log(
-            "train/regions", float(len(similarity)), on_step=True, on_epoch=False, batch_size=self._bs(batch)
-        )
+        self.log_diagnostics({"regions": float(len(similarity))})
         return self.log_losses({"infonce": loss})
 
     def on_train_batch_start(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._batch_size_hint = self._bs(batch)  # clouds, not points
+        self._batch_size_hint = int(batch["images"].shape[0])  # clouds, not points
 
     # -------------------------------------------------------------- evaluation
     def _evaluation_step(self, batch: dict[str, Tensor], stage: str) -> None:
         """Logs ``<stage>/infonce`` and ``<stage>/match_acc`` (how often the true region scores highest)."""
-        loss, similarity = self.contrastive_loss(batch)
-        target = torch.arange(len(similarity), device=similarity.device)
-        metrics = {"infonce": loss, "match_acc": (similarity.argmax(dim=1) == target).float().mean()}
+        metrics = i2l.contrastive_metrics(*self.contrastive_loss(batch))
         self.log_dict(
             {f"{stage}/{k}": v for k, v in metrics.items()},
             on_epoch=True,
             sync_dist=True,
-            batch_size=self._bs(batch),
+            batch_size=int(batch["images"].shape[0]),
             prog_bar=True,
         )
 
@@ -232,7 +209,3 @@ class SLidR(DistillationModule):
         return sparse_point_features(
             self.student, points, voxel_size=self.voxel_size, input_features=self.input_features
         )
-
-    @staticmethod
-    def _bs(batch: dict[str, Any]) -> int:
-        return int(batch["images"].shape[0])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lightning_distill.lidar.data import SyntheticLidarDataModule
+from lightning_distill.data.lidar import SyntheticLidarDataModule
 
 TINY = dict(
     num_scenes=4,
@@ -19,8 +19,13 @@ TINY = dict(
 )
 
 
-@pytest.fixture(scope="session")
-def tiny_datamodule() -> SyntheticLidarDataModule:
+def make_tiny_datamodule() -> SyntheticLidarDataModule:
+    """The tiny scenes, set up (generated once per process: the data module keeps them in memory)."""
     dm = SyntheticLidarDataModule(**TINY)
     dm.setup()
     return dm
+
+
+@pytest.fixture(scope="session")
+def tiny_datamodule() -> SyntheticLidarDataModule:
+    return make_tiny_datamodule()

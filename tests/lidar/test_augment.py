@@ -15,7 +15,7 @@ from lightning_distill.lidar.augment import (
     laser_mix_indices,
     mix_pairs,
 )
-from lightning_distill.lidar.data import collate
+from lightning_distill.lidar.batches import collate
 from lightning_distill.lidar.geometry import pair_points_with_pixels, project_points
 
 

@@ -13,7 +13,8 @@ from PIL import Image
 from scipy.spatial.transform import Rotation
 
 from lightning_distill.data.images import EpochShuffleSampler, ResumableDataLoader
-from lightning_distill.lidar.datasets import NuScenesLidarDataModule, SemanticKITTIDataModule
+from lightning_distill.data.nuscenes import NuScenesLidarDataModule
+from lightning_distill.data.semantic_kitti import SemanticKITTIDataModule
 from lightning_distill.lidar.geometry import project_points
 from lightning_distill.lidar.networks import SmallImageBackbone, SparseUNet
 from lightning_distill.recipes.lasermix_pp import LaserMixPP

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader
 
-from lightning_distill.lidar.data import collate
+from lightning_distill.lidar.batches import collate
 from lightning_distill.lidar.evaluate import finetune, linear_probe, segmentation_metrics
 from lightning_distill.lidar.networks import SparseUNet
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_distill.lidar.data import collate, read_scan
+from lightning_distill.lidar.batches import collate, read_scan
 from lightning_distill.lidar.geometry import project_points
 from lightning_distill.lidar.scene import CLASS_NAMES, StreetSceneGenerator
 
@@ -67,7 +67,7 @@ def test_collate_adds_the_batch_index(tiny_datamodule):
 
 
 def test_datamodule_caches_on_disk(tmp_path):
-    from lightning_distill.lidar.data import _MEMORY, SyntheticLidarDataModule
+    from lightning_distill.data.lidar import _MEMORY, SyntheticLidarDataModule
 
     kwargs = dict(
         num_scenes=1,

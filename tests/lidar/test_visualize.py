@@ -8,7 +8,7 @@ import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
-from lightning_distill.lidar.data import read_scan
+from lightning_distill.lidar.batches import read_scan
 from lightning_distill.lidar.networks import SmallImageBackbone, SparseUNet
 from lightning_distill.lidar.scene import CLASS_COLORS
 from lightning_distill.lidar.visualize import (

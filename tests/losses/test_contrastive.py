@@ -1,4 +1,5 @@
-"""InfoNCE and the superpixel-pooled InfoNCE against independent computations."""
+"""Contrastive losses against independent computations: InfoNCE, SLidR's superpixel InfoNCE, CALICO's PLRC,
+RAPC and RAD."""
 
 from __future__ import annotations
 
@@ -8,7 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_distill.lidar.losses import info_nce, superpixel_info_nce, superpixel_pool
+from lightning_distill.lidar.image_to_lidar import superpixel_pool
+from lightning_distill.losses.contrastive import (
+    info_nce,
+    point_region_contrast,
+    region_aware_distillation,
+    region_aware_point_contrast,
+    superpixel_info_nce,
+)
 
 
 def _reference_info_nce(q, k, tau):
@@ -98,3 +106,71 @@ def test_superpixel_loss_needs_pairs():
             empty,
             empty,
         )
+
+
+# ------------------------------------------------------------------ CALICO
+def _features(count: int, dim: int, seed: int) -> torch.Tensor:
+    return F.normalize(torch.randn(count, dim, generator=torch.Generator().manual_seed(seed)), dim=1)
+
+
+def _log_softmax_row(a, keys, i, tau, allowed=None):
+    logits = [float(a[i] @ keys[j]) / tau for j in range(len(keys))]
+    allowed = allowed if allowed is not None else range(len(keys))
+    norm = math.log(sum(math.exp(logits[j]) for j in allowed))
+    return [logits[j] - norm for j in range(len(keys))]
+
+
+def test_plrc_matches_a_loop():
+    a, k, tau = _features(7, 5, 0), _features(7, 5, 1), 0.3
+    regions = torch.tensor([0, 0, 1, -1, 1, 1, -1])
+    expected = []
+    for i in range(7):
+        if regions[i] < 0:
+            continue
+        log_p = _log_softmax_row(a, k, i, tau)
+        positives = [j for j in range(7) if regions[j] == regions[i]]
+        expected.append(-sum(log_p[j] for j in positives) / len(positives))
+    got = point_region_contrast(a, k, regions, temperature=tau, reduction="none")
+    torch.testing.assert_close(got, torch.tensor(expected))
+    torch.testing.assert_close(
+        point_region_contrast(a, k, regions, temperature=tau), torch.tensor(expected).mean()
+    )
+
+
+def test_rapc_leaves_same_region_points_out_of_the_negatives():
+    a, k, tau = _features(6, 4, 2), _features(6, 4, 3), 0.2
+    regions = torch.tensor([0, 0, 0, -1, -1, 2])
+    expected = []
+    for i in range(6):
+        allowed = [j for j in range(6) if j == i or not (regions[j] == regions[i] and regions[i] >= 0)]
+        expected.append(-_log_softmax_row(a, k, i, tau, allowed)[i])
+    got = region_aware_point_contrast(a, k, regions, temperature=tau, reduction="none")
+    torch.testing.assert_close(got, torch.tensor(expected))
+    # with every point semantic-less it is plain InfoNCE
+    plain = F.cross_entropy(a @ k.T / tau, torch.arange(6))
+    torch.testing.assert_close(
+        region_aware_point_contrast(a, k, torch.full((6,), -1), temperature=tau), plain
+    )
+
+
+def test_rad_weighs_every_region_equally():
+    s, t, tau = _features(6, 4, 4), _features(6, 4, 5), 0.5
+    groups = torch.tensor([3, 3, 3, 3, 7, 9])  # one big group, two singletons
+    terms = [-_log_softmax_row(s, t, i, tau)[i] for i in range(6)]
+    expected = (sum(terms[:4]) / 4 + terms[4] + terms[5]) / 3
+    torch.testing.assert_close(
+        region_aware_distillation(s, t, groups, temperature=tau), torch.tensor(expected)
+    )
+    torch.testing.assert_close(
+        region_aware_distillation(s, t, groups, temperature=tau, reduction="none"), torch.tensor(terms)
+    )
+
+
+def test_losses_reject_bad_input():
+    a = _features(4, 3, 0)
+    with pytest.raises(ValueError, match="temperature"):
+        point_region_contrast(a, a, torch.zeros(4, dtype=torch.long), temperature=0.0)
+    with pytest.raises(ValueError, match="regions"):
+        region_aware_point_contrast(a, a, torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="groups"):
+        region_aware_distillation(a, a, torch.tensor([0, 1, -1, 2]))

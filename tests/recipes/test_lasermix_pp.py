@@ -10,19 +10,25 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lightning_distill.data.lidar import SemiSupervisedLidarDataModule, SyntheticLidarDataModule
 from lightning_distill.lidar.augment import laser_mix, mix_pairs
-from lightning_distill.lidar.data import SyntheticLidarDataModule, collate
+from lightning_distill.lidar.batches import collate
 from lightning_distill.lidar.geometry import pair_points_with_pixels
 from lightning_distill.lidar.networks import SmallImageBackbone, SparseUNet
 from lightning_distill.lidar.semi import (
-    SemiSupervisedLidarDataModule,
     confident_pseudo_labels,
     labelled_split,
     mask_labels,
 )
 from lightning_distill.recipes.lasermix_pp import LaserMixPP
 from tests.conftest import quiet_trainer_kwargs
-from tests.lidar.conftest import TINY
+from tests.lidar.conftest import TINY, make_tiny_datamodule
+
+
+@pytest.fixture(scope="module")
+def tiny_datamodule():
+    return make_tiny_datamodule()
+
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -205,7 +211,7 @@ class RecordStudent(L.Callback):
 
 def test_mean_teacher_is_an_exact_ema_and_the_image_backbone_stays_frozen():
     dm = semi_datamodule(num_scenes=4, labelled_fraction=0.5)
-    recipe = make_recipe(ema_momentum=0.6)
+    recipe = make_recipe(ema_decay=0.6)
     start = [p.detach().clone() for p in recipe.student.parameters()]
     image_before = {k: v.clone() for k, v in recipe.teacher.state_dict().items()}
     record = RecordStudent()
@@ -234,8 +240,8 @@ def test_bad_arguments_raise():
         make_recipe(num_bands=[])
     with pytest.raises(ValueError, match="pseudo_threshold"):
         make_recipe(pseudo_threshold=1.5)
-    with pytest.raises(ValueError, match="ema_momentum"):
-        make_recipe(ema_momentum=-0.1)
+    with pytest.raises(ValueError, match="ema_decay"):
+        make_recipe(ema_decay=-0.1)
     with pytest.raises(ValueError, match="unknown term"):
         make_recipe(loss_weights={"kd": 1.0})
     with pytest.raises(TypeError, match="out_channels"):
@@ -294,3 +300,24 @@ def test_test_stage_reports_student_and_mean_teacher_miou(tmp_path, monkeypatch)
     metrics = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[0]
     assert {"test/miou", "test/ema_miou", "test/acc", "test/ema_acc"} <= set(metrics)
     assert 0.0 <= metrics["test/miou"] <= 1.0
+
+
+def test_default_optimizer_is_the_official_sgd():
+    # ldkong1205/LaserMix configs/lasermix/lasermix_minku18_semi_semantickitti_10.py (commit f7f57b2),
+    # optim_wrapper: SGD(lr=0.24, weight_decay=0.0001, momentum=0.9, nesterov=True)
+    import inspect
+
+    from lightning_distill.lidar.semi import lasermix_sgd
+
+    assert inspect.signature(LaserMixPP).parameters["optimizer"].default is lasermix_sgd
+    defaults = make_recipe().configure_optimizers().defaults
+    assert (defaults["lr"], defaults["momentum"], defaults["weight_decay"], defaults["nesterov"]) == (
+        0.24,
+        0.9,
+        1e-4,
+        True,
+    )
+    assert defaults["dampening"] == 0
+    # the same config: mean-teacher hook momentum 0.01 (our decay 0.99), loss_mse weight 200
+    assert inspect.signature(LaserMixPP).parameters["ema_decay"].default == 0.99
+    assert LaserMixPP.default_loss_weights["consistency"] == 200.0

@@ -8,10 +8,10 @@ import lightning.pytorch as L
 import pytest
 import torch
 
+from lightning_distill.data.lidar import SyntheticSequenceDataModule
 from lightning_distill.lidar.geometry import project_points
 from lightning_distill.lidar.networks import SmallImageBackbone, SparseUNet
 from lightning_distill.lidar.sequence import (
-    SyntheticSequenceDataModule,
     collate_sequence,
     cross_view_mean,
     pair_points_with_past_pixels,
@@ -188,7 +188,7 @@ def test_without_both_components_the_target_is_each_pairs_own_pixel(batch):
 
 
 def test_temporal_fusion_by_hand():
-    recipe = make_recipe(memory_weight=0.25)
+    recipe = make_recipe(memory_share=0.25)
     current, memory = torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[0.0, 4.0], [9.0, 9.0]])
     fused = recipe.temporal_fusion(current, memory, torch.tensor([2.0, 0.0]))
     torch.testing.assert_close(fused, torch.tensor([[0.75, 1.0], [0.0, 1.0]]))
@@ -241,8 +241,8 @@ def test_gradients_reach_student_and_heads_only(batch):
 def test_bad_arguments_and_missing_history_raise(batch):
     with pytest.raises(ValueError, match="memory_frames"):
         make_recipe(memory_frames=-1)
-    with pytest.raises(ValueError, match="memory_weight"):
-        make_recipe(memory_weight=1.5)
+    with pytest.raises(ValueError, match="memory_share"):
+        make_recipe(memory_share=1.5)
     with pytest.raises(ValueError, match="history"):
         SyntheticSequenceDataModule(history=0)
     with pytest.raises(ValueError, match="num_frames"):
@@ -263,3 +263,40 @@ def test_fast_dev_run_through_the_cli(tmp_path):
         "--data.init_args.num_frames=3", "--model.init_args.student.init_args.widths=[4, 8]",
         "--model.init_args.teacher.init_args.widths=[4, 8]", *tiny,
     ])  # fmt: skip
+
+
+def test_default_optimizer_is_slidrs_official_sgd():
+    # LiMA publishes no optimizer; it extends SLidR, whose config/slidr_minkunet.yaml gives SGD lr 0.5,
+    # momentum 0.9, dampening 0.1, weight decay 1e-4 (recipes/lima/README.md)
+    import inspect
+
+    from lightning_distill.lidar.image_to_lidar import slidr_sgd
+
+    assert inspect.signature(LiMA).parameters["optimizer"].default is slidr_sgd
+    defaults = make_recipe().configure_optimizers().defaults
+    assert (defaults["lr"], defaults["momentum"], defaults["dampening"], defaults["weight_decay"]) == (
+        0.5,
+        0.9,
+        0.1,
+        1e-4,
+    )
+
+
+def test_a_user_subclass_overriding_the_fusion_equation_is_used(batch):
+    class CurrentOnly(LiMA):
+        def temporal_fusion(self, current, memory, frames_seen):
+            return current
+
+    torch.manual_seed(0)
+    custom = CurrentOnly(
+        SparseUNet(1, widths=(4, 8)), SmallImageBackbone(widths=(4, 8)), voxel_size=0.3, memory_frames=2
+    )
+    plain = make_recipe(memory_frames=2)
+    custom.load_state_dict(plain.state_dict())
+    no_memory = make_recipe(memory_frames=0)
+    no_memory.load_state_dict(plain.state_dict())
+    torch.manual_seed(1)
+    got = custom.contrastive_loss(batch)[0]
+    torch.manual_seed(1)
+    expected = no_memory.contrastive_loss(batch)[0]
+    torch.testing.assert_close(got, expected)

@@ -6,12 +6,17 @@ import lightning.pytorch as L
 import pytest
 import torch
 
-from lightning_distill.lidar.data import collate
-from lightning_distill.lidar.losses import superpixel_info_nce
+from lightning_distill.lidar.batches import collate
 from lightning_distill.lidar.networks import SmallImageBackbone, SparseUNet
+from lightning_distill.losses.contrastive import superpixel_info_nce
 from lightning_distill.recipes.slidr import SLidR
 from tests.conftest import quiet_trainer_kwargs
-from tests.lidar.conftest import TINY
+from tests.lidar.conftest import TINY, make_tiny_datamodule
+
+
+@pytest.fixture(scope="module")
+def tiny_datamodule():
+    return make_tiny_datamodule()
 
 
 def make_recipe(**kwargs) -> SLidR:
@@ -106,7 +111,7 @@ def test_resume_reproduces_the_uninterrupted_losses(tmp_path, stop):
     """Stopped mid-epoch (1) or at an epoch end (2), a resumed run trains on the same batches."""
     from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-    from lightning_distill.lidar.data import SyntheticLidarDataModule
+    from lightning_distill.data.lidar import SyntheticLidarDataModule
 
     class Record(Callback):
         def __init__(self) -> None:
@@ -137,3 +142,56 @@ def test_resume_reproduces_the_uninterrupted_losses(tmp_path, stop):
     (ckpt,) = (tmp_path / f"run{stop}").glob(f"*step={stop}.ckpt")
     resumed = run(3, ckpt_path=str(ckpt))
     torch.testing.assert_close(torch.tensor(first + resumed), torch.tensor(full))
+
+
+def test_default_optimizer_is_the_official_sgd():
+    # valeoai/SLidR config/slidr_minkunet.yaml (commit dce900a): lr 0.5, sgd_momentum 0.9,
+    # sgd_dampening 0.1, weight_decay 0.0001
+    import inspect
+
+    from lightning_distill.lidar.image_to_lidar import slidr_sgd
+
+    assert inspect.signature(SLidR).parameters["optimizer"].default is slidr_sgd
+    optimizer = make_recipe().configure_optimizers()
+    assert type(optimizer) is torch.optim.SGD
+    defaults = optimizer.defaults
+    assert (defaults["lr"], defaults["momentum"], defaults["dampening"], defaults["weight_decay"]) == (
+        0.5,
+        0.9,
+        0.1,
+        1e-4,
+    )
+    assert defaults["nesterov"] is False
+
+
+def test_print_config_shows_the_default_optimizer_by_name(tmp_path, capsys):
+    from lightning_distill.cli import main
+
+    config = tmp_path / "slidr.yaml"
+    config.write_text(
+        "model:\n  class_path: lightning_distill.recipes.slidr.SLidR\n  init_args:\n"
+        "    student: {class_path: lightning_distill.lidar.SparseUNet, init_args: {in_channels: 1, widths: [4]}}\n"
+        "    teacher: {class_path: lightning_distill.lidar.SmallImageBackbone, init_args: {widths: [4]}}\n"
+        "data: {class_path: lightning_distill.data.lidar.SyntheticLidarDataModule}\n"
+    )
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(config), "--print_config"])
+    assert "optimizer: lightning_distill.lidar.slidr_sgd" in capsys.readouterr().out
+
+
+def test_a_user_subclass_overriding_one_equation_changes_only_that_step(tiny_datamodule):
+    class HalfSLidR(SLidR):
+        def superpixel_loss(self, point_features, pixel_features, superpixels, pairs):
+            loss, logits = super().superpixel_loss(point_features, pixel_features, superpixels, pairs)
+            return 0.5 * loss, logits
+
+    batch = collate(tiny_datamodule.scenes("train")[:2])
+    plain = make_recipe()
+    torch.manual_seed(0)
+    custom = HalfSLidR(SparseUNet(1, widths=(4, 8)), SmallImageBackbone(widths=(4, 8)), voxel_size=0.3)
+    custom.load_state_dict(plain.state_dict())
+    for recipe in (plain, custom):
+        recipe.log = lambda *a, **k: None
+    torch.testing.assert_close(
+        custom.training_step(batch, 0)["loss"], 0.5 * plain.training_step(batch, 0)["loss"]
+    )
