@@ -17,17 +17,23 @@ works for any spatial size and for vector features.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_distill.diffusion.guidance import Cond, model_output
 
-if TYPE_CHECKING:
-    from lightning_distill.callbacks.feature_hooks import FeatureHooks
+__all__ = ["GANHead", "TappedFeatures", "discriminator_logits"]
 
-__all__ = ["GANHead", "discriminator_logits"]
+
+class TappedFeatures(Protocol):
+    """What :func:`discriminator_logits` reads features from: the tensor of a tap by its name.
+
+    :class:`~lightning_distill.callbacks.FeatureHooks` is one (this toolkit does not import callbacks).
+    """
+
+    def __getitem__(self, tap: str) -> Tensor: ...
 
 
 class GANHead(nn.Module):
@@ -96,7 +102,7 @@ class GANHead(nn.Module):
 def discriminator_logits(
     score_model: nn.Module,
     head: GANHead,
-    hooks: FeatureHooks,
+    hooks: TappedFeatures,
     tap: str,
     x_t: Tensor,
     t: Tensor,
@@ -112,7 +118,7 @@ def discriminator_logits(
     Args:
         score_model: the fake score (or any denoiser).
         head: the discriminator head.
-        hooks: attached ``FeatureHooks`` with a tap on the bottleneck.
+        hooks: the taps, e.g. attached ``FeatureHooks`` with a tap on the bottleneck.
         tap: the tap's name.
         x_t: images (clean at ``t = 0`` in DMD2, or noised) ``(B, ...)``.
         t: timesteps ``(B,)``.

@@ -309,18 +309,14 @@ class DecoupledDMD(DiffusionDistillationModule):
             x0 = one_step_generate(
                 self.student, self.schedule, z_t, t_gen, cond, prediction_type=self.student_prediction_type
             )
-        terms: dict[str, Tensor] = {}
         if update_generator:
             # 3.-5. CA and DM on their own re-noised copies, weighted sum, generator step.
             terms = self.generator_terms(x0, t_gen, cond, null_cond, gen)
-            self.manual_update(self.weighted_sum(terms), opt_student, clip_grad_norm=self.max_grad_norm)
+            self.update(opt_student, terms, turn="generator", max_grad_norm=self.max_grad_norm)
         # 6. Fake score: denoising on the detached sample.
-        terms["fake"] = self.fake_score_loss(x0, cond, gen)
-        self.manual_update(
-            self.loss_weights["fake"] * terms["fake"], opt_fake, clip_grad_norm=self.max_grad_norm
-        )
+        fake = {"fake": self.fake_score_loss(x0, cond, gen)}
+        self.update(opt_fake, fake, turn="fake_score", max_grad_norm=self.max_grad_norm)
         self.iteration += 1
-        self.log_losses({name: value.detach() for name, value in terms.items()})
 
     def on_fit_start(self) -> None:
         super().on_fit_start()

@@ -4,7 +4,7 @@
 Shechtman, Durand, Freeman; arXiv 2405.14867). Official code: tianweiy/DMD2 (``main/sd_guidance.py``,
 ``main/sd_unified_model.py``, ``main/train_sd.py``, ``main/edm/edm_guidance.py``).
 
-Algorithm (one iteration; the generator updates on every ``dfake_gen_update_ratio``-th one):
+Algorithm (one iteration; the generator updates on every ``generator_update_every``-th one):
 
 1. Generator input: pure noise at ``T - 1`` (one step), or the student's own sample after ``k``
    of its steps re-noised to ``t_k`` (backward simulation, few steps); x̂₀ = G(x_t, t).
@@ -14,17 +14,18 @@ Algorithm (one iteration; the generator updates on every ``dfake_gen_update_rati
 3. Fake-score turn (every iteration, on the same detached x̂₀): denoising loss at t ~ U[0, T),
    plus the discriminator loss softplus(D(fake)) + softplus(−D(real)) on real data.
 
-Losses: generator ``w_dm L_DM + w_gen_cls L_G``; fake score ``L_fake + w_guidance_cls L_D``.
+Losses: generator ``w_dm L_DM + w_gen_cls L_G``; fake score ``w_fake L_fake + w_guidance_cls L_D``.
+The steps are the parts of :mod:`lightning_distill.diffusion.dmd`.
 
 ==============================  ==========================================  =====================
 paper / official code           config key (``model.init_args``)            default (SD1.5)
 ==============================  ==========================================  =====================
 ``real_guidance_scale``         ``real_guidance_scale``                     1.75 (SDXL 8)
 ``min/max_step_percent``        ``min_step_percent``, ``max_step_percent``  0.02, 0.98
-``dfake_gen_update_ratio``      ``dfake_gen_update_ratio``                  10 (SDXL, ImageNet 5)
-``gen_cls_loss_weight``         ``gen_cls_loss_weight``                     1e-3 (SDXL 5e-3)
-``guidance_cls_loss_weight``    ``guidance_cls_loss_weight``                1e-2
-``dm_loss_weight``              ``dm_loss_weight``                          1.0
+``dfake_gen_update_ratio``      ``generator_update_every``                  10 (SDXL, ImageNet 5)
+``gen_cls_loss_weight``         ``loss_weights.gen_cls``                    1e-3 (SDXL 5e-3)
+``guidance_cls_loss_weight``    ``loss_weights.guidance_cls``               1e-2
+``dm_loss_weight``              ``loss_weights.dm``                         1.0
 ``cls_on_clean_image``          ``gan``                                     true
 ``diffusion_gan_max_timestep``  ``gan_max_timestep``                        T (0: clean, t = 0)
 ``num_denoising_step``          ``denoising_timesteps``                     one step at T - 1
@@ -44,23 +45,14 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lightning_distill.callbacks.feature_hooks import FeatureHooks
-from lightning_distill.diffusion import (
-    Cond,
-    GANHead,
-    NoiseSchedule,
-    backward_simulation,
-    discriminator_logits,
-    feature_path,
-    few_step_sample,
-    guided_output,
-    model_output,
-    one_step_generate,
-)
-from lightning_distill.diffusion.denoisers import bottleneck_channels
+from lightning_distill.diffusion import dmd
+from lightning_distill.diffusion.denoisers import bottleneck_channels, feature_path
+from lightning_distill.diffusion.gan_head import GANHead, discriminator_logits
+from lightning_distill.diffusion.guidance import Cond
 from lightning_distill.diffusion.recipe_base import DiffusionDistillationModule, check_option, derive_seed
-from lightning_distill.diffusion.sampling import randn_like
+from lightning_distill.diffusion.sampling import few_step_sample, one_step_generate
+from lightning_distill.diffusion.schedule import NoiseSchedule
 from lightning_distill.losses.distribution_matching import (
-    dmd_gradient,
     gan_discriminator_loss,
     gan_generator_loss,
     pseudo_target_loss,
@@ -89,15 +81,13 @@ class DMD2(DiffusionDistillationModule):
         min_step_percent: lowest timestep of the DM loss, as a fraction of ``T``.
         max_step_percent: highest timestep of the DM loss (included), as a fraction of ``T``.
         normalise_dmd_gradient: divide g by mean|x̂₀ − x̂_real| per sample (DMD2); False: raw difference.
-        dfake_gen_update_ratio: fake-score updates per generator update (the two time-scale rule).
+        generator_update_every: the generator updates on every k-th iteration, the fake score on
+            every one (the official ``dfake_gen_update_ratio``, two time-scale rule).
         denoising_timesteps: the student's timesteps, e.g. ``[999, 749, 499, 249]``; ``None`` is one
             step at ``schedule.max_timestep``; a single value is a one-step generator conditioned on it.
         backward_simulation: few-step training inputs come from the student's own ``k``-step
             samples (True, the paper) or from noised real data (False).
         gan: train a discriminator head on fake-score features against real data (DMD2's GAN term).
-        gen_cls_loss_weight: weight of the generator's GAN loss.
-        guidance_cls_loss_weight: weight of the discriminator loss.
-        dm_loss_weight: weight of the distribution-matching loss.
         gan_max_timestep: the discriminator sees inputs noised at t ~ U[0, gan_max_timestep);
             ``None`` is ``T``; 0 shows clean inputs at t = 0.
         gan_feature_path: module path of the tapped features (default: the fake score's bottleneck).
@@ -107,9 +97,11 @@ class DMD2(DiffusionDistillationModule):
         sample_shape: shape of one sample, e.g. ``(4, 64, 64)``; default from the data or the teacher.
         noise_seed: seed of the training noise (per iteration and rank); ``None``: ``torch.initial_seed()``.
         eval_teacher_steps: sampler steps of the teacher's validation samples (exact bench only).
+        loss_weights: weights of ``dm``, ``gen_cls`` (generator), ``fake``, ``guidance_cls`` (fake
+            score); the defaults are the paper's (``default_loss_weights``).
         optimizer: optimizer of the generator, and of the fake score unless ``fake_score_optimizer``.
         fake_score_optimizer: optimizer of the fake score and the discriminator head.
-        lr_scheduler: optional scheduler for each optimizer, stepped every iteration.
+        lr_scheduler: optional scheduler for each optimizer, stepped on each of its updates.
 
     Raises:
         ValueError: an argument outside its range (the message names the config key), or a teacher
@@ -118,6 +110,7 @@ class DMD2(DiffusionDistillationModule):
     """
 
     loss_terms: ClassVar[tuple[str, ...]] = ("dm", "gen_cls", "fake", "guidance_cls")
+    default_loss_weights: ClassVar[dict[str, float]] = {"dm": 1.0, "gen_cls": 1e-3, "guidance_cls": 1e-2}
 
     def __init__(
         self,
@@ -131,13 +124,10 @@ class DMD2(DiffusionDistillationModule):
         min_step_percent: float = 0.02,
         max_step_percent: float = 0.98,
         normalise_dmd_gradient: bool = True,
-        dfake_gen_update_ratio: int = 10,
+        generator_update_every: int = 10,
         denoising_timesteps: Sequence[int] | None = None,
         backward_simulation: bool = True,
         gan: bool = True,
-        gen_cls_loss_weight: float = 1e-3,
-        guidance_cls_loss_weight: float = 1e-2,
-        dm_loss_weight: float = 1.0,
         gan_max_timestep: int | None = None,
         gan_feature_path: str | None = None,
         gan_channels: int | None = None,
@@ -146,36 +136,30 @@ class DMD2(DiffusionDistillationModule):
         sample_shape: Sequence[int] | None = None,
         noise_seed: int | None = None,
         eval_teacher_steps: int = 50,
+        loss_weights: dict[str, float] | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         fake_score_optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
-        weights = {
-            "dm": dm_loss_weight,
-            "gen_cls": gen_cls_loss_weight,
-            "guidance_cls": guidance_cls_loss_weight,
-        }
-        for term, value in weights.items():
-            check_option(value >= 0, f"{term}_loss_weight", value, ">= 0")
         super().__init__(
             student, teacher, schedule, noise_seed=noise_seed, sample_shape=sample_shape,
-            eval_teacher_steps=eval_teacher_steps, null_label=null_label, loss_weights=weights,
+            eval_teacher_steps=eval_teacher_steps, null_label=null_label, loss_weights=loss_weights,
             optimizer=optimizer, fake_score_optimizer=fake_score_optimizer, lr_scheduler=lr_scheduler,
         )  # fmt: skip
         self.save_hyperparameters(ignore=_MODULE_ARGS)
-        T, t_max = self.schedule.num_train_timesteps, self.schedule.max_timestep
-        steps = tuple(int(t) for t in (denoising_timesteps or (t_max,)))
-        checks = [
-            (student_init in ("teacher", "random"), "student_init", student_init, "'teacher' or 'random'"),
-            (0 <= min_step_percent < max_step_percent <= 1, "min_step_percent", min_step_percent, "< max, in [0, 1]"),
-            (dfake_gen_update_ratio >= 1, "dfake_gen_update_ratio", dfake_gen_update_ratio, "an integer >= 1"),
-            (max_grad_norm is None or max_grad_norm > 0, "max_grad_norm", max_grad_norm, "> 0 or null"),
-            (0 <= (gan_max_timestep or 0) <= T, "gan_max_timestep", gan_max_timestep, f"in [0, {T}] or null"),
-            (list(steps) == sorted(set(steps), reverse=True) and 0 <= steps[-1] and steps[0] <= t_max,
-             "denoising_timesteps", list(steps), f"strictly decreasing, in [0, {t_max}]"),
-        ]  # fmt: skip
-        for ok, key, value, allowed in checks:
-            check_option(ok, key, value, allowed)
+        check_option(
+            student_init in ("teacher", "random"), "student_init", student_init, "'teacher' or 'random'"
+        )
+        check_option(
+            generator_update_every >= 1, "generator_update_every", generator_update_every, "an integer >= 1"
+        )
+        check_option(
+            max_grad_norm is None or max_grad_norm > 0, "max_grad_norm", max_grad_norm, "> 0 or null"
+        )
+        self.denoising_timesteps, self.dm_steps, self.gan_max_timestep = dmd.dmd2_settings(
+            self.schedule, min_step_percent=min_step_percent, max_step_percent=max_step_percent,
+            denoising_timesteps=denoising_timesteps, gan_max_timestep=gan_max_timestep,
+        )  # fmt: skip
         if student_init == "teacher":
             self.init_from_teacher(student)
         self.fake_score = self.build_fake_score(fake_score).requires_grad_(True).train()
@@ -187,11 +171,9 @@ class DMD2(DiffusionDistillationModule):
             self.gan_head = GANHead(gan_channels or bottleneck_channels(self.fake_score.model))
         self.student_prediction_type = student_prediction_type
         self.real_guidance_scale = float(real_guidance_scale)
-        self.dm_steps = (int(min_step_percent * T), min(int(max_step_percent * T) + 1, T))  # [low, high)
         self.normalise_dmd_gradient = normalise_dmd_gradient
-        self.dfake_gen_update_ratio = dfake_gen_update_ratio
-        self.denoising_timesteps, self.backward_simulation = steps, backward_simulation
-        self.gan_max_timestep = T if gan_max_timestep is None else gan_max_timestep
+        self.generator_update_every = generator_update_every
+        self.backward_simulation = backward_simulation
         self.max_grad_norm = max_grad_norm
 
     # ------------------------------------------------------------------ the paper, one method per equation
@@ -201,50 +183,26 @@ class DMD2(DiffusionDistillationModule):
             self.student, self.schedule, x_t, t, cond, prediction_type=self.student_prediction_type
         )
 
-    @torch.no_grad()
     def generator_input(self, real: Tensor, cond: Cond, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """Step 1: the student's input ``(x_t (B, ...), t (B,))`` for this iteration.
+        """Step 1: the student's input ``(x_t (B, ...), t (B,))``: :func:`~lightning_distill.diffusion.dmd.generator_input`."""
+        return dmd.generator_input(
+            self.student, self.schedule, real, cond, generator, timesteps=self.denoising_timesteps,
+            backward_simulation_on=self.backward_simulation, step_generator=self._shared_generator(),
+            prediction_type=self.student_prediction_type,
+        )  # fmt: skip
 
-        One step: pure noise at ``denoising_timesteps[0]``. Few steps with backward simulation:
-        the student's own sample after ``k`` steps (``k`` uniform, one per batch and the same on
-        every rank) re-noised to ``t_k``. Without it (the official ``denoising`` mode): real data
-        noised to a random ``t_k`` per sample, and pure noise where ``t_k = T - 1``.
-        """
-        noise, steps = randn_like(real, generator), self.denoising_timesteps
-        if len(steps) == 1:
-            return noise, torch.full((real.shape[0],), steps[0], device=real.device, dtype=torch.long)
-        if self.backward_simulation:
-            k = int(torch.randint(len(steps), (1,), generator=self._shared_generator()).item())
-            return backward_simulation(
-                self.student,
-                self.schedule,
-                noise,
-                steps,
-                cond,
-                step=k,
-                generator=generator,
-                prediction_type=self.student_prediction_type,
-            )
-        t = torch.tensor(steps, device=real.device)[self.timesteps_like(real, 0, len(steps), generator)]
-        pure = (t == self.schedule.num_train_timesteps - 1).reshape(-1, *[1] * (real.ndim - 1))
-        return torch.where(pure, noise, self.schedule.add_noise(real, noise, t)), t
-
-    @torch.no_grad()
     def distribution_matching_gradient(
         self, x0: Tensor, cond: Cond, null_cond: Cond, generator: torch.Generator | None = None
     ) -> Tensor:
         """g = (x̂_fake − x̂_real) / mean|x̂₀ − x̂_real| at x_t = α_t x̂₀ + σ_t ε, t ~ U[0.02T, 0.98T]; ``(B, ...)``.
 
-        The real prediction carries CFG (``real_guidance_scale``), the fake one none (the official
-        ``fake_guidance_scale`` must be 1). Non-finite entries become 0 (the NaN guard).
+        The real prediction carries CFG (``real_guidance_scale``), the fake one none. Non-finite
+        entries become 0 (the NaN guard).
         """
-        t = self.timesteps_like(x0, *self.dm_steps, generator)
-        x_t = self.schedule.add_noise(x0.detach(), randn_like(x0, generator), t)
-        fake_x0 = self.schedule.to_x0(model_output(self.fake_score, x_t, t, cond), x_t, t)
-        real_x0 = self.schedule.to_x0(
-            guided_output(self.teacher, x_t, t, cond, null_cond, self.real_guidance_scale), x_t, t
-        )
-        return dmd_gradient(fake_x0, real_x0, x0, normalise=self.normalise_dmd_gradient)
+        return dmd.distribution_matching_gradient(
+            self.teacher, self.fake_score, self.schedule, x0, cond, null_cond, timestep_range=self.dm_steps,
+            guidance_scale=self.real_guidance_scale, normalise=self.normalise_dmd_gradient, generator=generator,
+        )  # fmt: skip
 
     def distribution_matching_loss(
         self, x0: Tensor, cond: Cond, null_cond: Cond, generator: torch.Generator | None = None
@@ -264,11 +222,7 @@ class DMD2(DiffusionDistillationModule):
             raise RuntimeError("The GAN branch is off (`gan: false`); there is no discriminator.")
         if not self.gan_hooks.is_attached:  # outside a Trainer; inside one the callback attaches in `setup`
             self.gan_hooks.attach(self)
-        t = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-        if self.gan_max_timestep > 0:
-            t = self.timesteps_like(x, 0, self.gan_max_timestep, generator)
-            x = self.schedule.add_noise(x, randn_like(x, generator), t)
-        return x, t
+        return dmd.discriminator_input(self.schedule, x, self.gan_max_timestep, generator)
 
     def discriminator_logits(self, x: Tensor, cond: Cond, generator: torch.Generator | None = None) -> Tensor:
         """D(x) ``(B,)``: the GAN head on the fake score's tapped features at :meth:`discriminator_input`."""
@@ -276,13 +230,12 @@ class DMD2(DiffusionDistillationModule):
         return discriminator_logits(self.fake_score, self.gan_head, self.gan_hooks, _TAP, x, t, cond)
 
     def generator_gan_loss(self, x0: Tensor, cond: Cond, generator: torch.Generator | None = None) -> Tensor:
-        """L_G = mean softplus(−D(x̂₀)), differentiated through the fake score (frozen for this turn) into x̂₀."""
+        """L_G = mean softplus(−D(x̂₀)), differentiated through the fake score into x̂₀."""
         return gan_generator_loss(self.discriminator_logits(x0, cond, generator))
 
     def fake_score_loss(self, x0: Tensor, cond: Cond, generator: torch.Generator | None = None) -> Tensor:
         """L_fake = mean ‖f_φ(x_t, t) − y‖², x_t = α_t sg(x̂₀) + σ_t ε, t ~ U[0, T), y the schedule's target (ε)."""
-        t = self.timesteps_like(x0, 0, self.schedule.num_train_timesteps, generator)
-        return self.fake_score.denoising_loss(x0.detach(), t, randn_like(x0, generator), cond)
+        return dmd.fake_score_denoising_loss(self.fake_score, x0, cond, generator)
 
     def guidance_cls_loss(
         self,
@@ -292,21 +245,10 @@ class DMD2(DiffusionDistillationModule):
         fake_cond: Cond,
         generator: torch.Generator | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """L_D = mean softplus(−D(real)) + mean softplus(D(sg(fake))), and the logits ``(B_real,)``, ``(B_fake,)``.
-
-        Real and fake go through the fake score as one batch when their conditions concatenate
-        (``None`` or tensors); every sample still gets its own noise level, as with two calls.
-        """
-        real, fake = real.detach(), fake.detach().to(real.dtype)
-        if (real_cond is None and fake_cond is None) or (
-            isinstance(real_cond, Tensor) and isinstance(fake_cond, Tensor)
-        ):
-            cond = None if real_cond is None else torch.cat([real_cond, fake_cond])
-            logits = self.discriminator_logits(torch.cat([real, fake]), cond, generator)
-            real_logits, fake_logits = logits.split([real.shape[0], fake.shape[0]])
-        else:
-            real_logits = self.discriminator_logits(real, real_cond, generator)
-            fake_logits = self.discriminator_logits(fake, fake_cond, generator)
+        """L_D = mean softplus(−D(real)) + mean softplus(D(sg(fake))), and the logits ``(B_real,)``, ``(B_fake,)``."""
+        real_logits, fake_logits = dmd.paired_logits(
+            self.discriminator_logits, real, fake, real_cond, fake_cond, generator
+        )
         return gan_discriminator_loss(real_logits, fake_logits), real_logits, fake_logits
 
     def generator_terms(
@@ -325,38 +267,30 @@ class DMD2(DiffusionDistillationModule):
         null_cond = self.null_condition(cond)
         self.record_sample_shape(real)
         rng = self.iteration_generator()
-        generator_turn = self.is_update_step(self.iteration, self.dfake_gen_update_ratio)
+        generator_turn = self._is_generator_step(self.iteration)
         # 1. The generator's samples (with grad on its turns only); the fake-score turn reuses them.
         x_t, t = self.generator_input(real, cond, rng)
         with torch.set_grad_enabled(generator_turn):
             x0 = self.generate(x_t, t, cond)
         # 2. Generator turn: distribution matching + GAN through the fake score (frozen by the toggle).
-        terms: dict[str, Tensor] = {}
         if generator_turn:
-            self.toggle_optimizer(opt_gen)
             terms = self.generator_terms(x0, t, cond, null_cond, rng)
             if terms:
-                self.manual_update(self.weighted_sum(terms), opt_gen, clip_grad_norm=self.max_grad_norm)
-            self.untoggle_optimizer(opt_gen)
+                self.update(opt_gen, terms, turn="generator", max_grad_norm=self.max_grad_norm)
         # 3. Fake-score turn, every iteration: denoising on the detached samples + discriminator.
-        fake_terms, realism = {"fake": self.fake_score_loss(x0, cond, rng)}, {}
+        fake_terms = {"fake": self.fake_score_loss(x0, cond, rng)}
         if self.gan_head is not None:
-            fake_terms["guidance_cls"], *logits = self.guidance_cls_loss(real, x0, cond, cond, rng)
-            realism = {f"pred_realism_{k}": v.sigmoid().mean() for k, v in zip(("real", "fake"), logits)}
-        self.toggle_optimizer(opt_fake)
-        self.manual_update(self.weighted_sum(fake_terms), opt_fake, clip_grad_norm=self.max_grad_norm)
-        self.untoggle_optimizer(opt_fake)
-        # 4. Schedulers step every iteration (as the official constant-with-warmup ones do).
-        self.step_schedulers()
-        self.iteration += 1
-        self.log_terms({**terms, **fake_terms, **realism})
-
-    def log_terms(self, terms: dict[str, Tensor]) -> None:
-        """Log each loss term (and the discriminator's mean realism) of the iteration as ``train/<name>``."""
-        for name, value in terms.items():
-            self.log(
-                f"train/{name}", value.detach(), on_step=True, on_epoch=False, prog_bar=name in ("dm", "fake")
+            fake_terms["guidance_cls"], real_logits, fake_logits = self.guidance_cls_loss(
+                real, x0, cond, cond, rng
             )
+            self.log_diagnostics(
+                {
+                    "pred_realism_real": real_logits.sigmoid().mean(),
+                    "pred_realism_fake": fake_logits.sigmoid().mean(),
+                }
+            )
+        self.update(opt_fake, fake_terms, turn="fake_score", max_grad_norm=self.max_grad_norm)
+        self.iteration += 1
 
     def fake_score_parameters(self) -> list[nn.Parameter]:
         """The fake score's trainable parameters and the discriminator head's (the second optimizer)."""
@@ -372,14 +306,7 @@ class DMD2(DiffusionDistillationModule):
         Raises:
             ValueError: CFG asked for without a condition, a known null label, or with a mapping condition.
         """
-        if self.real_guidance_scale == 1.0:
-            return None
-        if cond is None:
-            raise ValueError(
-                f"`real_guidance_scale`={self.real_guidance_scale} needs conditioned batches; the data has no labels. "
-                "Set `model.init_args.real_guidance_scale: 1.0`."
-            )
-        return super().null_condition(cond)
+        return dmd.guidance_null_condition(cond, self.real_guidance_scale, super().null_condition)
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator, cond: Cond = None) -> Tensor:
@@ -393,6 +320,11 @@ class DMD2(DiffusionDistillationModule):
             generator=generator,
             prediction_type=self.student_prediction_type,
         )
+
+    # ------------------------------------------------------------------ helpers
+    def _is_generator_step(self, iteration: int) -> bool:
+        """The generator learns on iterations 0, k, 2k, ... (``k = generator_update_every``)."""
+        return self.is_update_step(iteration, self.generator_update_every)
 
     def _shared_generator(self) -> torch.Generator:
         """The same on every rank (DMD2 broadcasts the backward-simulation step from rank 0)."""

@@ -19,7 +19,8 @@ expert after the other:
 5. At each phase boundary (``ProgressiveSchedule`` stages call :meth:`PhasedDMD.on_stage_change`)
    the fake score is re-initialised from the teacher and its optimizer state cleared.
 
-Total loss: ``fake`` on fake-score iterations, ``dm`` on generator iterations (never summed).
+Total loss: ``w_fake fake`` on fake-score iterations, ``w_dm dm`` on generator iterations (never
+summed; ``loss_weights``, 1 each).
 The last phase (``s = 0``) is plain DMD: the target and weight reduce to the standard ones.
 
 =================================== =============================== ===================
@@ -94,7 +95,7 @@ class PhasedDMD(DiffusionDistillationModule):
         conditional: pass ``batch[1]`` as the condition to every network.
         guidance_scale: CFG scale of the teacher (real score) only.
         null_label: the null condition for CFG (an int label; ``None``: zeros like the condition).
-        clip_grad_norm: gradient clipping of both updates (``None``: off).
+        max_grad_norm: gradient clipping of both updates (``None``: off).
         noise_seed: seed of the training noise (``None``: ``torch.initial_seed()`` at setup).
         optimizer: ``params -> Optimizer``, used for both optimizers with their own lr.
         loss_weights: weights of ``dm`` and ``fake``.
@@ -128,7 +129,7 @@ class PhasedDMD(DiffusionDistillationModule):
         conditional: bool = False,
         guidance_scale: float = 1.0,
         null_label: int | None = None,
-        clip_grad_norm: float | None = None,
+        max_grad_norm: float | None = None,
         noise_seed: int | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         loss_weights: dict[str, float] | None = None,
@@ -162,7 +163,7 @@ class PhasedDMD(DiffusionDistillationModule):
         self.fake_loss_clamp = float(fake_loss_clamp)
         self.normalise_gradient = normalise_gradient
         self.expert_init, self.fake_reset = expert_init, fake_reset
-        self.generator_lr, self.fake_lr, self.clip_grad_norm = generator_lr, fake_lr, clip_grad_norm
+        self.generator_lr, self.fake_lr, self.max_grad_norm = generator_lr, fake_lr, max_grad_norm
         self.conditional, self.guidance_scale, self.phase = conditional, guidance_scale, 0
         self.timesteps = [self._to_timestep(float(b)) for b in phase_boundaries]
         for k in range(self.num_phases):
@@ -220,10 +221,11 @@ class PhasedDMD(DiffusionDistillationModule):
         x_s = self.student.generate(noise, cond, last=phase, grad=generator_step)
         # 2-4. One update: the fake score on subinterval targets, or the generator on the DM gradient.
         if generator_step:
-            terms, optimizer = {"dm": self.distribution_matching_loss(x_s, phase, cond, gen)}, opt_generator
+            terms = {"dm": self.distribution_matching_loss(x_s, phase, cond, gen)}
+            self.update(opt_generator, terms, turn="generator", max_grad_norm=self.max_grad_norm)
         else:
-            terms, optimizer = {"fake": self.fake_score_loss(x_s.detach(), phase, cond, gen)}, opt_fake
-        self.manual_update(self.log_losses(terms)["loss"], optimizer, clip_grad_norm=self.clip_grad_norm)
+            terms = {"fake": self.fake_score_loss(x_s.detach(), phase, cond, gen)}
+            self.update(opt_fake, terms, turn="fake_score", max_grad_norm=self.max_grad_norm)
         self.iteration += 1
 
     def on_stage_change(self, name: str, old: Any, new: Any) -> None:

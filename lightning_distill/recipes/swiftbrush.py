@@ -15,8 +15,9 @@ Algorithm (one training step; only conditions are used, never images):
 5. Update the fake score (LoRA on the teacher) by denoising ``sg(x̂₀)`` at ``t ~ U[0, T)``: ε-MSE
    weighted by ``α_t²``, 10 % of the conditions replaced by the null condition.
 
-Total loss: none is summed; the student minimises ``vsd`` and the fake score ``fake_score``, with
-two Adam optimizers updated 1:1 (manual optimization).
+Total loss: none is summed; the student minimises ``w_vsd vsd`` and the fake score
+``w_fake_score fake_score`` (``loss_weights``, 1 each), with two Adam optimizers updated 1:1
+(manual optimization).
 
 Hyper-parameters -> config keys (``model.init_args.*``):
 
@@ -31,7 +32,7 @@ null prompts in the LoRA update       ``condition_dropout``                     
 fake score = LoRA on the teacher      ``fake_score_mode``                                       ``lora``
 LoRA rank / alpha / layers            ``lora_rank``, ``lora_alpha``, ``lora_target_modules``    64 / 108 / to_q, to_v
 student / LoRA optimizer (Adam, lr)   ``optimizer``, ``fake_score_optimizer``                   1e-6 / 1e-3
-gradient clipping (both)              ``clip_grad_norm``                                        1.0
+gradient clipping (both)              ``max_grad_norm``                                         1.0
 student starts as the teacher         ``student_init``                                          ``teacher``
 ====================================  ========================================================  =====================
 """
@@ -104,10 +105,11 @@ class SwiftBrush(DiffusionDistillationModule):
         student_init: ``"teacher"`` copies the teacher's weights into the student (the paper);
             ``"random"`` keeps the student as built.
         sample_shape: shape of one sample, e.g. ``(4, 64, 64)``; ``None`` infers it from the models.
-        clip_grad_norm: gradient-norm clipping of both updates (``None`` disables it).
+        max_grad_norm: gradient-norm clipping of both updates (``None`` disables it).
         eval_steps: DDIM steps of the teacher's reference samples in validation (logged once).
-        seed: seed of the training noise, timesteps and dropout (``None``: from ``seed_everything``);
+        noise_seed: seed of the training noise, timesteps and dropout (``None``: from ``seed_everything``);
             each step draws from ``(seed, rank, iteration)``.
+        loss_weights: weights of ``vsd`` (student) and ``fake_score`` (fake score), 1 each.
         optimizer: student optimizer (Adam, lr 1e-6).
         fake_score_optimizer: fake-score optimizer (Adam, lr 1e-3).
 
@@ -138,9 +140,10 @@ class SwiftBrush(DiffusionDistillationModule):
         null_condition: int | Tensor | None = None,
         student_init: Literal["teacher", "random"] = "teacher",
         sample_shape: Sequence[int] | None = None,
-        clip_grad_norm: float | None = 1.0,
+        max_grad_norm: float | None = 1.0,
         eval_steps: int = 50,
-        seed: int | None = None,
+        noise_seed: int | None = None,
+        loss_weights: dict[str, float] | None = None,
         optimizer: OptimizerCallable = student_adam,
         fake_score_optimizer: OptimizerCallable = fake_score_adam,
     ) -> None:
@@ -154,9 +157,10 @@ class SwiftBrush(DiffusionDistillationModule):
             student,
             teacher,
             schedule,
-            noise_seed=seed,
+            noise_seed=noise_seed,
             sample_shape=sample_shape,
             eval_teacher_steps=eval_steps,
+            loss_weights=loss_weights,
             optimizer=optimizer,
             fake_score_optimizer=fake_score_optimizer,
         )
@@ -223,7 +227,7 @@ class SwiftBrush(DiffusionDistillationModule):
         self.condition_dropout = float(condition_dropout)
         self.null_cond = torch.tensor([null_condition]) if isinstance(null_condition, int) else null_condition
         self.sample_shape = self.resolve_sample_shape()
-        self.clip_grad_norm = clip_grad_norm
+        self.max_grad_norm = max_grad_norm
         self._generator: torch.Generator | None = None
 
     # ------------------------------------------------------------------ the paper's equations
@@ -264,7 +268,7 @@ class SwiftBrush(DiffusionDistillationModule):
         )
         return self.fake_score.denoising_loss(x0.detach(), t, noise, cond, weighting=weight)
 
-    def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
+    def training_step(self, batch: Any, batch_idx: int) -> None:
         cond = _check_batch(batch)
         opt_student, opt_fake = self.optimizers()
         self._reseed()
@@ -272,13 +276,11 @@ class SwiftBrush(DiffusionDistillationModule):
         # 1. one step from pure noise at t = T - 1
         x0 = self.generate(self.initial_noise(first_tensor(cond).shape[0], gen), cond)
         # 2-4. VSD gradient through the pseudo-target loss; the student's update
-        vsd = self.vsd_loss(x0, cond)
-        self.manual_update(vsd, opt_student, clip_grad_norm=self.clip_grad_norm)
+        self.update(opt_student, {"vsd": self.vsd_loss(x0, cond)}, turn="generator", max_grad_norm=self.max_grad_norm)
         # 5. the fake score learns the (pre-update) student samples
         fake = self.fake_score_loss(x0.detach(), cond)
-        self.manual_update(fake, opt_fake, clip_grad_norm=self.clip_grad_norm)
+        self.update(opt_fake, {"fake_score": fake}, turn="fake_score", max_grad_norm=self.max_grad_norm)
         self.iteration += 1
-        return self.log_losses({"vsd": vsd.detach(), "fake_score": fake.detach()})
 
     # ------------------------------------------------------------------ sampling and conditions
     @torch.no_grad()

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_distill.callbacks import MixtureMetrics
 from lightning_distill.cli import main as cli_main
 from lightning_distill.data import GMMDataModule
 from lightning_distill.diffusion import MLPDenoiser, NoiseSchedule, few_step_sample, tiny_unet
@@ -36,7 +37,7 @@ def make_recipe(**kwargs) -> DMD2:
         student_init="random",
         student_prediction_type="sample",
         real_guidance_scale=1.0,
-        dfake_gen_update_ratio=2,
+        generator_update_every=2,
         noise_seed=0,
         optimizer=functools.partial(torch.optim.AdamW, lr=1e-3),
     )
@@ -305,7 +306,7 @@ class GradientSpy(Callback):
 
 
 def test_generator_every_ratio_iterations_and_gradients_reach_only_their_networks():
-    recipe = make_recipe(teacher=mlp().requires_grad_(False), dfake_gen_update_ratio=3)
+    recipe = make_recipe(teacher=mlp().requires_grad_(False), generator_update_every=3)
     teacher_state = copy.deepcopy(recipe.teacher.state_dict())
     spy = GradientSpy()
     trainer = L.Trainer(**quiet_trainer_kwargs(max_epochs=1, limit_train_batches=4, callbacks=[spy]))
@@ -336,7 +337,7 @@ def test_unet2d_condition_models_run_one_step_and_four_step_training():
             teacher=teacher,
             denoising_timesteps=steps,
             real_guidance_scale=4.0,
-            dfake_gen_update_ratio=2,
+            generator_update_every=2,
             noise_seed=0,
             optimizer=functools.partial(torch.optim.AdamW, lr=1e-4),
         )
@@ -363,7 +364,7 @@ class RecordLosses(Callback):
 def test_resume_with_two_optimizers_equals_the_uninterrupted_run(tmp_path):
     def run(epochs, ckpt_path=None):
         L.seed_everything(3)
-        recipe = make_recipe(dfake_gen_update_ratio=3, noise_seed=None)  # the seed comes from seed_everything
+        recipe = make_recipe(generator_update_every=3, noise_seed=None)  # the seed comes from seed_everything
         record = RecordLosses()
         checkpoint = ModelCheckpoint(dirpath=tmp_path / f"run{epochs}", save_last=True)
         trainer = L.Trainer(
@@ -390,7 +391,7 @@ def test_resume_with_two_optimizers_equals_the_uninterrupted_run(tmp_path):
 
 def test_validation_logs_sample_metrics_with_the_floor_and_the_teacher_once():
     recipe = make_recipe(eval_teacher_steps=5)
-    trainer = L.Trainer(**quiet_trainer_kwargs(max_epochs=2, limit_train_batches=2))
+    trainer = L.Trainer(**quiet_trainer_kwargs(max_epochs=2, limit_train_batches=2, callbacks=[MixtureMetrics()]))
     seen = []
 
     class Spy(Callback):
@@ -411,9 +412,9 @@ def test_validation_logs_sample_metrics_with_the_floor_and_the_teacher_once():
 @pytest.mark.parametrize(
     "kwargs, key",
     [
-        ({"dfake_gen_update_ratio": 0}, "model.init_args.dfake_gen_update_ratio"),
+        ({"generator_update_every": 0}, "model.init_args.generator_update_every"),
         ({"min_step_percent": 0.9, "max_step_percent": 0.5}, "model.init_args.min_step_percent"),
-        ({"gen_cls_loss_weight": -1.0}, "model.init_args.gen_cls_loss_weight"),
+        ({"loss_weights": {"gen_cls": -1.0}}, "model.init_args.loss_weights"),
         ({"denoising_timesteps": [249, 999]}, "model.init_args.denoising_timesteps"),
         ({"student_init": "teacher"}, "model.init_args.student_init: random"),
         ({"fake_score": None}, "model.init_args.fake_score"),
@@ -438,3 +439,24 @@ def test_config_runs_with_fast_dev_run(tmp_path, monkeypatch):
     cli_main(
         ["fit", "--config", str(CONFIG), "--trainer.fast_dev_run=true", "--trainer.enable_progress_bar=false"]
     )
+
+
+def test_a_subclass_overriding_one_equation_method_is_what_trains():
+    class MyDMD2(DMD2):
+        calls = 0
+
+        def distribution_matching_loss(self, x0, cond, null_cond, generator=None):
+            MyDMD2.calls += 1
+            return 0.5 * x0.square().mean()  # pull the samples to the origin instead
+
+    recipe = make_recipe(gan=False)
+    mine = MyDMD2(**{**dict(
+        student=mlp(), teacher=AnalyticTeacher(make_mixture("ring"), NoiseSchedule.ddpm()), fake_score=mlp(),
+        student_init="random", student_prediction_type="sample", real_guidance_scale=1.0, generator_update_every=2,
+        noise_seed=0, optimizer=functools.partial(torch.optim.AdamW, lr=1e-3),
+    ), "gan": False})  # fmt: skip
+    mine.load_state_dict(recipe.state_dict())
+    trainer = L.Trainer(**quiet_trainer_kwargs(max_epochs=1, limit_train_batches=3))
+    trainer.fit(mine, datamodule=tiny_gmm_data())
+    assert MyDMD2.calls == 2  # generator turns at iterations 0 and 2
+    assert torch.isfinite(trainer.logged_metrics["train/dm"]) and "train/loss_generator" in trainer.logged_metrics

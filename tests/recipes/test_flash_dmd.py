@@ -14,10 +14,12 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_distill.callbacks import MixtureMetrics
 from lightning_distill.cli import main as cli_main
 from lightning_distill.data import GMMDataModule
 from lightning_distill.diffusion import MLPDenoiser, NoiseSchedule, tiny_unet
 from lightning_distill.diffusion.gmm import AnalyticTeacher, make_mixture
+from lightning_distill.losses.distribution_matching import gan_generator_loss, pseudo_target_loss
 from lightning_distill.recipes.flash_dmd import FlashDMD, RegionReward
 from tests.conftest import quiet_trainer_kwargs
 
@@ -50,7 +52,7 @@ def make_recipe(**kwargs) -> FlashDMD:
         student_prediction_type="sample",
         denoising_timesteps=[999, 499],
         real_guidance_scale=1.0,
-        dfake_gen_update_ratio=2,
+        generator_update_every=2,
         noise_seed=0,
         optimizer=functools.partial(torch.optim.AdamW, lr=1e-3),
     )
@@ -121,8 +123,9 @@ def test_without_a_split_both_terms_equal_dmd2s_losses_on_every_sample():
         x0, torch.tensor([999, 499, 499, 999]), None, None, torch.Generator().manual_seed(3)
     )
     gen = torch.Generator().manual_seed(3)
-    torch.testing.assert_close(terms["dm"], recipe.distribution_matching_loss(x0, None, None, gen))
-    torch.testing.assert_close(terms["gen_cls"], recipe.generator_gan_loss(x0, None, gen))
+    dm = pseudo_target_loss(x0, recipe.distribution_matching_gradient(x0, None, None, gen))  # DMD2's L_DM
+    torch.testing.assert_close(terms["dm"], dm)
+    torch.testing.assert_close(terms["gen_cls"], gan_generator_loss(recipe.discriminator_logits(x0, None, gen)))
 
 
 def test_dm_term_has_no_gradient_when_the_fake_score_equals_the_teacher():
@@ -187,7 +190,7 @@ def test_gradients_reach_only_their_networks_and_teacher_and_reward_stay_unchang
     assert not fake_steps[1]["student"] and not fake_steps[3]["student"]  # iterations 1, 3: no generator turn
     torch.testing.assert_close(recipe.teacher.state_dict(), frozen["teacher"])
     torch.testing.assert_close(recipe.reward_model.state_dict(), frozen["reward"])
-    assert not recipe.reward_model.training and "train/mean_reward" in trainer.logged_metrics
+    assert not recipe.reward_model.training and "diag/mean_reward" in trainer.logged_metrics
 
 
 class RecordLosses(Callback):
@@ -231,7 +234,7 @@ def test_unet2d_models_run_the_split_and_the_reward_through_the_same_code_path()
         reward_model=LinearReward(64),
         denoising_timesteps=[999, 499],
         real_guidance_scale=1.0,
-        dfake_gen_update_ratio=1,
+        generator_update_every=1,
         noise_seed=0,
         optimizer=functools.partial(torch.optim.AdamW, lr=1e-4),
     )
@@ -257,7 +260,7 @@ def test_unet2d_models_run_the_split_and_the_reward_through_the_same_code_path()
 
 def test_validation_logs_the_reward_next_to_the_sample_metrics():
     recipe = make_recipe(eval_teacher_steps=5)
-    trainer = L.Trainer(**quiet_trainer_kwargs(max_epochs=1, limit_train_batches=2))
+    trainer = L.Trainer(**quiet_trainer_kwargs(max_epochs=1, limit_train_batches=2, callbacks=[MixtureMetrics()]))
     trainer.fit(recipe, datamodule=tiny_gmm_data())
     metrics = trainer.callback_metrics
     assert {"val/reward", "val/swd", "val/mode_coverage", "val/teacher_swd", "val/swd_floor"} <= set(metrics)
@@ -271,9 +274,9 @@ def test_validation_logs_the_reward_next_to_the_sample_metrics():
     [
         ({"timestep_split": 0}, "model.init_args.timestep_split"),
         ({"timestep_split": 500, "gan": False}, "model.init_args.timestep_split"),
-        ({"reward_weight": -1.0}, "model.init_args.reward_weight"),
+        ({"loss_weights": {"reward": -1.0}}, "model.init_args.loss_weights"),
         ({"reward_start_iteration": -1}, "model.init_args.reward_start_iteration"),
-        ({"dfake_gen_update_ratio": 0}, "model.init_args.dfake_gen_update_ratio"),
+        ({"generator_update_every": 0}, "model.init_args.generator_update_every"),
     ],
 )
 def test_bad_arguments_name_the_config_key(kwargs, key):

@@ -42,7 +42,7 @@ def make_recipe(**kwargs) -> MSD:
         student_init="random",
         student_prediction_type="sample",
         real_guidance_scale=1.0,
-        dfake_gen_update_ratio=2,
+        generator_update_every=2,
         noise_seed=0,
         optimizer=functools.partial(torch.optim.AdamW, lr=1e-3),
     )
@@ -302,7 +302,7 @@ def test_unet2d_class_conditional_students_from_the_teacher_run_training_and_sam
     )
     teacher_net = unet()
     recipe = MSD(
-        student=unet(), teacher=teacher_net, num_students=2, real_guidance_scale=2.0, dfake_gen_update_ratio=1,
+        student=unet(), teacher=teacher_net, num_students=2, real_guidance_scale=2.0, generator_update_every=1,
         noise_seed=0, optimizer=functools.partial(torch.optim.AdamW, lr=1e-4),
     )  # fmt: skip
     assert recipe.router.partition == ((0, 1), (2, 3))
@@ -330,7 +330,7 @@ class RecordLosses(Callback):
 def test_resume_across_the_tsm_boundary_equals_the_uninterrupted_run(tmp_path):
     def run(epochs, ckpt_path=None):
         L.seed_everything(3)
-        recipe = make_recipe(tsm_steps=3, dfake_gen_update_ratio=3, noise_seed=None)
+        recipe = make_recipe(tsm_steps=3, generator_update_every=3, noise_seed=None)
         record = RecordLosses()
         checkpoint = ModelCheckpoint(dirpath=tmp_path / f"run{epochs}", save_last=True)
         trainer = L.Trainer(**quiet_trainer_kwargs(
@@ -377,7 +377,7 @@ def test_sample_routes_each_label_and_draws_labels_by_class_weight():
             "tsm_init_fake_score: false",
         ),
         ({"student_init": "teacher"}, "model.init_args.student_init: random"),
-        ({"dfake_gen_update_ratio": 0}, "model.init_args.dfake_gen_update_ratio"),
+        ({"generator_update_every": 0}, "model.init_args.generator_update_every"),
         ({"num_students": 2}, "model.init_args.num_students"),
     ],
 )

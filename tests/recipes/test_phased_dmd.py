@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_distill.callbacks import MixtureMetrics
 from lightning_distill.diffusion import MLPDenoiser, NoiseSchedule, tiny_unet
 from lightning_distill.diffusion.gmm import AnalyticTeacher, GaussianMixture
 from lightning_distill.recipes.phased_dmd import (
@@ -217,9 +218,9 @@ class Recorder(PhasedDMD):
         self.terms: list[tuple[int, str, float]] = []
         self.stage_calls: list[dict] = []
 
-    def log_losses(self, terms, **kwargs):
+    def update(self, optimizer, terms, **kwargs):
         self.terms += [(self.iteration, k, float(v)) for k, v in terms.items()]
-        return super().log_losses(terms, **kwargs)
+        return super().update(optimizer, terms, **kwargs)
 
     def on_stage_change(self, name, old, new):
         state = self.trainer.optimizers[1].state
@@ -341,7 +342,7 @@ def test_validation_logs_student_teacher_and_floor_metrics_on_the_bench():
         fake_score=mlp(3), expert_init="student", fake_reset="initial",
     )  # fmt: skip
     data = GMMDataModule("ring", num_train=64, num_val=128, batch_size=64)
-    trainer = L.Trainer(**quiet_trainer_kwargs(max_steps=2))
+    trainer = L.Trainer(**quiet_trainer_kwargs(max_steps=2, callbacks=[MixtureMetrics()]))
     trainer.fit(recipe, datamodule=data)
     logged = trainer.logged_metrics
     names = ("swd", "mmd", "mode_coverage", "mode_tv")

@@ -10,6 +10,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
+from lightning_distill.callbacks import MixtureMetrics
 from lightning_distill.diffusion import MLPDenoiser, NoiseSchedule, tiny_unet
 from lightning_distill.diffusion.gmm import AnalyticTeacher, GaussianMixture
 from lightning_distill.recipes.swiftbrush import ConditionDataModule, ResidualScore, SwiftBrush
@@ -29,7 +30,7 @@ def bench_recipe(**kwargs) -> SwiftBrush:
         fake_score=MLPDenoiser(dim=2, hidden=16, depth=1, num_classes=K),
         student_init="random",
         null_condition=K,
-        seed=0,
+        noise_seed=0,
         optimizer=lambda p: torch.optim.Adam(p, lr=1e-3),
     )
     options.update(kwargs)
@@ -44,7 +45,7 @@ def unet_recipe(**kwargs) -> SwiftBrush:
     student = tiny_unet(
         sample_size=8, in_channels=4, block_out_channels=(8, 16), cross_attention_dim=16, norm_num_groups=4
     )
-    return SwiftBrush(student=student, teacher=teacher, lora_rank=4, lora_alpha=6.0, seed=0, **kwargs)
+    return SwiftBrush(student=student, teacher=teacher, lora_rank=4, lora_alpha=6.0, noise_seed=0, **kwargs)
 
 
 def test_one_step_sample_uses_the_schedules_terminal_alpha():
@@ -205,7 +206,8 @@ class _Losses(Callback):
         self.values: list[tuple[float, float]] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.values.append((float(outputs["vsd"]), float(outputs["fake_score"])))
+        metrics = trainer.callback_metrics
+        self.values.append((float(metrics["train/vsd"]), float(metrics["train/fake_score"])))
 
 
 def _fit(recipe, iterations, tmp_path, ckpt=None, record=None):
@@ -250,7 +252,7 @@ def test_checkpoints_leave_out_the_lora_base_and_restore_it(tmp_path: Path):
 def test_validation_logs_bench_metrics_floor_and_teacher_once():
     recipe = bench_recipe(eval_steps=4)
     data = ConditionDataModule(num_classes=K, num_train=16, num_val=64, batch_size=16)
-    trainer = L.Trainer(**quiet_trainer_kwargs(max_steps=2, limit_val_batches=2))
+    trainer = L.Trainer(**quiet_trainer_kwargs(max_steps=2, limit_val_batches=2, callbacks=[MixtureMetrics()]))
     trainer.fit(recipe, datamodule=data)
     metrics = trainer.logged_metrics
     for name in ("swd", "mmd", "mode_coverage", "swd_floor", "teacher_swd", "teacher_mode_coverage"):
