@@ -1,7 +1,7 @@
-"""Class-balanced real batches for matching-based dataset distillation.
+"""Datamodules of dataset distillation: class-balanced real batches, and step indices for recovery.
 
-Matching methods (DC, DM, DataDAM) compare, class by class, a batch of real images with the
-synthetic images of the same class. :class:`ClassBalancedDataModule` wraps an image datamodule
+Matching methods (DC, DM, DataDAM, MTT/FTD) compare, class by class, a batch of real images with
+the synthetic images of the same class. :class:`ClassBalancedDataModule` wraps an image datamodule
 (anything with ``train_images()``, e.g. :class:`~lightning_distill.data.DigitsDataModule`) and
 serves training batches of exactly ``per_class`` real images of every class, class-blocked:
 ``x`` has shape ``(K * per_class, C, H, W)`` and rows ``c * per_class`` to
@@ -11,6 +11,10 @@ Validation, test and predict loaders are the wrapped datamodule's (real images).
 Which images a batch holds is a pure function of ``(seed, epoch, batch index)``, so a resumed run
 (with :class:`~lightning_distill.data.ResumableDataLoader`) sees the batches an uninterrupted run
 would.
+
+:class:`RecoverDataModule` (SRe2L / CDA): training batches that are only step indices (recovery
+inverts a teacher and reads no real data); the wrapped datamodule's real images for validation
+and testing.
 """
 
 from __future__ import annotations
@@ -20,9 +24,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_distill.data import ResumableDataLoader
+from lightning_distill.data.images import ResumableDataLoader
 
-__all__ = ["ClassBalancedBatches", "ClassBalancedDataModule"]
+__all__ = ["ClassBalancedBatches", "ClassBalancedDataModule", "RecoverDataModule"]
 
 
 class ClassBalancedBatches(Dataset):
@@ -165,6 +169,93 @@ class ClassBalancedDataModule(L.LightningDataModule):
         run_seed = int(torch.initial_seed()) ^ self.seed
         dataset = ClassBalancedBatches(x, y, self.num_classes, self.per_class, self.steps_per_epoch, run_seed)
         return ResumableDataLoader(dataset, batch_size=None, sampler=_EpochSetter(dataset))
+
+    def val_dataloader(self) -> DataLoader:
+        return self.data.val_dataloader()
+
+    def test_dataloader(self) -> DataLoader:
+        return self.data.test_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.data.predict_dataloader()
+
+
+# ---------------------------------------------------------------------------- recovery (SRe2L / CDA)
+class _Steps(Dataset):
+    """Item ``i`` is the tensor ``[i]``: recovery steps need no real data."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, index: int) -> Tensor:
+        return torch.tensor([index])
+
+
+class RecoverDataModule(L.LightningDataModule):
+    """Training batches that are only step indices; real images for validation and testing.
+
+    SRe2L/CDA recovery never reads real images: it inverts the teacher. This wraps the datamodule
+    the teacher was trained on so that ``fit`` runs ``steps_per_epoch`` steps per epoch (set
+    ``trainer.max_steps`` to the recovery budget), validation and test use its real splits, and
+    ``train_images()`` gives a recipe the data range (to clip the images to) or real images for
+    an ``init: real`` ablation.
+
+    Args:
+        data: the image datamodule (with ``val_dataloader``/``test_dataloader`` and, for the pixel
+            range, ``train_images()``).
+        steps_per_epoch: steps per training epoch.
+
+    Raises:
+        ValueError: ``steps_per_epoch < 1``.
+
+    Example:
+        >>> from lightning_distill.data import DigitsDataModule
+        >>> dm = RecoverDataModule(DigitsDataModule(), steps_per_epoch=3)
+        >>> [batch.tolist() for batch in dm.train_dataloader()]
+        [[0], [1], [2]]
+    """
+
+    def __init__(self, data: L.LightningDataModule, steps_per_epoch: int = 100) -> None:
+        super().__init__()
+        if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
+            raise ValueError(
+                f"`steps_per_epoch` must be an integer >= 1, got {steps_per_epoch!r}; "
+                "set `data.init_args.steps_per_epoch`."
+            )
+        self.data = data
+        self.steps_per_epoch = steps_per_epoch
+
+    @property
+    def num_classes(self) -> int:
+        """The wrapped datamodule's ``num_classes``.
+
+        Raises:
+            AttributeError: it has none.
+        """
+        return int(self.data.num_classes)
+
+    def setup(self, stage: str | None = None) -> None:
+        self.data.setup(stage)
+
+    def train_images(self) -> tuple[Tensor, Tensor]:
+        """The wrapped datamodule's labelled training images and labels.
+
+        Raises:
+            TypeError: the wrapped datamodule has no ``train_images()``.
+        """
+        train_images = getattr(self.data, "train_images", None)
+        if not callable(train_images):
+            raise TypeError(f"{type(self.data).__name__} has no `train_images()` method.")
+        self.data.setup("fit")
+        x, y = train_images()
+        keep = y >= 0
+        return x[keep], y[keep]
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(_Steps(self.steps_per_epoch), batch_size=None, shuffle=False)
 
     def val_dataloader(self) -> DataLoader:
         return self.data.val_dataloader()

@@ -1,4 +1,4 @@
-"""MUTAG offline and a cross-validation datamodule for graph classification.
+"""MUTAG offline and a cross-validation datamodule for graph classification (Mirage).
 
 MUTAG (188 nitro-aromatic molecules, 7 atom types as one-hot node features, 4 bond types as
 one-hot edge features, 2 classes: mutagenic or not) ships inside the ``grakel`` wheel in the TU

@@ -1,15 +1,31 @@
 """Dataset distillation toolkit: synthetic sets, siamese augmentation, random networks, evaluation.
 
-* :class:`SyntheticSet` / :class:`EvalSpec` (``synthetic.py``): learnable class-blocked images,
-  labels, soft labels and learning rate, saved as an artifact with their evaluation settings.
+* :class:`SyntheticSet` (``synthetic.py``) and :class:`EvalSpec` (``eval_spec.py``): learnable
+  class-blocked images, labels, soft labels and learning rate, saved as an artifact with their
+  evaluation settings.
 * :class:`SiameseAugment` (``augment.py``): differentiable siamese augmentation (DSA).
 * :class:`ConvNet`, :class:`ConvNetSpec`, :func:`random_network` (``networks.py``).
-* :func:`evaluate_synthetic` and the baselines (``evaluate.py``): evaluation by retraining.
-* :class:`ClassBalancedDataModule` (``data.py``): class-blocked real batches.
+* :func:`evaluate_synthetic` (``evaluate.py``): evaluation by retraining, the family's metric; the
+  baselines it is compared with (``baselines.py``).
+* Recover (SRe2L / CDA, ``recover.py``), relabel caches (``relabel.py``), trajectory matching
+  (``trajectory.py``, ``experts.py``), label projectors (HeLlO: ``label_projector.py``,
+  ``weak_teachers.py``, ``online_labels.py``).
+* :class:`SyntheticSetModule` (``recipe_base.py``): the plumbing the family's recipes share.
+
+The losses are re-exported from :mod:`lightning_distill.losses.dataset_distillation`, the
+datamodules (:class:`~lightning_distill.data.ClassBalancedDataModule`,
+:class:`~lightning_distill.data.RecoverDataModule`) live in :mod:`lightning_distill.data`.
+What this package may import: README.md.
 """
 
 from lightning_distill.dataset_distillation.augment import DSA_OPS, AugmentParams, SiameseAugment
-from lightning_distill.dataset_distillation.data import ClassBalancedBatches, ClassBalancedDataModule
+from lightning_distill.dataset_distillation.baselines import (
+    full_training_set,
+    herding_subset,
+    random_real_subset,
+    teacher_soft_labels,
+)
+from lightning_distill.dataset_distillation.eval_spec import EvalSpec
 from lightning_distill.dataset_distillation.evaluate import (
     EvalResult,
     RetrainClassifier,
@@ -17,42 +33,40 @@ from lightning_distill.dataset_distillation.evaluate import (
     evaluate_spec,
     evaluate_synthetic,
     fit_fresh_model,
-    full_training_set,
-    herding_subset,
-    quiet_lightning,
-    random_real_subset,
     retrain_model,
     retrain_trainer,
-    teacher_soft_labels,
+)
+from lightning_distill.dataset_distillation.experts import (
+    ExpertSpec,
+    ExpertStep,
+    ExpertTrajectories,
+    expert_trajectories,
+    train_expert,
 )
 from lightning_distill.dataset_distillation.label_projector import (
     CLIPImageEncoder,
     LabelProjector,
-    OnlineLabelClassifier,
-    WeakTeacherEnsemble,
     clip_class_embeddings,
     clip_label_projector,
+    prototype_label_projector,
+)
+from lightning_distill.dataset_distillation.networks import (
+    ConvNet,
+    ConvNetSpec,
+    random_network,
+    reset_parameters,
+)
+from lightning_distill.dataset_distillation.online_labels import (
+    OnlineLabelClassifier,
     evaluate_online_labels,
     hard_label_bytes,
-    prototype_label_projector,
     retrain_with_online_labels,
     soft_label_cache_bytes,
-    soft_label_loss,
-    trajectory_checkpoints,
-    trajectory_teachers,
 )
-from lightning_distill.dataset_distillation.matching import (
-    attention_map,
-    attention_matching_loss,
-    classwise_mean_discrepancy,
-)
-from lightning_distill.dataset_distillation.networks import ConvNet, ConvNetSpec, random_network, reset_parameters
 from lightning_distill.dataset_distillation.recipe_base import SyntheticSetModule
 from lightning_distill.dataset_distillation.recover import (
     CurriculumCrop,
-    RecoverDataModule,
     batchnorm_paths,
-    bn_matching_loss,
     bn_stat_taps,
     crop_schedule,
     running_stats,
@@ -63,25 +77,31 @@ from lightning_distill.dataset_distillation.relabel import (
     evaluate_relabel_cache,
     retrain_on_relabel_cache,
 )
-from lightning_distill.dataset_distillation.synthetic import EvalSpec, SyntheticSet
+from lightning_distill.dataset_distillation.synthetic import SyntheticSet
 from lightning_distill.dataset_distillation.trajectory import (
-    ExpertSpec,
-    ExpertStep,
-    ExpertTrajectories,
     ParamLayout,
-    expert_trajectories,
     functional_logits,
     hessian_top_eigenvalue,
-    train_expert,
-    trajectory_matching_loss,
     unroll_student,
 )
+from lightning_distill.dataset_distillation.weak_teachers import (
+    WeakTeacherEnsemble,
+    trajectory_checkpoints,
+    trajectory_teachers,
+)
+from lightning_distill.losses.dataset_distillation import (
+    attention_map,
+    attention_matching_loss,
+    bn_matching_loss,
+    classwise_mean_discrepancy,
+    soft_label_loss,
+    trajectory_matching_loss,
+)
+from lightning_distill.utils.quiet import quiet_lightning
 
 __all__ = [
     "AugmentParams",
     "CLIPImageEncoder",
-    "ClassBalancedBatches",
-    "ClassBalancedDataModule",
     "ConvNet",
     "ConvNetSpec",
     "CurriculumCrop",
@@ -94,7 +114,6 @@ __all__ = [
     "LabelProjector",
     "OnlineLabelClassifier",
     "ParamLayout",
-    "RecoverDataModule",
     "RelabelCache",
     "RetrainClassifier",
     "SiameseAugment",

@@ -1,4 +1,4 @@
-"""Evaluation by retraining, and the baselines every distilled set is compared with.
+"""Evaluation by retraining: the family's metric.
 
 A distilled set is judged by what a *fresh* model learns from it: train a newly initialised
 network on the set alone, then measure its accuracy on the real test split; repeat over seeds and
@@ -10,25 +10,16 @@ label modes:
 * soft labels: ``T^2 KL(softmax(z_soft / T) || softmax(z / T))`` to stored logits (SRe2L/CDA's
   relabelled sets, FTD/MTT's learned labels, "random real + teacher soft labels").
 
-The baselines of the dataset-distillation papers, as ``(images, labels)`` to evaluate the same way:
-
-* :func:`random_real_subset`: ``ipc`` random real training images per class;
-* :func:`herding_subset`: per class, the images whose features herd towards the class mean
-  (Welling 2009, as the DC papers use it) or a k-center cover, on features of a trained model;
-* :func:`teacher_soft_labels`: a teacher's logits for a set of images (random real + soft labels);
-* :func:`full_training_set`: all labelled training images (the upper bound).
+The baselines to evaluate the same way are in
+:mod:`~lightning_distill.dataset_distillation.baselines`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import math
 import statistics
-import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import lightning.pytorch as L
 import torch
@@ -37,9 +28,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_distill.dataset_distillation.augment import SiameseAugment
+from lightning_distill.dataset_distillation.eval_spec import EvalSpec
 from lightning_distill.dataset_distillation.networks import ConvNet
-from lightning_distill.dataset_distillation.synthetic import EvalSpec
 from lightning_distill.losses import kd_loss
+from lightning_distill.utils.quiet import quiet_lightning
 
 __all__ = [
     "EvalResult",
@@ -47,13 +39,9 @@ __all__ = [
     "evaluate_spec",
     "evaluate_synthetic",
     "fit_fresh_model",
-    "full_training_set",
-    "herding_subset",
-    "random_real_subset",
     "quiet_lightning",
     "retrain_model",
     "retrain_trainer",
-    "teacher_soft_labels",
     "classification_accuracy",
 ]
 
@@ -203,6 +191,7 @@ def evaluate_synthetic(
     Example:
         >>> from lightning_distill.data import DigitsDataModule
         >>> dm = DigitsDataModule()
+        >>> from lightning_distill.dataset_distillation.baselines import random_real_subset
         >>> x, y = random_real_subset(dm, ipc=1, seed=0)
         >>> result = evaluate_synthetic(x, y, dm, lambda: ConvNet(1, 10, 8, width=8), epochs=2, seeds=(0,))
         >>> 0.0 <= result.mean <= 1.0 and len(result.accuracies) == 1
@@ -328,7 +317,7 @@ def fit_fresh_model(
 
     The loop behind every evaluation by retraining (:func:`retrain_model`,
     :func:`~lightning_distill.dataset_distillation.relabel.retrain_on_relabel_cache`,
-    :func:`~lightning_distill.dataset_distillation.label_projector.retrain_with_online_labels`): the global
+    :func:`~lightning_distill.dataset_distillation.online_labels.retrain_with_online_labels`): the global
     random state is seeded with ``seed`` before ``model_fn()`` and restored afterwards, gradients
     are on whatever the caller's grad or inference mode (so it runs inside another Trainer's
     validation), and Lightning's per-Trainer notices are silenced (:func:`quiet_lightning`).
@@ -422,157 +411,6 @@ def evaluate_spec(
     )
 
 
-# ---------------------------------------------------------------------------- baselines
-def _labelled_train_images(datamodule: L.LightningDataModule) -> tuple[Tensor, Tensor]:
-    train_images = getattr(datamodule, "train_images", None)
-    if not callable(train_images):
-        raise TypeError(
-            f"The datamodule ({type(datamodule).__name__}) needs a `train_images()` method returning the "
-            "training images and labels, like lightning_distill.data.ArrayImageDataModule."
-        )
-    datamodule.setup("fit")
-    x, y = train_images()
-    keep = y >= 0
-    return x[keep], y[keep]
-
-
-def _num_classes(datamodule: L.LightningDataModule, labels: Tensor) -> int:
-    return int(getattr(datamodule, "num_classes", int(labels.max()) + 1))
-
-
-def full_training_set(datamodule: L.LightningDataModule) -> tuple[Tensor, Tensor]:
-    """All labelled training images ``(N, C, H, W)`` and labels ``(N,)`` (the upper bound).
-
-    Raises:
-        TypeError: the datamodule has no ``train_images()``.
-    """
-    return _labelled_train_images(datamodule)
-
-
-def random_real_subset(datamodule: L.LightningDataModule, ipc: int, seed: int = 0) -> tuple[Tensor, Tensor]:
-    """``ipc`` random labelled training images per class, class-blocked, drawn from ``seed``.
-
-    Returns:
-        ``(images (K * ipc, C, H, W), labels (K * ipc,))``.
-
-    Raises:
-        ValueError: ``ipc < 1`` or a class with fewer than ``ipc`` images.
-
-    Example:
-        >>> from lightning_distill.data import DigitsDataModule
-        >>> x, y = random_real_subset(DigitsDataModule(), ipc=2, seed=0)
-        >>> tuple(x.shape), y.tolist()[:4]
-        ((20, 1, 8, 8), [0, 0, 1, 1])
-    """
-    if ipc < 1:
-        raise ValueError(f"`ipc` must be >= 1, got {ipc}.")
-    x, y = _labelled_train_images(datamodule)
-    generator = torch.Generator().manual_seed(seed)
-    picks = []
-    for c in range(_num_classes(datamodule, y)):
-        pool = torch.nonzero(y == c).flatten()
-        if pool.numel() < ipc:
-            raise ValueError(f"Class {c} has {pool.numel()} training images, fewer than `ipc`={ipc}.")
-        picks.append(pool[torch.randperm(pool.numel(), generator=generator)[:ipc]])
-    index = torch.cat(picks)
-    return x[index].clone(), y[index].clone()
-
-
-@torch.no_grad()
-def _features(feature_fn: Callable[[Tensor], Tensor], x: Tensor, batch_size: int) -> Tensor:
-    return torch.cat([feature_fn(chunk).flatten(1).float() for chunk in x.split(batch_size)])
-
-
-def herding_subset(
-    datamodule: L.LightningDataModule,
-    ipc: int,
-    feature_fn: Callable[[Tensor], Tensor],
-    *,
-    method: Literal["herding", "kcenter"] = "herding",
-    batch_size: int = 256,
-) -> tuple[Tensor, Tensor]:
-    """A coreset of ``ipc`` training images per class, chosen on features of a trained model.
-
-    ``"herding"`` (Welling 2009; the coreset baseline of DC/DSA/DM): greedily add the image that
-    brings the mean feature of the chosen images closest to the class mean. ``"kcenter"``: start
-    from the image closest to the class mean, then repeatedly add the image farthest from the
-    chosen ones (greedy k-center).
-
-    Args:
-        datamodule: provides ``train_images()``.
-        ipc: images per class.
-        feature_fn: images ``(B, C, H, W)`` -> features ``(B, D)``, e.g. the ``embed`` of a trained
-            :class:`ConvNet` in eval mode; called without gradient.
-        method: ``"herding"`` or ``"kcenter"``.
-        batch_size: images per ``feature_fn`` call.
-
-    Returns:
-        ``(images (K * ipc, C, H, W), labels (K * ipc,))``, class-blocked, in selection order.
-
-    Raises:
-        ValueError: ``ipc < 1``, an unknown method, or a class with fewer than ``ipc`` images.
-    """
-    if ipc < 1:
-        raise ValueError(f"`ipc` must be >= 1, got {ipc}.")
-    if method not in ("herding", "kcenter"):
-        raise ValueError(f"`method` must be 'herding' or 'kcenter', got {method!r}.")
-    x, y = _labelled_train_images(datamodule)
-    features = _features(feature_fn, x, batch_size)
-    picks = []
-    for c in range(_num_classes(datamodule, y)):
-        pool = torch.nonzero(y == c).flatten()
-        if pool.numel() < ipc:
-            raise ValueError(f"Class {c} has {pool.numel()} training images, fewer than `ipc`={ipc}.")
-        chosen = (_herding if method == "herding" else _kcenter)(features[pool], ipc)
-        picks.append(pool[torch.tensor(chosen)])
-    index = torch.cat(picks)
-    return x[index].clone(), y[index].clone()
-
-
-def _herding(features: Tensor, k: int) -> list[int]:
-    """Indices of ``k`` rows whose running mean follows the mean of ``features`` ``(n, D)``."""
-    mean = features.mean(0)
-    chosen: list[int] = []
-    total = torch.zeros_like(mean)
-    available = torch.ones(features.shape[0], dtype=torch.bool)
-    for step in range(1, k + 1):
-        distance = ((mean - (total + features) / step) ** 2).sum(1)
-        distance[~available] = math.inf
-        best = int(distance.argmin())
-        chosen.append(best)
-        available[best] = False
-        total += features[best]
-    return chosen
-
-
-def _kcenter(features: Tensor, k: int) -> list[int]:
-    """Greedy k-center: the row nearest the mean, then the row farthest from those chosen."""
-    first = int(((features - features.mean(0)) ** 2).sum(1).argmin())
-    chosen = [first]
-    nearest = ((features - features[first]) ** 2).sum(1)
-    for _ in range(k - 1):
-        nxt = int(nearest.argmax())
-        chosen.append(nxt)
-        nearest = torch.minimum(nearest, ((features - features[nxt]) ** 2).sum(1))
-    return chosen
-
-
-@torch.no_grad()
-def teacher_soft_labels(teacher: nn.Module, images: Tensor, *, batch_size: int = 256) -> Tensor:
-    """The teacher's logits ``(N, K)`` for ``images`` ``(N, C, H, W)``, in eval mode, without gradient.
-
-    With :func:`random_real_subset` this gives the "random real + the same soft labels" baseline:
-    evaluate the real subset with ``soft_labels=teacher_soft_labels(teacher, images)``. The
-    teacher's train/eval mode is restored afterwards.
-    """
-    was_training = teacher.training
-    teacher.eval()
-    try:
-        return torch.cat([teacher(chunk).float() for chunk in images.split(batch_size)])
-    finally:
-        teacher.train(was_training)
-
-
 # ---------------------------------------------------------------------------- helpers
 def _as_augment(augment: str | SiameseAugment | None, *, siamese: bool) -> SiameseAugment | None:
     if augment is None or isinstance(augment, SiameseAugment):
@@ -598,27 +436,3 @@ def retrain_trainer(epochs: int, accelerator: str = "cpu", devices: int | list[i
         limit_val_batches=0,
         log_every_n_steps=max(1, epochs),
     )
-
-
-@contextlib.contextmanager
-def quiet_lightning() -> Iterator[None]:
-    """Silence Lightning's per-Trainer notices (device summary, tips, worker hints) while retraining."""
-    names = (
-        "lightning.pytorch.utilities.rank_zero",
-        "lightning.pytorch.accelerators.cuda",
-        "lightning.fabric",
-    )
-    loggers = [logging.getLogger(name) for name in names]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
-            warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
-            warnings.filterwarnings("ignore", message=r".*have no `val_dataloader`.*")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)

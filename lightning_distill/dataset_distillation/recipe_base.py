@@ -52,7 +52,7 @@ class SyntheticSetModule(DistillationModule):
     * How one evaluation model is retrained, by overriding :meth:`fit_eval_model`. The default
       trains on the hard labels with the set's ``EvalSpec`` (:func:`retrain_model`); CDA passes
       the teacher's soft labels (KL at ``T``), HeLlO takes labels online from its projector
-      (:func:`~lightning_distill.dataset_distillation.label_projector.retrain_with_online_labels`).
+      (:func:`~lightning_distill.dataset_distillation.online_labels.retrain_with_online_labels`).
 
     and where it needs to:
 
@@ -101,7 +101,7 @@ class SyntheticSetModule(DistillationModule):
     #: Stages where DistillationModule's student/teacher metrics are logged next to ``syn_acc``.
     model_metric_stages: ClassVar[tuple[str, ...]] = ()
     #: An example datamodule with ``train_images()``, named in the error of a missing one.
-    datamodule_hint: ClassVar[str] = "lightning_distill.dataset_distillation.ClassBalancedDataModule"
+    datamodule_hint: ClassVar[str] = "lightning_distill.data.ClassBalancedDataModule"
     #: The constructor argument that says where the artifact goes (named in the "not saved" warning).
     save_option: ClassVar[str] = "save_path"
 

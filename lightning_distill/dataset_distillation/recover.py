@@ -18,8 +18,10 @@ small crops (hard, local).
   SRe2L: constant 0.08), for :class:`~lightning_distill.callbacks.ProgressiveSchedule`.
 * :class:`CurriculumCrop`: the differentiable random resized crop + flip + shift whose
   ``min_scale`` that schedule sets.
-* :class:`RecoverDataModule`: step indices for training (recovery reads no real data) and the
-  wrapped datamodule's real images for validation and testing.
+
+Its datamodule (step indices for training, real images for validation and testing) is
+:class:`~lightning_distill.data.RecoverDataModule`; the loss :func:`bn_matching_loss` lives in
+:mod:`lightning_distill.losses.dataset_distillation` (re-exported here).
 """
 
 from __future__ import annotations
@@ -27,23 +29,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-import lightning.pytorch as L
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
 
-from lightning_distill.callbacks.progressive_schedule import (
+from lightning_distill.losses.dataset_distillation import bn_matching_loss
+from lightning_distill.utils.augment import RandomResizedCropFlip
+from lightning_distill.utils.schedules import (
     ConstantSchedule,
     CosineSchedule,
     LinearSchedule,
     Schedule,
     StageSchedule,
 )
-from lightning_distill.callbacks.teacher_cache import RandomResizedCropFlip
 
 __all__ = [
     "CurriculumCrop",
-    "RecoverDataModule",
     "batchnorm_paths",
     "bn_matching_loss",
     "bn_stat_taps",
@@ -53,65 +53,6 @@ __all__ = [
 
 Curriculum = Literal["cosine", "linear", "step", "none"]
 _CURRICULA = ("cosine", "linear", "step", "none")
-
-
-def bn_matching_loss(
-    batch_stats: Sequence[tuple[Tensor, Tensor]],
-    running: Sequence[tuple[Tensor, Tensor]],
-    *,
-    first_multiplier: float = 10.0,
-) -> Tensor:
-    r"""The BatchNorm-statistics loss of SRe2L / CDA (DeepInversion's feature-distribution prior).
-
-    .. math::
-        L_{BN} = \sum_l w_l \big(\lVert \mu_l(x) - \hat\mu_l \rVert_2
-                 + \lVert \sigma^2_l(x) - \hat\sigma^2_l \rVert_2\big),
-        \quad w_0 = \text{first\_multiplier},\ w_{l > 0} = 1
-
-    where ``mu_l(x)``/``sigma^2_l(x)`` are the per-channel mean and biased variance of the batch at
-    the *input* of BatchNorm layer ``l`` and the hats its running statistics. Norms, not squared
-    norms, as the official ``BNFeatureHook``.
-
-    Args:
-        batch_stats: per layer, ``(mean (C_l,), var (C_l,))`` of the batch (e.g. FeatureHooks taps
-            with the ``bn_stats`` transform); they carry the gradient.
-        running: per layer, ``(running_mean (C_l,), running_var (C_l,))``; treated as constants.
-        first_multiplier: weight ``w_0`` of the first layer (>= 0).
-
-    Returns:
-        A scalar in float32.
-
-    Raises:
-        ValueError: no layer, a different number of layers on the two sides, mismatched shapes, or
-            ``first_multiplier < 0``.
-
-    Example:
-        >>> stats = [(torch.tensor([1.0, 1.0]), torch.tensor([2.0, 2.0]))]
-        >>> target = [(torch.zeros(2), torch.ones(2))]  # distances sqrt(2) and sqrt(2)
-        >>> round(bn_matching_loss(stats, target, first_multiplier=1.0).item(), 4)
-        2.8284
-    """
-    if len(batch_stats) == 0:
-        raise ValueError("`batch_stats` is empty: the network has no BatchNorm layer to match.")
-    if len(batch_stats) != len(running):
-        raise ValueError(
-            f"`batch_stats` has {len(batch_stats)} layers but `running` has {len(running)}; give one pair per layer."
-        )
-    if not first_multiplier >= 0:
-        raise ValueError(f"`first_multiplier` must be >= 0, got {first_multiplier}.")
-    total: Tensor | None = None
-    for layer, ((mean, var), (r_mean, r_var)) in enumerate(zip(batch_stats, running)):
-        if mean.shape != r_mean.shape or var.shape != r_var.shape:
-            raise ValueError(
-                f"Layer {layer}: batch statistics {tuple(mean.shape)}/{tuple(var.shape)} do not match the running "
-                f"statistics {tuple(r_mean.shape)}/{tuple(r_var.shape)}."
-            )
-        distance = torch.linalg.vector_norm(
-            mean.float() - r_mean.detach().float()
-        ) + torch.linalg.vector_norm(var.float() - r_var.detach().float())
-        weighted = distance * (first_multiplier if layer == 0 else 1.0)
-        total = weighted if total is None else total + weighted
-    return total  # type: ignore[return-value]
 
 
 def batchnorm_paths(module: nn.Module, prefix: str = "") -> list[str]:
@@ -334,89 +275,3 @@ class CurriculumCrop:
             )
         params, shifts = self.sample(images.shape[0], generator)
         return self.apply(images, params.to(images.device), shifts)
-
-
-class _Steps(Dataset):
-    """Item ``i`` is the tensor ``[i]``: recovery steps need no real data."""
-
-    def __init__(self, steps: int) -> None:
-        self.steps = steps
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def __getitem__(self, index: int) -> Tensor:
-        return torch.tensor([index])
-
-
-class RecoverDataModule(L.LightningDataModule):
-    """Training batches that are only step indices; real images for validation and testing.
-
-    SRe2L/CDA recovery never reads real images: it inverts the teacher. This wraps the datamodule
-    the teacher was trained on so that ``fit`` runs ``steps_per_epoch`` steps per epoch (set
-    ``trainer.max_steps`` to the recovery budget), validation and test use its real splits, and
-    ``train_images()`` gives a recipe the data range (to clip the images to) or real images for
-    an ``init: real`` ablation.
-
-    Args:
-        data: the image datamodule (with ``val_dataloader``/``test_dataloader`` and, for the pixel
-            range, ``train_images()``).
-        steps_per_epoch: steps per training epoch.
-
-    Raises:
-        ValueError: ``steps_per_epoch < 1``.
-
-    Example:
-        >>> from lightning_distill.data import DigitsDataModule
-        >>> dm = RecoverDataModule(DigitsDataModule(), steps_per_epoch=3)
-        >>> [batch.tolist() for batch in dm.train_dataloader()]
-        [[0], [1], [2]]
-    """
-
-    def __init__(self, data: L.LightningDataModule, steps_per_epoch: int = 100) -> None:
-        super().__init__()
-        if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
-            raise ValueError(
-                f"`steps_per_epoch` must be an integer >= 1, got {steps_per_epoch!r}; "
-                "set `data.init_args.steps_per_epoch`."
-            )
-        self.data = data
-        self.steps_per_epoch = steps_per_epoch
-
-    @property
-    def num_classes(self) -> int:
-        """The wrapped datamodule's ``num_classes``.
-
-        Raises:
-            AttributeError: it has none.
-        """
-        return int(self.data.num_classes)
-
-    def setup(self, stage: str | None = None) -> None:
-        self.data.setup(stage)
-
-    def train_images(self) -> tuple[Tensor, Tensor]:
-        """The wrapped datamodule's labelled training images and labels.
-
-        Raises:
-            TypeError: the wrapped datamodule has no ``train_images()``.
-        """
-        train_images = getattr(self.data, "train_images", None)
-        if not callable(train_images):
-            raise TypeError(f"{type(self.data).__name__} has no `train_images()` method.")
-        self.data.setup("fit")
-        x, y = train_images()
-        keep = y >= 0
-        return x[keep], y[keep]
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(_Steps(self.steps_per_epoch), batch_size=None, shuffle=False)
-
-    def val_dataloader(self) -> DataLoader:
-        return self.data.val_dataloader()
-
-    def test_dataloader(self) -> DataLoader:
-        return self.data.test_dataloader()
-
-    def predict_dataloader(self) -> DataLoader:
-        return self.data.predict_dataloader()

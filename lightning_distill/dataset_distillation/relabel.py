@@ -37,13 +37,13 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from lightning_distill.callbacks.teacher_cache import RandomResizedCropFlip
 from lightning_distill.dataset_distillation.evaluate import (
     EvalResult,
     RetrainClassifier,
     classification_accuracy,
     fit_fresh_model,
 )
+from lightning_distill.utils.augment import RandomResizedCropFlip
 
 __all__ = ["RelabelCache", "build_relabel_cache", "evaluate_relabel_cache", "retrain_on_relabel_cache"]
 

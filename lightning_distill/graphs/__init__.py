@@ -1,7 +1,5 @@
-"""Graph toolkit: MUTAG offline, cross-validation data, GNN classifiers, computation trees, mining.
+"""Graph toolkit: GNN classifiers, computation trees, frequent-pattern mining, graph sets.
 
-* :func:`load_mutag`, :class:`GraphCVDataModule` (``data.py``): MUTAG from the ``grakel`` wheel
-  through torch_geometric's ``TUDataset``; one fold of stratified k-fold cross-validation.
 * :class:`GraphClassifier` (``models.py``): GCN / GIN / GAT layers, sum or mean readout over all
   nodes or only the roots of computation trees.
 * :func:`train_graph_classifier`, :func:`graph_accuracy`, :class:`GraphClassifierModule`
@@ -11,15 +9,11 @@
 * :func:`frequent_itemsets` (``mining.py``): FP-growth (mlxtend).
 * :class:`GraphSet`, :func:`random_graph_subset` (``synthetic.py``): a training set of graphs as an
   artifact with its storage size; the random-subset baselines.
+
+The data (MUTAG offline, :class:`~lightning_distill.data.graphs.GraphCVDataModule`) lives in
+:mod:`lightning_distill.data.graphs`. What this package may import: README.md.
 """
 
-from lightning_distill.graphs.data import (
-    GraphCVDataModule,
-    load_mutag,
-    mutag_source_dir,
-    prepare_mutag,
-    stratified_folds,
-)
 from lightning_distill.graphs.mining import FrequentSet, frequent_itemsets
 from lightning_distill.graphs.models import GraphClassifier
 from lightning_distill.graphs.synthetic import GraphSet, random_graph_subset
@@ -40,7 +34,6 @@ from lightning_distill.graphs.trees import (
 
 __all__ = [
     "FrequentSet",
-    "GraphCVDataModule",
     "GraphClassifier",
     "GraphClassifierModule",
     "GraphSet",
@@ -52,11 +45,7 @@ __all__ = [
     "frequent_itemsets",
     "graph_accuracy",
     "graph_logits",
-    "load_mutag",
-    "mutag_source_dir",
-    "prepare_mutag",
     "random_graph_subset",
-    "stratified_folds",
     "train_graph_classifier",
     "tree_canonical_label",
 ]

@@ -21,7 +21,7 @@ from torch.utils.data import WeightedRandomSampler
 from torch_geometric.data import Batch, Data
 from torch_geometric.loader import DataLoader
 
-from lightning_distill.dataset_distillation.evaluate import quiet_lightning
+from lightning_distill.utils.quiet import quiet_lightning
 
 __all__ = ["GraphClassifierModule", "graph_accuracy", "graph_logits", "train_graph_classifier"]
 

@@ -51,18 +51,18 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from lightning_distill.callbacks import FeatureHooks, ProgressiveSchedule
-from lightning_distill.callbacks.teacher_cache import RandomResizedCropFlip
 from lightning_distill.dataset_distillation import SyntheticSet, retrain_model
 from lightning_distill.dataset_distillation.recipe_base import SyntheticSetModule
 from lightning_distill.dataset_distillation.recover import (
     CurriculumCrop,
     batchnorm_paths,
-    bn_matching_loss,
     bn_stat_taps,
     crop_schedule,
     running_stats,
 )
 from lightning_distill.dataset_distillation.relabel import RelabelCache, build_relabel_cache
+from lightning_distill.losses.dataset_distillation import bn_matching_loss
+from lightning_distill.utils.augment import RandomResizedCropFlip
 
 __all__ = ["CDA", "recover_adam"]
 
@@ -291,7 +291,7 @@ class CDA(SyntheticSetModule):
         if stage == "fit" and (self.clip == "data" or not bool(self.synthetic.initialized)):
             return (
                 "`clip: data` and `synthetic.init: real` need the training images: wrap the data in "
-                "lightning_distill.dataset_distillation.recover.RecoverDataModule (or set `clip: none` and `init: noise`)."
+                "lightning_distill.data.RecoverDataModule (or set `clip: none` and `init: noise`)."
             )
         return None
 

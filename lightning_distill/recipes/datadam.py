@@ -57,11 +57,10 @@ from lightning_distill.dataset_distillation import (
     ConvNetSpec,
     SiameseAugment,
     SyntheticSet,
-    attention_matching_loss,
-    classwise_mean_discrepancy,
     reset_parameters,
 )
 from lightning_distill.dataset_distillation.recipe_base import SyntheticSetModule
+from lightning_distill.losses.dataset_distillation import attention_matching_loss, classwise_mean_discrepancy
 
 __all__ = ["DataDAM", "image_sgd"]
 
@@ -256,5 +255,5 @@ class DataDAM(SyntheticSetModule):
             raise ValueError(
                 f"DataDAM needs class-blocked real batches with the same number of images per class for all "
                 f"{k} classes (labels 0,..,0,1,..,1,...); got labels {labels[:12].tolist()}... of a batch of "
-                f"{real.shape[0]}. Wrap the data in lightning_distill.dataset_distillation.ClassBalancedDataModule."
+                f"{real.shape[0]}. Wrap the data in lightning_distill.data.ClassBalancedDataModule."
             )

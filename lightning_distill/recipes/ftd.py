@@ -61,15 +61,10 @@ from lightning_distill.dataset_distillation import (
     SiameseAugment,
     SyntheticSet,
 )
+from lightning_distill.dataset_distillation.experts import ExpertSpec, ExpertTrajectories, expert_trajectories
 from lightning_distill.dataset_distillation.recipe_base import SyntheticSetModule
-from lightning_distill.dataset_distillation.trajectory import (
-    ExpertSpec,
-    ExpertTrajectories,
-    ParamLayout,
-    expert_trajectories,
-    trajectory_matching_loss,
-    unroll_student,
-)
+from lightning_distill.dataset_distillation.trajectory import ParamLayout, unroll_student
+from lightning_distill.losses.dataset_distillation import trajectory_matching_loss
 
 __all__ = ["FTD", "image_sgd"]
 
@@ -248,8 +243,7 @@ class FTD(SyntheticSetModule):
         # 3. The normalised parameter distance; 4. the optimizer steps images and alpha;
         # 5. EMATeacher then updates the EMA of the set.
         terms = {"match": self.matching_loss(student_end, start, target)}
-        self.log("train/syn_lr", self.synthetic.lr.detach(), on_step=True, on_epoch=False, batch_size=1)
-        self.log("train/start_epoch", float(epoch), on_step=True, on_epoch=False, batch_size=1)
+        self.log_diagnostics({"syn_lr": self.synthetic.lr, "start_epoch": float(epoch)})
         return self.log_losses(terms)
 
     def configure_optimizers(self) -> Any:
@@ -263,7 +257,7 @@ class FTD(SyntheticSetModule):
     def configure_callbacks(self) -> Sequence[L.Callback]:
         if self.ema_decay is None:
             return []
-        return [EMATeacher(source="student", target="ema_synthetic", momentum=self.ema_decay, log_name=None)]
+        return [EMATeacher(source="student", target="ema_synthetic", decay=self.ema_decay, log_name=None)]
 
     # ------------------------------------------------------------- the evaluated set
     @torch.no_grad()

@@ -33,7 +33,7 @@ projector steps / image steps  ``projector_steps`` /   (config)
                                ``image_steps``
 image optimiser                ``image_optimizer``     Adam lr 0.01 (assumed)
 student loss / CE weight beta  ``student_loss`` /      ``mse`` / 0.1 (assumed)
-                               ``student_hard_weight``
+                               ``student_beta``
 =============================  ======================  ===========================================
 """
 
@@ -50,15 +50,14 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from lightning_distill.dataset_distillation import SiameseAugment, SyntheticSet
-from lightning_distill.dataset_distillation.label_projector import (
-    LabelLoss,
-    LabelProjector,
+from lightning_distill.dataset_distillation.label_projector import LabelProjector
+from lightning_distill.dataset_distillation.online_labels import (
     hard_label_bytes,
     retrain_with_online_labels,
     soft_label_cache_bytes,
-    soft_label_loss,
 )
 from lightning_distill.dataset_distillation.recipe_base import SyntheticSetModule
+from lightning_distill.losses.dataset_distillation import LabelLoss, soft_label_loss
 
 __all__ = ["HeLlO", "image_adam"]
 
@@ -79,7 +78,7 @@ class HeLlO(SyntheticSetModule):
     Args:
         student: the :class:`LabelProjector` (LoRA adapters trainable).
         teacher: the original label generator, typically a
-            :class:`~lightning_distill.dataset_distillation.label_projector.WeakTeacherEnsemble`; any classifier
+            :class:`~lightning_distill.dataset_distillation.WeakTeacherEnsemble`; any classifier
             whose outputs are logits or log-probabilities works.
         synthetic: the image set the students train on (random real images, or a distilled set).
         projector_steps: optimiser steps of phase 3 (projector training).
@@ -88,7 +87,8 @@ class HeLlO(SyntheticSetModule):
         augment: DSA strategy applied to the real batches of phase 3 and the synthetic images of
             phase 4 (per-image parameters; projector and teacher see the same view).
         student_loss: ``"mse"`` or ``"kl"``, the students' loss to the projector's labels at evaluation.
-        student_hard_weight: weight ``beta`` of the students' cross-entropy on the hard labels.
+        student_beta: HeLlO's ``beta``, the factor of the students' cross-entropy on the hard labels
+            (evaluation by retraining; not a term of this recipe's loss, so not in ``loss_weights``).
         augment_seed: seed of the augmentations (``None``: from ``seed_everything``).
         val_epochs: epochs of the evaluation by retraining in validation (``val/syn_acc``).
         val_seeds: students trained per validation.
@@ -122,7 +122,7 @@ class HeLlO(SyntheticSetModule):
         label_loss: LabelLoss = "mse",
         augment: str = "color_crop_cutout_scale_rotate",
         student_loss: LabelLoss = "mse",
-        student_hard_weight: float = 0.1,
+        student_beta: float = 0.1,
         augment_seed: int | None = None,
         val_epochs: int = 300,
         val_seeds: Sequence[int] = (0,),
@@ -161,10 +161,10 @@ class HeLlO(SyntheticSetModule):
             raise ValueError(
                 f"The projector has {student.num_classes} classes but the synthetic set {synthetic.num_classes}."
             )
-        if not student_hard_weight >= 0:
+        if not student_beta >= 0:
             raise ValueError(
-                f"`student_hard_weight` must be >= 0, got {student_hard_weight}; set "
-                "`model.init_args.student_hard_weight`."
+                f"`student_beta` must be >= 0, got {student_beta}; set "
+                "`model.init_args.student_beta`."
             )
         self.save_hyperparameters(
             ignore=["student", "teacher", "synthetic", "optimizer", "image_optimizer", "lr_scheduler"]
@@ -172,10 +172,10 @@ class HeLlO(SyntheticSetModule):
         self.automatic_optimization = False
         self.synthetic.images.requires_grad_(image_steps > 0)
         self.projector_steps, self.image_steps = projector_steps, image_steps
-        self.label_loss, self.student_loss, self.student_hard_weight = (
+        self.label_loss, self.student_loss, self.student_beta = (
             label_loss,
             student_loss,
-            student_hard_weight,
+            student_beta,
         )
         self.augment = SiameseAugment(augment, siamese=False)
         self.image_optimizer = image_optimizer
@@ -210,31 +210,24 @@ class HeLlO(SyntheticSetModule):
         target = self.teacher(images).float()  # no torch.no_grad: the images need this gradient
         return soft_label_loss(self.projector(images), target, kind=self.label_loss)
 
-    def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
+    def training_step(self, batch: Any, batch_idx: int) -> None:
         generator = torch.Generator().manual_seed(self.step_seed(self.global_step))
         optimizers = self.optimizers()
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
         if self.global_step < self.projector_steps or self.image_steps == 0:
-            # 3. Projector training on an augmented real batch.
+            # 3. Projector training on an augmented real batch (steps the projector's scheduler, if any).
             x, y = batch[0], batch[1]
             keep = y >= 0
             x, y = x[keep], y[keep]
             x = self.augment(x, self.augment.sample(x, generator))
-            out = self.log_losses(self.projector_loss(x, y))
-            self.manual_update(out["loss"], optimizers[0])
-            scheduler = self.lr_schedulers()
-            if scheduler is not None:
-                scheduler.step()
-            return out
+            self.update(optimizers[0], self.projector_loss(x, y), turn="projector")
+            return
         # 4. Image update: the projector and the teacher are fixed, only the images move.
         images = self.synthetic.images
-        out = self.log_losses(
-            {"image": self.image_loss(self.augment(images, self.augment.sample(images, generator)))}
-        )
-        optimizers[1].zero_grad(set_to_none=True)
-        self.manual_backward(out["loss"], inputs=[images])
-        optimizers[1].step()
-        return out
+        terms = {"image": self.image_loss(self.augment(images, self.augment.sample(images, generator)))}
+        # `update` toggles the image optimizer: the projector's adapters (the other optimizer's
+        # parameters) stop requiring gradients, so the backward fills only the images' gradient.
+        self.update(optimizers[1], terms, turn="images")
 
     def configure_optimizers(self) -> Any:
         adapters = [p for p in self.projector.parameters() if p.requires_grad]
@@ -286,7 +279,7 @@ class HeLlO(SyntheticSetModule):
             epochs=epochs,
             seed=seed,
             loss=self.student_loss,
-            hard_weight=self.student_hard_weight,
+            hard_weight=self.student_beta,
             temperature=spec.temperature,
             **self.retrain_settings(synthetic),
         )

@@ -68,7 +68,9 @@ from lightning_distill.module import DistillationModule
 
 __all__ = ["Mirage", "tree_set_graph"]
 
-warnings.filterwarnings("ignore", message=r".*`LightningModule.configure_optimizers` returned `None`.*")
+# Mirage has no optimizer on purpose; Lightning's notice about it is silenced from `setup("fit")` (before
+# Lightning reads `configure_optimizers`) to `on_fit_start`, and only for this message.
+_NO_OPTIMIZER_NOTICE = r".*`LightningModule.configure_optimizers` returned `None`.*"
 
 
 def tree_set_graph(trees: Sequence[Data], label: int) -> Data:
@@ -262,6 +264,19 @@ class Mirage(DistillationModule):
         return self.graph_set
 
     # ------------------------------------------------------------- Lightning
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if stage == "fit":
+            warnings.filterwarnings("ignore", message=_NO_OPTIMIZER_NOTICE)
+            self._no_optimizer_filter = warnings.filters[0]
+
+    def on_fit_start(self) -> None:
+        notice = getattr(self, "_no_optimizer_filter", None)
+        if notice is not None and notice in warnings.filters:
+            warnings.filters.remove(notice)
+        self._no_optimizer_filter = None
+        super().on_fit_start()
+
     def configure_optimizers(self) -> None:
         return None
 
@@ -273,13 +288,12 @@ class Mirage(DistillationModule):
         graph_set = self.distill(self._gathered)
         self._gathered = []
         sizes = graph_set.storage()
-        self.log_dict(
+        self.log_diagnostics(
             {
-                "distill/graphs": float(sizes["graphs"]),
-                "distill/nodes": float(sizes["nodes"]),
-                "distill/seconds": graph_set.metadata["seconds"],
-            },
-            batch_size=1,
+                "graphs": float(sizes["graphs"]),
+                "nodes": float(sizes["nodes"]),
+                "seconds": graph_set.metadata["seconds"],
+            }
         )
 
     def on_validation_epoch_start(self) -> None:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_distill.data import DigitsDataModule
-from lightning_distill.dataset_distillation import ClassBalancedBatches, ClassBalancedDataModule
+from lightning_distill.data import ClassBalancedBatches, ClassBalancedDataModule, DigitsDataModule
 
 
 def test_batches_are_class_blocked_without_repeats():

@@ -16,7 +16,7 @@ from lightning_distill.dataset_distillation import (
     random_real_subset,
     teacher_soft_labels,
 )
-from lightning_distill.dataset_distillation.evaluate import _herding, _kcenter
+from lightning_distill.dataset_distillation.baselines import _herding, _kcenter
 
 
 def tiny_convnet() -> ConvNet:

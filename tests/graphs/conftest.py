@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lightning_distill.graphs import prepare_mutag
+from lightning_distill.data.graphs import prepare_mutag
 
 
 @pytest.fixture(scope="session")

@@ -7,14 +7,12 @@ import pytest
 import torch
 from torch_geometric.data import Batch, Data
 
+from lightning_distill.data.graphs import GraphCVDataModule, load_mutag, stratified_folds
 from lightning_distill.graphs import (
     GraphClassifier,
-    GraphCVDataModule,
     GraphSet,
     graph_accuracy,
-    load_mutag,
     random_graph_subset,
-    stratified_folds,
     train_graph_classifier,
 )
 

@@ -6,13 +6,13 @@ import pytest
 import torch
 from torch_geometric.data import Data
 
+from lightning_distill.data.graphs import load_mutag
 from lightning_distill.graphs import (
     GraphClassifier,
     LabelVocabulary,
     build_tree_index,
     canonical_labels,
     computation_tree,
-    load_mutag,
     tree_canonical_label,
 )
 

@@ -1,4 +1,4 @@
-"""DataDAM's attention map and matching losses against loop-by-loop computations."""
+"""Dataset-distillation losses against independent computations (loops, hand values, official formulas)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,16 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from lightning_distill.dataset_distillation import attention_map, attention_matching_loss, classwise_mean_discrepancy
+from lightning_distill.losses.dataset_distillation import (
+    attention_map,
+    attention_matching_loss,
+    bn_matching_loss,
+    classwise_mean_discrepancy,
+    soft_label_loss,
+    trajectory_matching_loss,
+)
 
 
 def reference_attention(features: torch.Tensor, power: float) -> torch.Tensor:
@@ -86,3 +94,72 @@ def test_bad_shapes_are_rejected():
         attention_map(torch.zeros(1, 1, 2, 2), power=0.0)
     with pytest.raises(ValueError, match="number of layers"):
         attention_matching_loss([torch.zeros(2, 1, 2, 2)], [], 2)
+
+
+# ---------------------------------------------------------------------------- BatchNorm statistics
+def test_bn_loss_matches_a_hand_computation():
+    # Layer 0: batch (N=2, C=1, H=1, W=2) of [1, 3] and [5, 7]: mean 4, var 5 (biased).
+    x0 = torch.tensor([[[[1.0, 3.0]]], [[[5.0, 7.0]]]])
+    # Layer 1: two channels.
+    x1 = torch.tensor([[[[0.0]], [[2.0]]], [[[2.0]], [[6.0]]]])  # means (1, 4), vars (1, 4)
+    stats = [(x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=False)) for x in (x0, x1)]
+    running = [
+        (torch.tensor([1.0]), torch.tensor([1.0])),
+        (torch.tensor([1.0, 1.0]), torch.tensor([1.0, 0.0])),
+    ]
+    # |4 - 1| + |5 - 1| = 7 (weighted by 10); ||(0, 3)|| + ||(0, 4)|| = 3 + 4 = 7.
+    loss = bn_matching_loss(stats, running, first_multiplier=10.0)
+    torch.testing.assert_close(loss, torch.tensor(10 * 7.0 + 7.0))
+    torch.testing.assert_close(bn_matching_loss(stats, running, first_multiplier=1.0), torch.tensor(14.0))
+    with pytest.raises(ValueError, match="layers"):
+        bn_matching_loss(stats, running[:1])
+
+
+def test_first_bn_multiplier_weighs_only_the_first_layer():
+    stats = [(torch.ones(2), torch.ones(2)), (torch.ones(3), torch.ones(3))]
+    running = [(torch.zeros(2), torch.ones(2)), (torch.zeros(3), torch.ones(3))]
+    d0, d1 = math.sqrt(2), math.sqrt(3)
+    for m in (0.0, 1.0, 10.0):
+        torch.testing.assert_close(
+            bn_matching_loss(stats, running, first_multiplier=m),
+            torch.tensor(m * d0 + d1, dtype=torch.float32),
+        )
+
+
+# ---------------------------------------------------------------------------- trajectory matching
+def test_trajectory_matching_loss_equals_a_direct_computation():
+    g = torch.Generator().manual_seed(0)
+    student, start, end = (torch.randn(50, generator=g, dtype=torch.float64) for _ in range(3))
+    expected = sum((a - b) ** 2 for a, b in zip(student.tolist(), end.tolist())) / sum(
+        (a - b) ** 2 for a, b in zip(start.tolist(), end.tolist())
+    )
+    assert float(trajectory_matching_loss(student, start, end)) == pytest.approx(expected, rel=1e-6)
+    # The official code divides numerator and denominator by P first: the same value.
+    official = (F.mse_loss(student, end, reduction="sum") / 50) / (
+        F.mse_loss(start, end, reduction="sum") / 50
+    )
+    torch.testing.assert_close(trajectory_matching_loss(student, start, end), official.float())
+    with pytest.raises(ValueError, match="one length"):
+        trajectory_matching_loss(student, start, end[:3])
+
+
+# ---------------------------------------------------------------------------- soft labels
+def test_soft_label_losses_match_a_direct_computation():
+    logits, target = torch.randn(3, 4), torch.randn(3, 4)
+    p = torch.exp(target / 2) / torch.exp(target / 2).sum(1, keepdim=True)
+    q = torch.exp(logits / 2) / torch.exp(logits / 2).sum(1, keepdim=True)
+    kl = 4 * (p * (p.log() - q.log())).sum(1)
+    torch.testing.assert_close(soft_label_loss(logits, target, kind="kl", temperature=2.0), kl.mean())
+    torch.testing.assert_close(
+        soft_label_loss(logits, target, kind="kl", temperature=2.0, reduction="none"), kl
+    )
+    q1, p1 = logits.softmax(1), target.softmax(1)
+    torch.testing.assert_close(soft_label_loss(logits, target, kind="mse"), ((q1 - p1) ** 2).mean())
+    logits.requires_grad_(True)
+    target.requires_grad_(True)
+    soft_label_loss(logits, target).backward()
+    assert logits.grad is not None and target.grad is None  # the target is detached
+    with pytest.raises(ValueError, match="kind"):
+        soft_label_loss(logits, target, kind="l1")
+    with pytest.raises(ValueError, match="shape|\\(B, K\\)"):
+        soft_label_loss(logits, target[:, :3])

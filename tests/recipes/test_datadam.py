@@ -11,9 +11,8 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_distill.cli import main as cli_main
-from lightning_distill.data import DigitsDataModule
+from lightning_distill.data import ClassBalancedDataModule, DigitsDataModule
 from lightning_distill.dataset_distillation import (
-    ClassBalancedDataModule,
     ConvNetSpec,
     EvalSpec,
     SyntheticSet,

@@ -9,11 +9,18 @@ import torch
 from torch_geometric.data import Data
 
 from lightning_distill.cli import main as cli_main
-from lightning_distill.graphs import GraphClassifier, GraphSet, load_mutag
+from lightning_distill.data.graphs import load_mutag, prepare_mutag
+from lightning_distill.graphs import GraphClassifier, GraphSet
 from lightning_distill.recipes.mirage import Mirage, tree_set_graph
 
 CONFIG = Path(__file__).resolve().parents[2] / "recipes" / "mirage" / "config.yaml"
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+
+
+@pytest.fixture(scope="module")
+def mutag_root(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """MUTAG copied from the grakel wheel into a temporary folder (offline)."""
+    return str(prepare_mutag(tmp_path_factory.mktemp("tu")))
 
 
 def undirected(edges):
