@@ -37,7 +37,7 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
+import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
@@ -48,6 +48,9 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
+
+from lightning_distill.utils.checkpoints import class_path_of, rebuild_from_checkpoint
+from lightning_distill.utils.fingerprint import fingerprint_module
 
 __all__ = ["DistillationModule", "teacher_source"]
 
@@ -67,20 +70,6 @@ def teacher_source(module: nn.Module) -> str:
         return source
     cls = type(module)
     return f"{cls.__module__}.{cls.__qualname__} (built from its constructor arguments)"
-
-
-def _fingerprint(module: nn.Module) -> str:
-    """SHA-256 over the names, shapes and bytes of a module's parameters and buffers."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(str(tensor.dtype).encode())
-        t = tensor.detach().to("cpu").contiguous()
-        if t.dtype == torch.bfloat16:
-            t = t.view(torch.int16)
-        digest.update(t.numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 class DistillationModule(L.LightningModule):
@@ -472,10 +461,44 @@ class DistillationModule(L.LightningModule):
         return (iteration - offset) % every == 0 and iteration >= offset
 
     # ------------------------------------------------------------- checkpoints
+    #: How this module was built: the ``class_path``/``init_args`` config of the recipe, student and
+    #: teachers included. The ``lightning-distill`` command sets it; checkpoints record it, so that
+    #: :meth:`load_from_checkpoint` rebuilds the recipe without its config.
+    build_config: dict[str, Any] | None = None
+
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls,
+        checkpoint_path: str | os.PathLike,
+        map_location: Any = None,
+        hparams_file: str | os.PathLike | None = None,
+        strict: bool | None = None,
+        weights_only: bool | None = None,
+        **kwargs: Any,
+    ) -> DistillationModule:
+        """Load a recipe from its checkpoint alone: ``MEALV2.load_from_checkpoint(path)``.
+
+        The recipe, student and teachers are rebuilt from the checkpoint's ``model_config`` (see
+        :func:`~lightning_distill.utils.checkpoints.rebuild_from_checkpoint`); keyword arguments
+        override its ``init_args``. Given ``student``/``teacher``/``teachers`` or ``hparams_file``,
+        Lightning's own loading is used.
+
+        Raises:
+            CheckpointError: an unreadable file, a checkpoint of another recipe than ``cls``, or one
+                that records no build config when the modules are not given.
+        """
+        if {"student", "teacher", "teachers"} & kwargs.keys() or hparams_file is not None:
+            return super().load_from_checkpoint(
+                checkpoint_path, map_location, hparams_file, strict, weights_only, **kwargs
+            )
+        return rebuild_from_checkpoint(
+            cls, checkpoint_path, map_location=map_location or "cpu", strict=strict, overrides=kwargs
+        )
+
     def teacher_fingerprints(self) -> list[str]:
         """Fingerprints of the teachers' weights (computed once; teachers are frozen)."""
         if self._teacher_fingerprints is None:
-            self._teacher_fingerprints = [_fingerprint(t) for t in self.teachers]
+            self._teacher_fingerprints = [fingerprint_module(t) for t in self.teachers]
         return self._teacher_fingerprints
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -483,6 +506,9 @@ class DistillationModule(L.LightningModule):
             "teacher_sources": self.teacher_sources(),
             "teacher_fingerprints": self.teacher_fingerprints(),
             "teachers_saved": bool(self.save_teachers),
+            "recipe": class_path_of(self),
+            "student_class": class_path_of(self.student),
+            "model_config": self.build_config,
         }
         state = checkpoint.get("state_dict")
         if not self.save_teachers and isinstance(state, dict):

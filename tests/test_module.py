@@ -204,16 +204,12 @@ class TwoTimeScale(DistillationModule):
         x = batch[0]
         fake = self.student(x)
         critic_loss = self.critic(fake.detach()).mean() - self.critic(self.teacher(x)).mean()
-        self.manual_update(critic_loss, opt_critic, clip_grad_norm=1.0)
+        self.update(opt_critic, {"critic": critic_loss}, turn="discriminator", max_grad_norm=1.0)
         self.updates["critic"] += 1
-        terms = {"critic": critic_loss.detach()}
         if self.is_update_step(self.iteration, self.ratio):
-            gen_loss = -self.critic(fake).mean()
-            self.manual_update(gen_loss, opt_gen)
+            self.update(opt_gen, {"gen": -self.critic(fake).mean()}, turn="generator")
             self.updates["gen"] += 1
-            terms["gen"] = gen_loss.detach()
         self.iteration += 1
-        self.log_losses(terms)
 
     def configure_optimizers(self):
         critic = set(map(id, self.critic.parameters()))

@@ -1,6 +1,10 @@
 """An exponential moving average of a module, kept as a frozen teacher of the LightningModule.
 
-``EMATeacher`` keeps ``target = m * target + (1 - m) * source`` after every optimizer step, where
+Size: one callback (the arithmetic is :class:`~lightning_distill.utils.ema.EMAUpdater`); the rest
+is its runnable docstring and the FSDP2 sharding, precision and resume handling of one update,
+which belong together.
+
+``EMATeacher`` keeps ``target = d * target + (1 - d) * source`` after every optimizer step, where
 ``source`` and ``target`` are dotted attribute paths on the LightningModule. It serves as the mean
 teacher, the BYOL/DINO momentum encoder, the consistency-model target or an evaluation EMA.
 
@@ -8,10 +12,10 @@ teacher, the BYOL/DINO momentum encoder, the consistency-model target or an eval
   so it is saved in checkpoints with the module and the recipe calls it like any teacher. If it
   does not exist at ``setup`` the callback makes it: a deep copy of the source.
 - One ``torch._foreach_lerp_`` over tensor lists built once, after the strategy has wrapped,
-  moved and converted the model; no host-device synchronisation (the momentum is a Python float
+  moved and converted the model; no host-device synchronisation (the decay is a Python float
   computed from ``trainer.global_step``).
 - fp32 master weights when the target is bf16/fp16 (``precision="bf16-true"``): the tiny
-  ``(1 - m) * (source - target)`` steps are not lost to rounding.
+  ``(1 - d) * (source - target)`` steps are not lost to rounding.
 - Integer buffers (``num_batches_tracked``) are copied; float buffers (BatchNorm statistics) are
   averaged or copied (``buffers``).
 - Acts on real optimizer steps only (``trainer.global_step`` advanced), so gradient accumulation
@@ -46,7 +50,7 @@ agreement with its EMA).
 >>> _ = pl.seed_everything(0, verbose=False)
 >>> data = TensorDataset(torch.randn(32, 4), torch.randint(0, 3, (32,)))
 >>> trainer = pl.Trainer(
-...     max_steps=4, callbacks=[EMATeacher(momentum=0.99)], logger=False, enable_checkpointing=False,
+...     max_steps=4, callbacks=[EMATeacher(decay=0.99)], logger=False, enable_checkpointing=False,
 ...     enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
 >>> model = MeanTeacher()
 >>> trainer.fit(model, DataLoader(data, batch_size=8))
@@ -60,22 +64,14 @@ import copy
 import difflib
 import math
 import numbers
-from collections.abc import Mapping
 from typing import Any, Literal
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor, nn
 
-try:  # torch >= 2.5
-    from torch.distributed.tensor import DTensor
-except ImportError:  # pragma: no cover - older torch
-    try:
-        from torch.distributed._tensor import DTensor
-    except ImportError:
-        DTensor = None  # type: ignore[assignment,misc]
+from lightning_distill.utils.ema import BUFFER_POLICIES, EMAUpdater, is_dtensor
 
 try:  # torch >= 2.6
     from torch.distributed.fsdp import FSDPModule, fully_shard
@@ -86,11 +82,9 @@ except ImportError:  # pragma: no cover - older torch
         FSDPModule = None  # type: ignore[assignment,misc]
         fully_shard = None  # type: ignore[assignment]
 
-__all__ = ["EMATeacher", "EMAUpdater"]
+__all__ = ["EMATeacher"]
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
 _SCHEDULES = ("constant", "cosine")
-_BUFFER_POLICIES = ("average", "copy")
 # Module attributes holding forward/backward hooks; a copied target does not inherit them (taps such
 # as FeatureHooks on the student would otherwise be deep-copied together with their owner).
 _HOOK_DICTS = (
@@ -104,215 +98,6 @@ _HOOK_DICTS = (
 )
 
 
-def _is_dtensor(tensor: Tensor) -> bool:
-    return DTensor is not None and isinstance(tensor, DTensor)
-
-
-def _is_float(tensor: Tensor) -> bool:
-    return tensor.is_floating_point() or tensor.is_complex()
-
-
-class EMAUpdater:
-    """Pairs the tensors of a live module with those of its average and updates the average in place.
-
-    The plain-PyTorch core of :class:`EMATeacher`, usable without Lightning. The tensor lists are built
-    once, here; build a new updater if the modules are moved, converted or re-sharded.
-
-    Args:
-        source: The live module (e.g. the student).
-        target: Its average, with the same parameter and buffer names, shapes and sharding.
-        buffers: ``"average"`` treats float buffers like parameters; ``"copy"`` copies them.
-            Integer and bool buffers are always copied.
-        master: fp32 master tensors by name (from :meth:`master_state_dict`), for targets held in
-            bf16/fp16. Missing names start from the target's values.
-
-    Raises:
-        ValueError: If ``buffers`` is not ``"average"`` or ``"copy"``, or the two modules differ in
-            parameter/buffer names, shapes, devices or sharding.
-
-    Example:
-        >>> import copy
-        >>> live = torch.nn.Linear(2, 1)
-        >>> ema = copy.deepcopy(live).requires_grad_(False)
-        >>> updater = EMAUpdater(live, ema)
-        >>> with torch.no_grad():
-        ...     _ = live.weight.add_(1.0)
-        >>> before = ema.weight.clone()
-        >>> updater.update(0.9)
-        >>> torch.allclose(ema.weight, before + 0.1 * (live.weight - before))
-        True
-    """
-
-    def __init__(
-        self,
-        source: nn.Module,
-        target: nn.Module,
-        buffers: Literal["average", "copy"] = "copy",
-        master: Mapping[str, Tensor] | None = None,
-    ) -> None:
-        if buffers not in _BUFFER_POLICIES:
-            raise ValueError(f"`buffers` must be one of {_BUFFER_POLICIES}, got {buffers!r}.")
-        master = dict(master or {})
-        averaged = list(_paired(source.named_parameters(), target.named_parameters(), "parameter"))
-        copied = []
-        for name, live, avg in _paired(source.named_buffers(), target.named_buffers(), "buffer"):
-            (averaged if buffers == "average" and _is_float(avg) else copied).append((name, live, avg))
-        self.sharded = False
-        # Averaged pairs whose accumulator has the live dtype, and those that need a cast of the live
-        # tensor (a bf16 student averaged into fp32 masters).
-        self._avg: list[Tensor] = []
-        self._live: list[Tensor] = []
-        self._avg_cast: list[Tensor] = []
-        self._live_cast: list[Tensor] = []
-        # Low-precision target tensors and their fp32 masters, copied after every update.
-        self._lowp_targets: list[Tensor] = []
-        self._master_list: list[Tensor] = []
-        self._masters: dict[str, Tensor] = {}
-        # Tensors copied verbatim: integer buffers, and float buffers under ``buffers="copy"``.
-        self._copy_dst: list[Tensor] = []
-        self._copy_src: list[Tensor] = []
-        # All pairs, for swapping the average into the live module.
-        self._all_live: list[Tensor] = []
-        self._all_target: list[Tensor] = []
-        for name, live, avg in averaged:
-            live_t, avg_t = self._local_pair(name, live, avg)
-            if avg_t.dtype in _LOW_PRECISION:
-                acc = avg_t.detach().float().clone()
-                if name in master:
-                    acc.copy_(master[name])
-                self._masters[name] = acc
-                self._master_list.append(acc)
-                self._lowp_targets.append(avg_t)
-            else:
-                acc = avg_t
-            if live_t.dtype == acc.dtype:
-                self._avg.append(acc)
-                self._live.append(live_t)
-            else:
-                self._avg_cast.append(acc)
-                self._live_cast.append(live_t)
-        for name, live, avg in copied:
-            live_t, avg_t = self._local_pair(name, live, avg)
-            self._copy_dst.append(avg_t)
-            self._copy_src.append(live_t)
-
-    def _local_pair(self, name: str, live: Tensor, avg: Tensor) -> tuple[Tensor, Tensor]:
-        if _is_dtensor(live) != _is_dtensor(avg):
-            raise ValueError(
-                f"`{name}` is {'sharded' if _is_dtensor(live) else 'not sharded'} in the source but "
-                f"{'sharded' if _is_dtensor(avg) else 'not sharded'} in the target; shard both the same way."
-            )
-        if _is_dtensor(live):
-            self.sharded = True
-            if tuple(live.placements) != tuple(avg.placements) or live.device_mesh != avg.device_mesh:
-                raise ValueError(
-                    f"`{name}` is sharded differently: source placements {tuple(live.placements)}, target "
-                    f"{tuple(avg.placements)}; shard the target with the same `fully_shard` mesh."
-                )
-            live, avg = live.to_local(), avg.to_local()
-        if live.shape != avg.shape or live.device != avg.device:
-            raise ValueError(
-                f"`{name}` has shape {tuple(live.shape)} on {live.device} in the source but "
-                f"{tuple(avg.shape)} on {avg.device} in the target; they must match."
-            )
-        return live, avg
-
-    @torch.no_grad()
-    def update(self, momentum: float) -> None:
-        """Moves every averaged tensor towards the live one: ``avg = momentum * avg + (1 - momentum) * live``.
-
-        Args:
-            momentum: Weight of the old average, a Python float in [0, 1].
-        """
-        weight = 1.0 - momentum
-        if self._avg:
-            torch._foreach_lerp_(self._avg, self._live, weight)
-        if self._avg_cast:
-            live = [t.to(a.dtype) for a, t in zip(self._avg_cast, self._live_cast)]
-            torch._foreach_lerp_(self._avg_cast, live, weight)
-        self._finish()
-
-    @torch.no_grad()
-    def copy_(self) -> None:
-        """Sets the average to the live values (the warm-up before averaging starts)."""
-        if self._avg:
-            torch._foreach_copy_(self._avg, self._live)
-        if self._avg_cast:
-            torch._foreach_copy_(self._avg_cast, self._live_cast)
-        self._finish()
-
-    def _finish(self) -> None:
-        if self._lowp_targets:
-            torch._foreach_copy_(self._lowp_targets, self._master_list)
-        if self._copy_dst:
-            torch._foreach_copy_(self._copy_dst, self._copy_src)
-
-    @torch.no_grad()
-    def swap_in(self) -> list[Tensor]:
-        """Copies the average into the live module and returns the live values for :meth:`swap_out`."""
-        backup = [t.detach().clone() for t in self.live_tensors]
-        torch._foreach_copy_(self.live_tensors, self.target_tensors)
-        return backup
-
-    @torch.no_grad()
-    def swap_out(self, backup: list[Tensor]) -> None:
-        """Restores the live values saved by :meth:`swap_in`."""
-        torch._foreach_copy_(self.live_tensors, backup)
-
-    @property
-    def live_tensors(self) -> list[Tensor]:
-        """The live tensors (local shards when sharded), parameters first."""
-        if not self._all_live:
-            self._all_live = [*self._live, *self._live_cast, *self._copy_src]
-        return self._all_live
-
-    @property
-    def target_tensors(self) -> list[Tensor]:
-        """The target tensors in the order of :attr:`live_tensors`."""
-        if not self._all_target:
-            masters = {id(m): t for m, t in zip(self._master_list, self._lowp_targets)}
-            averaged = [masters.get(id(a), a) for a in [*self._avg, *self._avg_cast]]
-            self._all_target = [*averaged, *self._copy_dst]
-        return self._all_target
-
-    def master_state_dict(self) -> dict[str, Tensor]:
-        """The fp32 master tensors by name; empty when the target is fp32."""
-        return dict(self._masters)
-
-    @torch.no_grad()
-    def load_master_state_dict(self, state: Mapping[str, Tensor]) -> None:
-        """Loads fp32 masters saved by :meth:`master_state_dict` and copies them into the target.
-
-        Raises:
-            ValueError: If a saved master has a different shape from this updater's.
-        """
-        for name, value in state.items():
-            if name in self._masters:
-                if self._masters[name].shape != value.shape:
-                    raise ValueError(
-                        f"Saved master weight `{name}` has shape {tuple(value.shape)}, expected "
-                        f"{tuple(self._masters[name].shape)}."
-                    )
-                self._masters[name].copy_(value)
-        if self._lowp_targets:
-            torch._foreach_copy_(self._lowp_targets, self._master_list)
-
-
-def _paired(live_named, avg_named, kind: str):
-    """Yields ``(name, live, avg)`` after checking that both modules have the same names in order."""
-    live_items, avg_items = list(live_named), list(avg_named)
-    live_names, avg_names = [n for n, _ in live_items], [n for n, _ in avg_items]
-    if live_names != avg_names:
-        missing = sorted(set(live_names) - set(avg_names))[:5]
-        extra = sorted(set(avg_names) - set(live_names))[:5]
-        raise ValueError(
-            f"Source and target differ in their {kind}s: missing in the target {missing}, extra in the "
-            f"target {extra} (first five); the target must be a copy of the source."
-        )
-    for (name, live), (_, avg) in zip(live_items, avg_items):
-        yield name, live, avg
-
-
 class EMATeacher(Callback):
     r"""Keeps an exponential moving average of a submodule as a frozen teacher of the LightningModule.
 
@@ -320,11 +105,11 @@ class EMATeacher(Callback):
 
     - ``k < start_step``: the target is set to the source (warm-up copy);
     - otherwise, if :meth:`should_update` (every ``update_every``-th step):
-      ``target = m_k * target + (1 - m_k) * source`` with ``m_k =`` :meth:`momentum_at` ``(k, K)``,
+      ``target = d_k * target + (1 - d_k) * source`` with ``d_k =`` :meth:`decay_at` ``(k, K)``,
       ``K = total_steps`` or ``trainer.estimated_stepping_batches``.
 
-    The constant schedule is ``m_k = momentum``; the cosine schedule (BYOL, DINO) rises from
-    ``momentum`` to ``final_momentum``: ``m_k = final - (final - momentum) * (cos(pi k / K) + 1) / 2``.
+    The constant schedule is ``d_k = decay``; the cosine schedule (BYOL, DINO) rises from
+    ``decay`` to ``final_decay``: ``d_k = final - (final - decay) * (cos(pi k / K) + 1) / 2``.
 
     **Where the target comes from.** If the LightningModule already has the ``target`` attribute (a
     recipe's ``self.ema_student = copy.deepcopy(self.student)``), it is used and frozen. Otherwise the
@@ -351,9 +136,10 @@ class EMATeacher(Callback):
     Args:
         source: Dotted path of the averaged module on the LightningModule, e.g. ``"student"``.
         target: Dotted path of the average, e.g. ``"ema_student"``.
-        momentum: Weight of the old average, in [0, 1] (the start value for ``"cosine"``).
+        decay: Weight of the old average, in [0, 1] (the start value for ``"cosine"``); what BYOL
+            and DINO call the momentum of the target network.
         schedule: ``"constant"`` or ``"cosine"``.
-        final_momentum: The cosine schedule's value at the last step, in [0, 1].
+        final_decay: The cosine schedule's value at the last step, in [0, 1].
         start_step: Optimizer steps before this index copy the source instead of averaging.
         update_every: Average after every ``update_every``-th optimizer step.
         buffers: ``"average"`` averages float buffers (BatchNorm statistics) like parameters;
@@ -366,7 +152,7 @@ class EMATeacher(Callback):
         total_steps: Length ``K`` of the cosine schedule in optimizer steps; ``None`` takes
             ``trainer.estimated_stepping_batches`` (set it under manual optimization with several
             optimizer steps per batch, where ``global_step`` counts every optimizer's step).
-        log_name: Name under which the momentum is logged; ``None`` turns logging off. Give a second
+        log_name: Name under which the decay is logged; ``None`` turns logging off. Give a second
             instance its own name.
 
     Raises:
@@ -378,16 +164,16 @@ class EMATeacher(Callback):
         self,
         source: str = "student",
         target: str = "ema_student",
-        momentum: float = 0.999,
+        decay: float = 0.999,
         schedule: Literal["constant", "cosine"] = "constant",
-        final_momentum: float = 1.0,
+        final_decay: float = 1.0,
         start_step: int = 0,
         update_every: int = 1,
         buffers: Literal["average", "copy"] = "copy",
         swap_for_eval: bool = False,
         save_averaged_as_source: bool = False,
         total_steps: int | None = None,
-        log_name: str | None = "ema/momentum",
+        log_name: str | None = "ema/decay",
     ) -> None:
         for name, path in (("source", source), ("target", target)):
             if not isinstance(path, str):
@@ -402,7 +188,7 @@ class EMATeacher(Callback):
                 f"`source` ({source!r}) and `target` ({target!r}) must name separate modules, neither inside "
                 "the other."
             )
-        for name, value in (("momentum", momentum), ("final_momentum", final_momentum)):
+        for name, value in (("decay", decay), ("final_decay", final_decay)):
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise TypeError(f"`{name}` must be a float, got {type(value).__name__}.")
             if not 0.0 <= float(value) <= 1.0:
@@ -411,8 +197,8 @@ class EMATeacher(Callback):
                 )
         if schedule not in _SCHEDULES:
             raise ValueError(f"`schedule` must be one of {_SCHEDULES}, got {schedule!r}.")
-        if buffers not in _BUFFER_POLICIES:
-            raise ValueError(f"`buffers` must be one of {_BUFFER_POLICIES}, got {buffers!r}.")
+        if buffers not in BUFFER_POLICIES:
+            raise ValueError(f"`buffers` must be one of {BUFFER_POLICIES}, got {buffers!r}.")
         for name, value, low in (("start_step", start_step, 0), ("update_every", update_every, 1)):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError(f"`{name}` must be an int, got {type(value).__name__}.")
@@ -435,9 +221,9 @@ class EMATeacher(Callback):
 
         self.source = source
         self.target = target
-        self.momentum = float(momentum)
+        self.decay = float(decay)
         self.schedule = schedule
-        self.final_momentum = float(final_momentum)
+        self.final_decay = float(final_decay)
         self.start_step = start_step
         self.update_every = update_every
         self.buffers = buffers
@@ -455,28 +241,25 @@ class EMATeacher(Callback):
         self._fsdp_modules: list[nn.Module] = []
 
     # ---------------------------------------------------------------- override points
-    def momentum_at(self, step: int, total_steps: int | float) -> float:
-        """The momentum after optimizer step ``step`` (zero-based) of ``total_steps``.
+    def decay_at(self, step: int, total_steps: int | float) -> float:
+        """The decay after optimizer step ``step`` (zero-based) of ``total_steps``.
 
         Args:
             step: Zero-based index of the optimizer step just taken.
-            total_steps: Length of the schedule; steps beyond it get ``final_momentum``.
+            total_steps: Length of the schedule; steps beyond it get ``final_decay``.
 
         Returns:
-            The momentum, a Python float.
+            The decay, a Python float.
 
         Example:
-            >>> ema = EMATeacher(momentum=0.996, schedule="cosine")
-            >>> [round(ema.momentum_at(k, 100), 4) for k in (0, 50, 100)]
+            >>> ema = EMATeacher(decay=0.996, schedule="cosine")
+            >>> [round(ema.decay_at(k, 100), 4) for k in (0, 50, 100)]
             [0.996, 0.998, 1.0]
         """
         if self.schedule == "constant":
-            return self.momentum
+            return self.decay
         progress = min(max(step / total_steps, 0.0), 1.0)
-        return (
-            self.final_momentum
-            - (self.final_momentum - self.momentum) * (math.cos(math.pi * progress) + 1) / 2
-        )
+        return self.final_decay - (self.final_decay - self.decay) * (math.cos(math.pi * progress) + 1) / 2
 
     def should_update(self, step: int) -> bool:
         """Whether to average after optimizer step ``step`` (zero-based, at or after ``start_step``).
@@ -542,20 +325,20 @@ class EMATeacher(Callback):
         self._last_step = global_step
         step = global_step - 1
         if step < self.start_step:
-            momentum = 0.0
+            decay = 0.0
         elif self.should_update(step):
-            momentum = self.momentum_at(step, self._total if self._total is not None else 1)
+            decay = self.decay_at(step, self._total if self._total is not None else 1)
         else:
             return
         updater = self._build(pl_module)
         for module in self._fsdp_modules:
             module.reshard()
-        if momentum == 0.0:
+        if decay == 0.0:
             updater.copy_()
         else:
-            updater.update(momentum)
+            updater.update(decay)
         if self.log_name is not None:
-            pl_module.log(self.log_name, momentum, on_step=True, on_epoch=False, batch_size=1)
+            pl_module.log(self.log_name, decay, on_step=True, on_epoch=False, batch_size=1)
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._swap_in(pl_module)
@@ -732,7 +515,7 @@ def _freeze(module: nn.Module) -> None:
 
 
 def _has_dtensors(module: nn.Module) -> bool:
-    return any(_is_dtensor(p) for p in module.parameters())
+    return any(is_dtensor(p) for p in module.parameters())
 
 
 def _copy_without_hooks(module: nn.Module) -> nn.Module:
@@ -766,5 +549,5 @@ def _shard_like(source: nn.Module, target: nn.Module) -> None:
     names = [n for n, m in source.named_modules() if isinstance(m, FSDPModule)] or [""]
     for name in sorted(names, key=lambda n: -1 if n == "" else n.count("."), reverse=True):
         src = source.get_submodule(name)
-        mesh = next(p for p in src.parameters() if _is_dtensor(p)).device_mesh
+        mesh = next(p for p in src.parameters() if is_dtensor(p)).device_mesh
         fully_shard(target.get_submodule(name), mesh=mesh, reshard_after_forward=True)

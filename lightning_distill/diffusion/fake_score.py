@@ -36,8 +36,8 @@ from torch import Tensor, nn
 
 from lightning_distill.diffusion.guidance import Cond, model_output
 from lightning_distill.diffusion.schedule import NoiseSchedule
-from lightning_distill.losses._checks import Reduction
 from lightning_distill.losses.distribution_matching import denoising_loss as _denoising_loss
+from lightning_distill.utils.checks import Reduction
 
 __all__ = ["FakeScore", "ResidualScore"]
 

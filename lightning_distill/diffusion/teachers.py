@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import itertools
 import json
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as L
@@ -34,7 +33,8 @@ from torch import Tensor, nn
 from lightning_distill.diffusion.guidance import model_output
 from lightning_distill.diffusion.schedule import NoiseSchedule
 from lightning_distill.diffusion.timesteps import uniform_timesteps
-from lightning_distill.models.pretrained import _sha256_file, cached_training, load_weights
+from lightning_distill.models.pretrained import cached_training, load_weights
+from lightning_distill.utils.fingerprint import file_sha256
 
 __all__ = ["denoising_batch_loss", "trained_denoiser"]
 
@@ -178,7 +178,7 @@ def trained_denoiser(
     """
     if checkpoint is not None:
         load_weights(model, checkpoint)
-        model.distill_source = f"checkpoint {checkpoint} (sha256 {_sha256_file(Path(checkpoint))})"
+        model.distill_source = f"checkpoint {checkpoint} (sha256 {file_sha256(checkpoint)})"
         model.training_record = {}
         return model.eval()
     if data is None:

@@ -22,13 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_distill.losses._checks import (
+from lightning_distill.losses._common import reduce
+from lightning_distill.utils.checks import (
     Reduction,
     check_non_negative,
     check_reduction,
     check_same_shape,
     check_tensor,
-    reduce,
 )
 
 __all__ = [

@@ -14,15 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_distill.losses._checks import (
+from lightning_distill.losses._common import kl_rows, reduce
+from lightning_distill.utils.checks import (
     Reduction,
     check_positive,
     check_reduction,
     check_same_batch,
     check_same_shape,
     check_tensor,
-    kl_rows,
-    reduce,
 )
 
 __all__ = [

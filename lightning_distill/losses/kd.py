@@ -19,18 +19,25 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_distill.losses._checks import (
+from lightning_distill.losses._common import kl_rows, reduce
+from lightning_distill.utils.checks import (
     Reduction,
     check_non_negative,
     check_positive,
     check_reduction,
     check_same_shape,
     check_tensor,
-    kl_rows,
-    reduce,
 )
 
-__all__ = ["dkd_loss", "js_divergence", "kd_loss", "soft_cross_entropy", "symmetric_kl"]
+__all__ = [
+    "dkd_loss",
+    "js_divergence",
+    "kd_loss",
+    "labelled_cross_entropy",
+    "logit_discriminator_loss",
+    "soft_cross_entropy",
+    "symmetric_kl",
+]
 
 _RESHAPE_HINT = (
     "Logits must be (B, C) with classes last; flatten token or dense logits to rows first, "
@@ -424,3 +431,62 @@ def labelled_cross_entropy(
     safe = torch.where(labels == ignore_index, torch.zeros_like(labels), labels)
     per_sample = F.cross_entropy(logits.float(), safe, reduction="none", label_smoothing=label_smoothing)
     return (per_sample * labelled).sum() / labelled.sum().clamp_min(1.0)
+
+
+def logit_discriminator_loss(
+    scores_student: Tensor, scores_teacher: Tensor, *, reduction: Reduction = "mean"
+) -> Tensor:
+    r"""MEAL V2's discriminator loss: BCE-with-logits of a two-way student/teacher classifier.
+
+    From "MEAL V2: Boosting Vanilla ResNet-50 to 80%+ Top-1 Accuracy on ImageNet without Tricks"
+    (arXiv 2009.08453; ``loss.py::discriminatorLoss`` of szq0214/MEAL-V2). A discriminator ``D``
+    scores student logits and averaged teacher logits with two outputs each; student rows have the
+    target ``(1, 0)``, teacher rows ``(0, 1)``:
+
+    .. math::
+        L_D = \frac{1}{4B} \sum_{i=1}^{2B} \sum_{j=1}^{2}
+              -\left[y_{ij} \log \sigma(s_{ij}) + (1 - y_{ij}) \log(1 - \sigma(s_{ij}))\right]
+
+    where ``s = [D(z_S); D(z_T)]`` (``2B x 2``). Neither input is detached: ``D`` learns from
+    both, and the student's gradient (minimised in the official code, reversed in an adversarial
+    reading) is the recipe's choice.
+
+    Args:
+        scores_student: ``D``'s outputs for the student's logits, shape ``(B, 2)``.
+        scores_teacher: ``D``'s outputs for the teachers' averaged logits, shape ``(B, 2)``.
+        reduction: ``"mean"`` over the ``2B x 2`` entries (the official ``BCEWithLogitsLoss``),
+            ``"sum"`` of the per-row values, or ``"none"`` for per-row means over the two outputs,
+            shape ``(2B,)`` (student rows first).
+
+    Returns:
+        The loss in float32: a scalar, or shape ``(2B,)`` for ``reduction="none"``.
+
+    Raises:
+        TypeError: If a score tensor is not floating-point.
+        ValueError: If the scores are not both ``(B, 2)`` or ``reduction`` is unknown.
+
+    Example:
+        >>> import torch
+        >>> zeros = torch.zeros(3, 2)  # sigma(0) = 1/2 everywhere: log 2 per entry
+        >>> round(logit_discriminator_loss(zeros, zeros).item(), 4)
+        0.6931
+        >>> logit_discriminator_loss(zeros, zeros, reduction="none").shape
+        torch.Size([6])
+    """
+    check_tensor("scores_student", scores_student, exact_ndim=2)
+    check_tensor("scores_teacher", scores_teacher, exact_ndim=2)
+    if scores_student.shape != scores_teacher.shape or scores_student.shape[1] != 2:
+        raise ValueError(
+            f"Discriminator scores must both be (B, 2), got {tuple(scores_student.shape)} and "
+            f"{tuple(scores_teacher.shape)}."
+        )
+    check_reduction(reduction)
+    scores = torch.cat([scores_student, scores_teacher]).float()  # (2B, 2)
+    b = scores_student.shape[0]
+    target = torch.zeros_like(scores)
+    target[:b, 0] = 1.0
+    target[b:, 1] = 1.0
+    if reduction == "mean":
+        return F.binary_cross_entropy_with_logits(scores, target)
+    per_row = F.binary_cross_entropy_with_logits(scores, target, reduction="none").mean(dim=1)  # (2B,)
+    return reduce(per_row, reduction)

@@ -1,4 +1,4 @@
-"""Small reference networks, feature adapters and teacher builders."""
+"""Small reference networks, feature adapters, teacher builders and the teacher-output store."""
 
 from lightning_distill.models.adapters import ConvAdapter, LinearAdapter, MLPAdapter, build_adapter
 from lightning_distill.models.classifiers import MLPClassifier, SmallCNN
@@ -8,6 +8,7 @@ from lightning_distill.models.pretrained import (
     trained_classifier,
     trained_teacher,
 )
+from lightning_distill.models.teacher_store import TeacherCache, TeacherCacheMismatchError
 
 __all__ = [
     "ConvAdapter",
@@ -16,6 +17,8 @@ __all__ = [
     "build_adapter",
     "MLPClassifier",
     "SmallCNN",
+    "TeacherCache",
+    "TeacherCacheMismatchError",
     "default_cache_dir",
     "load_weights",
     "trained_classifier",

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import inspect
 import json
 import os
@@ -35,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
+
+from lightning_distill.utils.fingerprint import config_hash, file_sha256
 
 __all__ = [
     "default_cache_dir",
@@ -90,14 +91,6 @@ def load_weights(model: nn.Module, checkpoint: str | os.PathLike, *, prefix: str
     )
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
-
-
 def _data_settings(data: L.LightningDataModule) -> dict[str, str]:
     """The datamodule's constructor arguments, read from its attributes where it keeps them.
 
@@ -126,7 +119,7 @@ def _cache_key(model: nn.Module, data: L.LightningDataModule, settings: dict[str
         "data_settings": _data_settings(data),
         **settings,
     }
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    return config_hash(spec)
 
 
 @contextlib.contextmanager
@@ -282,7 +275,7 @@ def trained_classifier(
     """
     if checkpoint is not None:
         load_weights(model, checkpoint)
-        model.distill_source = f"checkpoint {checkpoint} (sha256 {_sha256_file(Path(checkpoint))})"
+        model.distill_source = f"checkpoint {checkpoint} (sha256 {file_sha256(checkpoint)})"
         return model.eval()
     if data is None:
         raise ValueError(

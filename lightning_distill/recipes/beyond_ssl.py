@@ -57,7 +57,10 @@ class BeyondSSL(DistillationModule):
             left out of the loss (labelled images are always kept).
         finetune_epochs: number of final epochs that train on the labelled images only.
         loss_weights: ``{"dist": ..., "ce": ...}``.
-        optimizer: optimizer for the student.
+        optimizer: optimizer for the student. The paper gives no single setting: PaddleClas's SSLD
+            table uses momentum SGD with cosine decay and warm-up, and a learning rate and L2 decay
+            per student and batch size (e.g. ResNet50_vd: lr 0.4 at batch 1024, decay 7e-5), so the
+            default stays torch's AdamW; set it for your student.
         lr_scheduler: optional epoch-wise scheduler.
 
     Batches are ``(x, y)`` with ``y = -1`` for unlabelled images
@@ -159,7 +162,7 @@ class BeyondSSL(DistillationModule):
         keep = self.select(y, teacher_logits)
         student_logits = self.student(x)
         self.check_output_shapes(student_logits, teacher_logits)
-        self.log("train/kept_fraction", keep.float().mean(), on_step=False, on_epoch=True)
+        self.log_diagnostics({"kept_fraction": keep.float().mean()})  # diag/kept_fraction
         terms = {
             "dist": self.distillation_loss(student_logits, teacher_logits, keep),
             "ce": self.supervised_loss(student_logits, y),

@@ -72,7 +72,9 @@ class KnowledgeDistillation(DistillationModule):
             the sample index (``(x, y, index)``, e.g. ``DigitsDataModule(return_index=True)``), and
             the cache's augmentation is applied to the images the student sees.
         loss_weights: ``{"kd": ..., "ce": ..., "feat": ...}``.
-        optimizer: optimizer for the student (and the adapter).
+        optimizer: optimizer for the student (and the adapter). Hinton et al. state no optimizer,
+            so the default is torch's AdamW; ``temperature`` 4 and the 0.9/0.1 weights are the
+            common choice of later KD benchmarks (the paper tries several ``T``), not the paper's.
         lr_scheduler: optional epoch-wise scheduler.
 
     Raises:

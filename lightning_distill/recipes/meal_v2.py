@@ -24,14 +24,15 @@ Two readings of step 4 (``mode``):
 
 Hyper-parameters -> config keys (``model.init_args.*``):
 
-=============================  =========================  ===========
-paper / official code          key                        default
-=============================  =========================  ===========
-discriminator width factor K   ``discriminator_reduction``  8 (1000->125->15->2)
-discriminator learning rate    ``discriminator_lr``       1e-4
-similarity / D loss weights    ``loss_weights``           {sim: 1, disc: 1}
-temperature of L_sim           ``temperature``            1.0
-=============================  =========================  ===========
+================================  ===========================  ====================
+paper / official code             key                          default
+================================  ===========================  ====================
+discriminator width factor K      ``discriminator_reduction``  8 (1000->125->15->2)
+discriminator learning rate       ``discriminator_lr``         1e-4
+SGD, lr 0.01, momentum 0.9, wd 0  ``optimizer``                :func:`meal_v2_sgd`
+similarity / D loss weights       ``loss_weights``             {sim: 1, disc: 1}
+temperature of L_sim              ``temperature``              1.0
+================================  ===========================  ====================
 
 The student starts from a supervised checkpoint in the paper (ImageNet-pretrained ResNet-50).
 """
@@ -46,10 +47,10 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from lightning_distill.losses import soft_cross_entropy
+from lightning_distill.losses import logit_discriminator_loss, soft_cross_entropy
 from lightning_distill.module import DistillationModule
 
-__all__ = ["MEALV2", "LogitDiscriminator", "discriminator_loss"]
+__all__ = ["MEALV2", "LogitDiscriminator", "meal_v2_sgd"]
 
 
 class LogitDiscriminator(nn.Module):
@@ -87,34 +88,13 @@ class LogitDiscriminator(nn.Module):
         return x.flatten(1)
 
 
-def discriminator_loss(scores_student: Tensor, scores_teacher: Tensor) -> Tensor:
-    """BCE-with-logits of the two-way discriminator: student rows -> (1, 0), teacher rows -> (0, 1).
+def meal_v2_sgd(params: Any) -> torch.optim.Optimizer:
+    """The official optimizer: SGD, lr 0.01, momentum 0.9, no weight decay, no Nesterov.
 
-    Args:
-        scores_student: ``(B, 2)`` discriminator outputs for student logits.
-        scores_teacher: ``(B, 2)`` discriminator outputs for teacher logits.
-
-    Returns:
-        Scalar mean over the ``2B x 2`` entries (the official code's ``BCEWithLogitsLoss``).
-
-    Raises:
-        ValueError: shapes differ or are not ``(B, 2)``.
+    szq0214/MEAL-V2 ``opts.py`` (``--lr 0.01``, ``--momentum 0.9``, ``--weight-decay 0``) and
+    ``train.py::create_optimizer`` (``torch.optim.SGD`` without ``nesterov``).
     """
-    if (
-        scores_student.shape != scores_teacher.shape
-        or scores_student.ndim != 2
-        or scores_student.shape[1] != 2
-    ):
-        raise ValueError(
-            f"Discriminator scores must both be (B, 2), got {tuple(scores_student.shape)} and "
-            f"{tuple(scores_teacher.shape)}."
-        )
-    scores = torch.cat([scores_student, scores_teacher]).float()
-    b = scores_student.shape[0]
-    target = torch.zeros_like(scores)
-    target[:b, 0] = 1.0
-    target[b:, 1] = 1.0
-    return F.binary_cross_entropy_with_logits(scores, target)
+    return torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=0.0)
 
 
 class _GradReverse(torch.autograd.Function):
@@ -142,7 +122,8 @@ class MEALV2(DistillationModule):
         grl_scale: gradient-reversal scale in adversarial mode.
         teacher: a single teacher (instead of ``teachers``).
         loss_weights: ``{"sim": ..., "disc": ...}``.
-        optimizer: optimizer for the student and discriminator groups.
+        optimizer: optimizer for the student and discriminator groups (default :func:`meal_v2_sgd`,
+            the official SGD; the discriminator group gets ``discriminator_lr`` and no weight decay).
         lr_scheduler: optional epoch-wise scheduler.
 
     Raises:
@@ -164,7 +145,7 @@ class MEALV2(DistillationModule):
         grl_scale: float = 1.0,
         teacher: nn.Module | None = None,
         loss_weights: dict[str, float] | None = None,
-        optimizer: OptimizerCallable = torch.optim.SGD,
+        optimizer: OptimizerCallable = meal_v2_sgd,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         super().__init__(
@@ -211,7 +192,9 @@ class MEALV2(DistillationModule):
         """
         if self.mode == "adversarial":
             student_logits = _GradReverse.apply(student_logits, self.grl_scale)
-        return discriminator_loss(self.discriminator(student_logits), self.discriminator(teacher_logits))
+        return logit_discriminator_loss(
+            self.discriminator(student_logits), self.discriminator(teacher_logits)
+        )
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         x = batch[0]  # labels are not used

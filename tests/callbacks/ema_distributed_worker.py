@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from lightning_distill.callbacks.ema_teacher import EMATeacher
 
 STEPS = 4
-MOMENTUM = 0.8
+DECAY = 0.8
 LR = 0.2
 PER_RANK_BATCH = 4
 
@@ -86,7 +86,7 @@ def run(name: str, out_dir: Path) -> None:
         devices=2,
         strategy=strategy,
         max_steps=STEPS,
-        callbacks=[EMATeacher(momentum=MOMENTUM)],
+        callbacks=[EMATeacher(decay=DECAY)],
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,

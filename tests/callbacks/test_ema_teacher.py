@@ -23,7 +23,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.testing import assert_close
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_distill.callbacks.ema_teacher import EMATeacher, EMAUpdater
+from lightning_distill.callbacks.ema_teacher import EMATeacher
+from lightning_distill.utils.ema import EMAUpdater
 
 TIGHT = {"rtol": 1e-6, "atol": 1e-7}
 
@@ -137,17 +138,17 @@ def fit(
 
 
 def reference_ema(
-    states: list[dict[str, torch.Tensor]], momenta: list[float | None], average_buffers: bool
+    states: list[dict[str, torch.Tensor]], decays: list[float | None], average_buffers: bool
 ) -> dict[str, torch.Tensor]:
-    """EMA over ``states[1:]`` starting from ``states[0]``; momentum ``None`` skips a step."""
+    """EMA over ``states[1:]`` starting from ``states[0]``; decay ``None`` skips a step."""
     buffers = {"1.running_mean", "1.running_var", "1.num_batches_tracked"}
     ema = {k: v.clone() for k, v in states[0].items()}
-    for live, momentum in zip(states[1:], momenta, strict=True):
-        if momentum is None:
+    for live, decay in zip(states[1:], decays, strict=True):
+        if decay is None:
             continue
         for key in ema:
             if ema[key].is_floating_point() and (key not in buffers or average_buffers):
-                ema[key] = torch.lerp(ema[key], live[key], 1.0 - momentum)
+                ema[key] = torch.lerp(ema[key], live[key], 1.0 - decay)
             else:
                 ema[key] = live[key].clone()
     return ema
@@ -165,7 +166,7 @@ def assert_state_close(actual: nn.Module | dict, expected: dict, **tolerance) ->
 
 def test_one_update_equals_torch_lerp():
     model, snaps = Regressor(), Snapshots()
-    fit(model, [snaps, EMATeacher(momentum=0.9)], max_steps=1)
+    fit(model, [snaps, EMATeacher(decay=0.9)], max_steps=1)
     start, live = snaps.states
     for name, param in model.ema_student.named_parameters():
         assert_close(param, torch.lerp(start[name], live[name], 0.1), **TIGHT)
@@ -177,7 +178,7 @@ def test_one_update_equals_torch_lerp():
 
 def test_ema_teacher_matches_averaged_model():
     model, snaps = Regressor(), Snapshots()
-    fit(model, [snaps, EMATeacher(momentum=0.8, buffers="average")], max_steps=6)
+    fit(model, [snaps, EMATeacher(decay=0.8, buffers="average")], max_steps=6)
     assert len(snaps.states) == 7
     # AveragedModel copies on its first update; feeding it the start weights first aligns it with the
     # target, which starts as a copy of the source.
@@ -197,42 +198,40 @@ def test_ema_teacher_matches_averaged_model():
 # ----------------------------------------------------------------------------------- schedules
 
 
-def test_cosine_momentum_at_known_steps():
-    ema = EMATeacher(momentum=0.9, schedule="cosine")
-    assert ema.momentum_at(0, 10) == pytest.approx(0.9)
-    assert ema.momentum_at(5, 10) == pytest.approx(0.95)
-    assert ema.momentum_at(10, 10) == pytest.approx(1.0)
-    assert ema.momentum_at(25, 10) == pytest.approx(1.0)
+def test_cosine_decay_at_known_steps():
+    ema = EMATeacher(decay=0.9, schedule="cosine")
+    assert ema.decay_at(0, 10) == pytest.approx(0.9)
+    assert ema.decay_at(5, 10) == pytest.approx(0.95)
+    assert ema.decay_at(10, 10) == pytest.approx(1.0)
+    assert ema.decay_at(25, 10) == pytest.approx(1.0)
     byol = 1 - (1 - 0.9) * (math.cos(math.pi * 3 / 10) + 1) / 2
-    assert ema.momentum_at(3, 10) == pytest.approx(byol)
-    assert EMATeacher(momentum=0.9, schedule="cosine", final_momentum=0.99).momentum_at(
-        5, 10
-    ) == pytest.approx(0.945)
-    assert EMATeacher(momentum=0.9).momentum_at(7, 10) == 0.9
+    assert ema.decay_at(3, 10) == pytest.approx(byol)
+    assert EMATeacher(decay=0.9, schedule="cosine", final_decay=0.99).decay_at(5, 10) == pytest.approx(0.945)
+    assert EMATeacher(decay=0.9).decay_at(7, 10) == 0.9
 
 
 def test_cosine_schedule_runs_over_estimated_stepping_batches():
     model, snaps = Regressor(), Snapshots()
-    trainer = fit(model, [snaps, EMATeacher(momentum=0.5, schedule="cosine")], max_epochs=1)
+    trainer = fit(model, [snaps, EMATeacher(decay=0.5, schedule="cosine")], max_epochs=1)
     total = 8  # 32 samples / batch 4, one epoch
     assert trainer.estimated_stepping_batches == total
-    momenta = [1 - 0.5 * (math.cos(math.pi * k / total) + 1) / 2 for k in range(total)]
-    assert_state_close(model.ema_student, reference_ema(snaps.states, momenta, average_buffers=False))
-    assert trainer.callback_metrics["ema/momentum"].item() == pytest.approx(momenta[-1])
+    decays = [1 - 0.5 * (math.cos(math.pi * k / total) + 1) / 2 for k in range(total)]
+    assert_state_close(model.ema_student, reference_ema(snaps.states, decays, average_buffers=False))
+    assert trainer.callback_metrics["ema/decay"].item() == pytest.approx(decays[-1])
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "momenta"),
+    ("kwargs", "decays"),
     [
         ({"start_step": 2}, [0.0, 0.0, 0.5, 0.5]),
         ({"update_every": 2}, [None, 0.5, None, 0.5]),
         ({"start_step": 1, "update_every": 2}, [0.0, 0.5, None, 0.5]),
     ],
 )
-def test_start_step_copies_and_update_every_skips(kwargs, momenta):
+def test_start_step_copies_and_update_every_skips(kwargs, decays):
     model, snaps = Regressor(), Snapshots()
-    fit(model, [snaps, EMATeacher(momentum=0.5, **kwargs)], max_steps=4)
-    assert_state_close(model.ema_student, reference_ema(snaps.states, momenta, average_buffers=False))
+    fit(model, [snaps, EMATeacher(decay=0.5, **kwargs)], max_steps=4)
+    assert_state_close(model.ema_student, reference_ema(snaps.states, decays, average_buffers=False))
 
 
 # ----------------------------------------------------------------------------------- optimizer steps
@@ -240,7 +239,7 @@ def test_start_step_copies_and_update_every_skips(kwargs, momenta):
 
 @pytest.mark.parametrize(("manual", "accumulate", "batches"), [(False, 2, 8), (True, 1, 4)])
 def test_one_update_per_optimizer_step(manual, accumulate, batches):
-    model, snaps, ema = Regressor(manual=manual), Snapshots(), CountingEMA(momentum=0.7)
+    model, snaps, ema = Regressor(manual=manual), Snapshots(), CountingEMA(decay=0.7)
     trainer = fit(model, [snaps, ema], max_steps=4, accumulate_grad_batches=accumulate)
     assert len(model.losses) == batches
     assert trainer.global_step == 4
@@ -251,7 +250,7 @@ def test_one_update_per_optimizer_step(manual, accumulate, batches):
 @pytest.mark.parametrize("policy", ["copy", "average"])
 def test_integer_buffers_copied_float_buffers_follow_policy(policy):
     model, snaps = Regressor(), Snapshots()
-    fit(model, [snaps, EMATeacher(momentum=0.6, buffers=policy)], max_steps=3)
+    fit(model, [snaps, EMATeacher(decay=0.6, buffers=policy)], max_steps=3)
     target, live = model.ema_student[1], snaps.states[-1]
     assert target.num_batches_tracked.item() == live["1.num_batches_tracked"].item() == 3
     expected = reference_ema(snaps.states, [0.6] * 3, average_buffers=True)
@@ -269,7 +268,7 @@ def test_integer_buffers_copied_float_buffers_follow_policy(policy):
 
 def test_target_frozen_in_eval_outside_optimizer_and_in_checkpoint(tmp_path):
     model = Regressor()
-    trainer = fit(model, [EMATeacher(momentum=0.9)], max_steps=3)
+    trainer = fit(model, [EMATeacher(decay=0.9)], max_steps=3)
     assert model.target_flags == [(False, False)] * 3
     optimized = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
     assert optimized == {id(p) for p in model.student.parameters()}
@@ -282,7 +281,7 @@ def test_target_frozen_in_eval_outside_optimizer_and_in_checkpoint(tmp_path):
 def test_existing_target_is_used_and_frozen():
     model, snaps = Regressor(make_target=True), Snapshots()
     made = model.ema_student
-    fit(model, [snaps, EMATeacher(momentum=0.9)], max_steps=2)
+    fit(model, [snaps, EMATeacher(decay=0.9)], max_steps=2)
     assert model.ema_student is made
     assert not any(p.requires_grad for p in made.parameters())
     assert_state_close(made, reference_ema(snaps.states, [0.9, 0.9], average_buffers=False))
@@ -320,7 +319,7 @@ def test_source_built_in_configure_model_gets_a_target_at_fit_start():
 
     model, snaps = Lazy(), Snapshots()
     with pytest.warns(UserWarning, match="after `configure_model`"):
-        fit(model, [snaps, EMATeacher(momentum=0.9)], max_steps=2)
+        fit(model, [snaps, EMATeacher(decay=0.9)], max_steps=2)
     assert_state_close(model.ema_student, reference_ema(snaps.states, [0.9, 0.9], average_buffers=False))
 
 
@@ -339,7 +338,7 @@ def test_swap_for_eval_puts_average_in_for_validation_only():
     loader = make_loader(samples=16)
     fit(
         model,
-        [snaps, EMATeacher(momentum=0.9, swap_for_eval=True)],
+        [snaps, EMATeacher(decay=0.9, swap_for_eval=True)],
         max_epochs=1,
         loader=loader,
         val_loader=loader,
@@ -358,8 +357,8 @@ def test_swap_for_eval_puts_average_in_for_validation_only():
 def test_resume_equals_uninterrupted_run(tmp_path, precision):
     def callbacks():
         return [
-            EMATeacher(target="ema_a", momentum=0.7, buffers="average", save_averaged_as_source=True),
-            EMATeacher(target="ema_b", momentum=0.5, schedule="cosine", log_name="ema/momentum_b"),
+            EMATeacher(target="ema_a", decay=0.7, buffers="average", save_averaged_as_source=True),
+            EMATeacher(target="ema_b", decay=0.5, schedule="cosine", log_name="ema/decay_b"),
         ]
 
     # 16 samples in batches of 4, two batches per optimizer step: 2 steps per epoch. Crash at the start of
@@ -396,7 +395,7 @@ def test_resume_equals_uninterrupted_run(tmp_path, precision):
 
 
 def test_bf16_student_keeps_fp32_master_weights():
-    model, snaps, ema = Regressor(), Snapshots(), EMATeacher(momentum=0.999)
+    model, snaps, ema = Regressor(), Snapshots(), EMATeacher(decay=0.999)
     fit(model, [snaps, ema], max_steps=24, precision="bf16-true")
     assert model.student[0].weight.dtype == model.ema_student[0].weight.dtype == torch.bfloat16
     master = ema.state_dict()["master"]
@@ -421,9 +420,9 @@ def test_bf16_student_keeps_fp32_master_weights():
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"momentum": 1.5}, ValueError, "`momentum` must be in"),
-        ({"momentum": "0.9"}, TypeError, "`momentum` must be a float"),
-        ({"final_momentum": -0.1}, ValueError, "`final_momentum`"),
+        ({"decay": 1.5}, ValueError, "`decay` must be in"),
+        ({"decay": "0.9"}, TypeError, "`decay` must be a float"),
+        ({"final_decay": -0.1}, ValueError, "`final_decay`"),
         ({"schedule": "linear"}, ValueError, "`schedule`"),
         ({"buffers": "mean"}, ValueError, "`buffers`"),
         ({"start_step": -1}, ValueError, "`start_step` must be >= 0"),
@@ -484,7 +483,7 @@ def test_ddp_and_fsdp2_equal_single_process_ema(tmp_path):
         optimizer.step()
         with torch.no_grad():
             for average, param in zip(ema.parameters(), student.parameters()):
-                average.lerp_(param, 1 - w.MOMENTUM)
+                average.lerp_(param, 1 - w.DECAY)
 
     for run in runs:
         rank0, rank1 = (torch.load(tmp_path / f"{run}_rank{r}.pt", weights_only=False) for r in (0, 1))

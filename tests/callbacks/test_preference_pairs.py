@@ -5,15 +5,9 @@ from torch import nn
 from torch.testing import assert_close
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_distill.callbacks.preference_pairs import (
-    ChamferScorer,
-    ClassifierScorer,
-    FunctionScorer,
-    NegativeChamfer,
-    Pairs,
-    PreferencePairs,
-)
+from lightning_distill.callbacks.preference_pairs import Pairs, PreferencePairs
 from lightning_distill.losses.pointset import chamfer_distance
+from lightning_distill.models.scorers import ChamferScorer, FunctionScorer, NegativeChamfer
 
 
 def _identity_sampler(cond, noise):
@@ -212,20 +206,6 @@ def test_chamfer_scorers_rank_by_distance_to_the_reference():
         distance = chamfer_distance(pairs.winner, reference, reduction="none")
         expected = distance if not scorer.higher_is_better else -distance
         assert_close(pairs.winner_score, expected)
-
-
-def test_classifier_scorer_returns_the_class_probability_and_stays_frozen():
-    model = nn.Linear(4, 3)
-    scorer = ClassifierScorer(model, target_class="label")
-    scorer.train()
-    assert not model.training and not any(p.requires_grad for p in model.parameters())
-    x = torch.randn(5, 4)
-    labels = torch.tensor([0, 1, 2, 1, 0])
-    expected = torch.softmax(model(x), dim=1)[torch.arange(5), labels]
-    assert_close(scorer(x, {"label": labels}), expected)
-    assert_close(ClassifierScorer(model, 2)(x, None), torch.softmax(model(x), dim=1)[:, 2])
-    with pytest.raises(ValueError, match="target classes must lie"):
-        scorer(x, {"label": torch.tensor([0, 1, 2, 3, 0])})
 
 
 def test_invalid_arguments_raise():

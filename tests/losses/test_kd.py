@@ -11,7 +11,14 @@ import torch.nn.functional as F
 from scipy.spatial.distance import jensenshannon
 from torch.testing import assert_close
 
-from lightning_distill.losses.kd import dkd_loss, js_divergence, kd_loss, soft_cross_entropy, symmetric_kl
+from lightning_distill.losses.kd import (
+    dkd_loss,
+    js_divergence,
+    kd_loss,
+    logit_discriminator_loss,
+    soft_cross_entropy,
+    symmetric_kl,
+)
 
 B, C = 6, 5
 
@@ -376,3 +383,39 @@ def test_labelled_cross_entropy_averages_over_labelled_samples_only():
     assert none.item() == 0.0 and torch.equal(logits.grad, torch.zeros_like(logits))
     with pytest.raises(ValueError, match=r"\(B, C\)"):
         labelled_cross_entropy(logits[0], labels)
+
+
+# ------------------------------------------------------------------ MEAL V2 discriminator loss
+def _bce(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Element-wise binary cross-entropy from logits, written out."""
+    return -(y * torch.log(torch.sigmoid(z)) + (1 - y) * torch.log(1 - torch.sigmoid(z)))
+
+
+def test_logit_discriminator_loss_matches_bce_on_the_official_targets():
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(3, 2, generator=g), torch.randn(3, 2, generator=g)
+    # Independent: student rows have target (1, 0), teacher rows (0, 1); mean over 2B x 2 entries.
+    per_entry = torch.cat([_bce(s, torch.tensor([1.0, 0.0])), _bce(t, torch.tensor([0.0, 1.0]))])
+    assert_close(logit_discriminator_loss(s, t), per_entry.mean())
+    assert_close(logit_discriminator_loss(s, t, reduction="none"), per_entry.mean(dim=1))
+    assert_close(logit_discriminator_loss(s, t, reduction="sum"), per_entry.mean(dim=1).sum())
+
+
+def test_logit_discriminator_loss_hand_value_and_gradients():
+    zeros = torch.zeros(2, 2, requires_grad=True)
+    teacher = torch.zeros(2, 2, requires_grad=True)
+    loss = logit_discriminator_loss(zeros, teacher)
+    assert_close(loss, torch.tensor(math.log(2.0)))
+    loss.backward()
+    # d/dz of mean BCE at z = 0: (sigmoid(0) - y) / 8 = +-1/16.
+    assert_close(zeros.grad, torch.tensor([[-1.0, 1.0], [-1.0, 1.0]]) / 16)
+    assert_close(teacher.grad, torch.tensor([[1.0, -1.0], [1.0, -1.0]]) / 16)
+
+
+def test_logit_discriminator_loss_rejects_bad_shapes():
+    with pytest.raises(ValueError, match=r"\(B, 2\)"):
+        logit_discriminator_loss(torch.randn(3, 3), torch.randn(3, 3))
+    with pytest.raises(ValueError, match=r"\(B, 2\)"):
+        logit_discriminator_loss(torch.randn(3, 2), torch.randn(4, 2))
+    with pytest.raises(ValueError, match="reduction"):
+        logit_discriminator_loss(torch.randn(3, 2), torch.randn(3, 2), reduction="max")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import lightning.pytorch as L
 import pytest
 import torch
@@ -88,3 +90,13 @@ def test_bad_arguments_are_rejected():
         make_recipe(min_teacher_confidence=1.5)
     with pytest.raises(ValueError, match="temperature"):
         make_recipe(temperature=0.0)
+
+
+def test_defaults_are_the_papers_label_free_js_distillation():
+    """SSLD (arXiv 2103.05959; PaddleClas ``docs/zh_CN/advanced_tutorials/distillation``): the loss is
+    the JS divergence between the two softmax outputs, labels are not used; no selection threshold
+    or fine-tune stage unless configured. Its optimizer settings are per student (see the docstring)."""
+    defaults = {k: v.default for k, v in inspect.signature(BeyondSSL.__init__).parameters.items()}
+    assert defaults["divergence"] == "js"
+    assert defaults["temperature"] == 1.0
+    assert BeyondSSL.default_loss_weights == {"dist": 1.0, "ce": 0.0}

@@ -7,10 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_distill.callbacks import RandomResizedCropFlip, TeacherCacheCallback
+from lightning_distill.callbacks import TeacherCacheCallback
 from lightning_distill.data import DigitsDataModule
 from lightning_distill.models import ConvAdapter, SmallCNN
 from lightning_distill.recipes.kd import KnowledgeDistillation
+from lightning_distill.utils.augment import RandomResizedCropFlip
 from tests.conftest import quiet_trainer_kwargs
 
 

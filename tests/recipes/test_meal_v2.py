@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 
 import lightning.pytorch as L
 import pytest
@@ -11,8 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_distill.data import DigitsDataModule
+from lightning_distill.losses import logit_discriminator_loss
 from lightning_distill.models import SmallCNN
-from lightning_distill.recipes.meal_v2 import MEALV2, LogitDiscriminator, discriminator_loss
+from lightning_distill.recipes.meal_v2 import MEALV2, LogitDiscriminator, meal_v2_sgd
 from tests.conftest import quiet_trainer_kwargs
 
 
@@ -34,19 +36,6 @@ def test_discriminator_has_the_official_widths_and_relu_output():
     assert [d.conv1.out_channels, d.conv2.out_channels, d.conv3.out_channels] == [125, 15, 2]
     out = d(torch.randn(5, 1000) * 10)
     assert out.shape == (5, 2) and bool((out >= 0).all())
-
-
-def test_discriminator_loss_matches_bce_on_the_official_targets():
-    s, t = torch.randn(3, 2), torch.randn(3, 2)
-
-    # Independent: element-wise BCE with student rows (1, 0) and teacher rows (0, 1), averaged.
-    def bce(z, y):
-        return -(y * torch.log(torch.sigmoid(z)) + (1 - y) * torch.log(1 - torch.sigmoid(z)))
-
-    expected = torch.cat([bce(s, torch.tensor([1.0, 0.0])), bce(t, torch.tensor([0.0, 1.0]))]).mean()
-    torch.testing.assert_close(discriminator_loss(s, t), expected)
-    with pytest.raises(ValueError, match=r"\(B, 2\)"):
-        discriminator_loss(torch.randn(3, 3), torch.randn(3, 3))
 
 
 def test_ensemble_targets_average_probabilities_and_logits():
@@ -74,7 +63,7 @@ def test_student_minimises_or_maximises_the_discriminator_loss(mode, sign):
     t = torch.randn(4, 10)
     recipe.adversarial_loss(s, t).backward()
     reference = s.detach().clone().requires_grad_(True)
-    discriminator_loss(recipe.discriminator(reference), recipe.discriminator(t)).backward()
+    logit_discriminator_loss(recipe.discriminator(reference), recipe.discriminator(t)).backward()
     torch.testing.assert_close(s.grad, sign * reference.grad)
     assert s.grad.abs().sum() > 0
 
@@ -134,3 +123,27 @@ def test_short_fit_trains_and_leaves_teachers_untouched():
             assert torch.equal(v, state[k])
     assert any(not torch.equal(v, student_before[k]) for k, v in recipe.student.state_dict().items())
     assert {"train/sim", "train/disc", "train/loss"} <= set(trainer.logged_metrics)
+
+
+def test_defaults_are_the_official_hyper_parameters():
+    """szq0214/MEAL-V2: ``opts.py`` (--lr 0.01, --momentum 0.9, --weight-decay 0, --d_lr 1e-4),
+    ``train.py::create_optimizer`` (torch.optim.SGD, no nesterov), ``models/discriminator.py``
+    (K = 8), ``train.py`` (loss = g_loss + d_loss) and ``extensions/kd_loss.py`` (T = 1)."""
+    defaults = {k: v.default for k, v in inspect.signature(MEALV2.__init__).parameters.items()}
+    assert defaults["optimizer"] is meal_v2_sgd
+    assert defaults["discriminator_lr"] == 1e-4
+    assert defaults["discriminator_reduction"] == 8
+    assert defaults["temperature"] == 1.0
+    assert defaults["mode"] == "official"
+    recipe = make_recipe()
+    assert recipe.loss_weights == {"sim": 1.0, "disc": 1.0}
+    opt = recipe.configure_optimizers()
+    assert isinstance(opt, torch.optim.SGD)
+    student, disc = opt.param_groups
+    assert (student["lr"], student["momentum"], student["weight_decay"], student["nesterov"]) == (
+        0.01,
+        0.9,
+        0.0,
+        False,
+    )
+    assert (disc["lr"], disc["weight_decay"]) == (1e-4, 0.0)
