@@ -18,11 +18,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lightning_distill"
 TOOLKITS = {"diffusion", "dataset_distillation", "lidar", "graphs"}
 LAYER = {"utils": 0, "losses": 1, "models": 2, "data": 2, **dict.fromkeys(TOOLKITS, 2), "callbacks": 3}
 LAYER |= {"module": 4, "recipes": 5, "cli": 6, "__init__": 7}
-#: Toolkit imports across families that are part of the design, with the reason.
-CROSS_FAMILY = {
-    ("graphs", "dataset_distillation"): "Mirage (graphs) is a dataset-distillation method: its graph "
-    "toolkit reuses the synthetic-set artifact.",
-}
+#: Toolkit imports across families that are part of the design, with the reason (none today).
+CROSS_FAMILY: dict[tuple[str, str], str] = {}
 MAX_LINES, MAX_RECIPE_LINES = 500, 400
 
 
@@ -73,7 +70,9 @@ def test_imports_run_downward(module):
         if own_top in TOOLKITS and top in TOOLKITS and top != own_top and own_layer == LAYER[own_top]:
             assert (own_top, top) in CROSS_FAMILY, f"toolkit {own_top} imports another family's toolkit: {target}"
         if own_top == "recipes" and top == "recipes" and module != "lightning_distill.recipes":
-            assert target == "lightning_distill.recipes", f"recipe {module} imports recipe {target}"
+            # A recipe split into a package (recipes/calico/) may re-export its own modules.
+            same_package = target.startswith(module + ".")
+            assert target == "lightning_distill.recipes" or same_package, f"recipe {module} imports recipe {target}"
 
 
 def test_no_import_circles():
@@ -118,9 +117,9 @@ def test_files_stay_small_or_say_why(module):
         assert lines <= MAX_RECIPE_LINES, f"{path.name}: a recipe of {lines} lines (limit {MAX_RECIPE_LINES})"
     elif lines > MAX_LINES:
         doc = ast.get_docstring(ast.parse(path.read_text())) or ""
-        assert "Size:" in doc, (
+        assert "Size:" in doc or "Why one file" in doc, (
             f"{path} has {lines} lines: split it by idea, or say in its opening docstring "
-            "('Size: ...') why it cannot be split"
+            "('Size: ...' or 'Why one file ...') why it cannot be split"
         )
 
 

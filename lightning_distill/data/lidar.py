@@ -14,8 +14,6 @@ imports this module).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ from lightning_distill.lidar.geometry import scaled_segment_count, slic_superpix
 from lightning_distill.lidar.scene import StreetSceneGenerator
 from lightning_distill.lidar.semi import labelled_split, mask_labels
 from lightning_distill.lidar.sequence import PAST_KEYS, collate_sequence
+from lightning_distill.utils.fingerprint import config_hash
 
 __all__ = [
     "CyclingSampler",
@@ -138,7 +137,7 @@ class SyntheticLidarDataModule(L.LightningDataModule):
             self.superpixel_compactness,
         )
         settings["version"] = 1
-        return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return config_hash(settings, default=str)
 
     def prepare_data(self) -> None:
         self._load()

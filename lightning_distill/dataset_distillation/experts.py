@@ -13,7 +13,6 @@ SAM and GSAM come from the ``pytorch-optimizer`` package (``pytorch_optimizer.SA
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import time
@@ -30,7 +29,7 @@ from lightning_distill.dataset_distillation.augment import SiameseAugment
 from lightning_distill.dataset_distillation.networks import ConvNet, ConvNetSpec, reset_parameters
 from lightning_distill.dataset_distillation.trajectory import ParamLayout
 from lightning_distill.models.pretrained import file_lock
-from lightning_distill.utils.fingerprint import fingerprint
+from lightning_distill.utils.fingerprint import config_hash, fingerprint
 
 __all__ = ["ExpertSpec", "ExpertStep", "ExpertTrajectories", "expert_trajectories", "train_expert"]
 
@@ -430,7 +429,7 @@ def expert_trajectories(
         "spec": spec.to_dict(),
         "data": fingerprint((images.float(), labels.long()), length=16),
     }
-    key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:16]
+    key = config_hash(key_data)
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     path = root / "experts" / f"{spec.optimizer}-{key}.pt"
     with file_lock(path.with_suffix(".lock")):

@@ -8,8 +8,6 @@
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import math
 import os
 import time
@@ -22,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
+
+from lightning_distill.utils.fingerprint import config_hash
 
 __all__ = ["WeakTeacherEnsemble", "trajectory_checkpoints", "trajectory_teachers"]
 
@@ -72,7 +72,7 @@ def _trajectory_key(model: nn.Module, data: L.LightningDataModule, settings: dic
         "data_hparams": {k: repr(v) for k, v in sorted(dict(data.hparams).items())},
         **settings,
     }
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    return config_hash(spec)
 
 
 def trajectory_checkpoints(

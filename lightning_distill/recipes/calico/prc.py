@@ -41,7 +41,6 @@ are :mod:`lightning_distill.losses.contrastive`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any, ClassVar, Literal
 
@@ -57,6 +56,7 @@ from lightning_distill.lidar.networks import PointHead, sparse_point_features
 from lightning_distill.lidar.regions import RegionPartition
 from lightning_distill.losses.contrastive import point_region_contrast, region_aware_point_contrast
 from lightning_distill.module import DistillationModule
+from lightning_distill.utils.fingerprint import file_sha256
 
 __all__ = ["CALICOPRC", "prc_teacher"]
 
@@ -322,6 +322,6 @@ def prc_teacher(
         cache_dir=cache_dir,
         retrain=retrain,
     )
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+    digest = file_sha256(weights)
     backbone.distill_source = f"calico prc_teacher cache {weights} (sha256 {digest})"
     return backbone.eval()
