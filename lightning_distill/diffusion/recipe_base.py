@@ -11,17 +11,21 @@ few-step student against a frozen teacher with a trainable fake score and two op
 * per-iteration random generators, a pure function of ``(noise_seed, iteration, rank)``;
 * batches split into ``(samples, condition)`` and the null condition for classifier-free guidance;
 * the reference :class:`~lightning_distill.diffusion.gmm.GaussianMixture` of the exact-score
-  bench (the analytic teacher's, else the datamodule's ``mixture``), the sample shape, and the
-  validation/test metrics ``<stage>/{swd, mmd, mode_coverage, mode_tv}`` of ``sample`` against
-  the evaluation data, once per run also the teacher's (``<stage>/teacher_<metric>``) and the
-  data-vs-data noise floor (``<stage>/<metric>_floor``);
+  bench (the analytic teacher's, else the datamodule's ``mixture``) and the sample shape;
+* validation/test without any callback: ``<stage>/fake_score_loss``, the fake score's denoising
+  loss on the batch (:meth:`~DiffusionDistillationModule.validation_losses`), so a real-scale run
+  logs something of its own; and the small interface the evaluation callbacks call
+  (``evaluation_seed``, ``evaluation_labels``, ``evaluation_samples``, ``teacher_samples``).
+  The toy-bench metrics (Gaussian-mixture ``<stage>/{swd, mmd, mode_coverage, mode_tv}``, digits
+  ``<stage>/fcd``) are callbacks a config lists: :mod:`lightning_distill.callbacks.evaluation`;
 * small helpers: the fake score from an argument, the student started from the teacher (its
-  weights, or :func:`fit_to_teacher` for a teacher without any), timestep and noise draws, the
-  weighted sum of loss terms, scheduler steps, argument checks (:func:`check_option`).
+  weights, or :func:`fit_to_teacher` for a teacher without any), timestep and noise draws,
+  argument checks (:func:`check_option`). Each optimizer's turn is one
+  :meth:`~lightning_distill.module.DistillationModule.update` call (weigh, log, step, scheduler).
 
 A subclass implements ``training_step`` (its algorithm, in numbered steps) and
-``sample(n, generator, cond=None)`` (its inference path, used by validation, ``predict`` and
-``SampleLogger``), sets ``loss_terms``, ``checkpoint_key`` and ``self.fake_score`` (e.g. with
+``sample(n, generator, cond=None)`` (its inference path, used by the evaluation callbacks,
+``predict`` and ``SampleLogger``), sets ``loss_terms``, ``checkpoint_key`` and ``self.fake_score`` (e.g. with
 :meth:`~DiffusionDistillationModule.build_fake_score`; the default ``configure_optimizers`` gives
 the student and the fake score one optimizer each), and overrides the hooks where its
 conventions differ: ``split_batch`` (other batch layouts), ``null_condition`` (other null
@@ -60,11 +64,11 @@ from lightning_distill.diffusion.denoisers import MLPDenoiser
 from lightning_distill.diffusion.fake_score import FakeScore
 from lightning_distill.diffusion.gmm import GaussianMixture
 from lightning_distill.diffusion.guidance import Cond, model_output
-from lightning_distill.diffusion.metrics import sample_metrics
 from lightning_distill.diffusion.sampling import randn_like
 from lightning_distill.diffusion.sampling import sample as teacher_sampler
 from lightning_distill.diffusion.schedule import NoiseSchedule
 from lightning_distill.diffusion.timesteps import uniform_timesteps
+from lightning_distill.losses.distribution_matching import denoising_loss
 from lightning_distill.module import DistillationModule
 from lightning_distill.utils.checks import check_option
 
@@ -209,7 +213,7 @@ class DiffusionDistillationModule(DistillationModule):
         loss_weights: weights of the recipe's ``loss_terms``.
         optimizer: optimizer of the student (and of the fake score unless ``fake_score_optimizer``).
         fake_score_optimizer: optimizer of the fake score.
-        lr_scheduler: optional scheduler of every optimizer.
+        lr_scheduler: optional scheduler of every optimizer, stepped by ``update`` on each of its turns.
 
     Raises:
         TypeError: a ``schedule`` that is not a ``NoiseSchedule``.
@@ -267,8 +271,6 @@ class DiffusionDistillationModule(DistillationModule):
         self.null_label = null_label
         self.fake_score_optimizer = fake_score_optimizer
         self.iteration = 0  # training iterations done: the update ratio and the training noise depend on it
-        self._eval_batches: list[tuple[Tensor | None, Tensor | None]] = []
-        self._floor_logged = False
 
     # ------------------------------------------------------------------ what a subclass implements
     def sample(self, n: int, generator: torch.Generator, cond: Cond = None) -> Tensor:
@@ -442,7 +444,10 @@ class DiffusionDistillationModule(DistillationModule):
         prior = self.label_prior(num_classes).to(generator.device)
         return torch.multinomial(prior, n, replacement=True, generator=generator).to(self.device)
 
-    # ------------------------------------------------------------------ evaluation on the exact bench
+    # ------------------------------------------------------------------ evaluation
+    # The toy-bench metrics are callbacks a config lists (lightning_distill.callbacks.evaluation:
+    # MixtureMetrics, FrechetClassifierDistanceMetric); they call the four methods below, with
+    # split_batch, initial_noise, resolve_sample_shape and reference_mixture.
     @property
     def evaluation_seed(self) -> int:
         """Seed of the evaluation samples (the noise floor uses ``evaluation_seed + 1``)."""
@@ -460,122 +465,49 @@ class DiffusionDistillationModule(DistillationModule):
         """The teacher's evaluation samples from ``noise``: its sampler in ``eval_teacher_steps`` steps."""
         return teacher_sampler(self.teacher, self.schedule, noise, self.eval_teacher_steps, labels)
 
-    def _evaluation_data(
-        self, batches: list[tuple[Tensor | None, Tensor | None]], gmm: GaussianMixture
-    ) -> tuple[Tensor | None, Tensor | None, int]:
-        """``(data (N, D) or None, labels (N,) or None, N)`` of evaluation batches; ``N = 0``: nothing to score."""
-        labels = None if batches[0][1] is None else torch.cat([b[1] for b in batches])
-        if batches[0][0] is None:
-            n = 0 if labels is None else labels.shape[0]
-            size = 1
-            for s in self.resolve_sample_shape():
-                size *= s
-            return None, labels, n if size == gmm.dim else 0
-        data = torch.cat([b[0] for b in batches]).float().to(gmm.means.device)
-        data = data.reshape(data.shape[0], -1)
-        return data, labels, data.shape[0] if data.shape[1] == gmm.dim else 0
-
-    def _reference(self, data: Tensor | None, labels: Tensor | None, n: int, gmm: GaussianMixture) -> Tensor:
-        """The evaluation data, or for image-free recipes a data sample with the labels (seed + 2)."""
-        if data is not None:
-            return data
-        return gmm.sample(n, torch.Generator().manual_seed(self.evaluation_seed + 2), labels=labels).float()
-
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, batch: Any) -> dict[str, Tensor]:
-        """:func:`~lightning_distill.diffusion.metrics.sample_metrics` of ``model``'s samples against one batch.
+    def validation_losses(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
+        """What validation logs without any callback: the fake score's denoising loss, a real-scale signal.
 
-        ``model`` is the student (its :meth:`sample` path) or the teacher (:meth:`teacher_samples`);
-        an empty dict off the exact bench.
+        ``fake_score_loss``: ``‖f_φ(x_t, t, c) − y‖²`` (``y`` the schedule's target) of the fake
+        score on the batch's samples and conditions (class labels dropped for a fake score known to
+        be unconditional: an ``MLPDenoiser`` without ``num_classes``, a ``UNet2DModel`` without
+        ``num_class_embeds``), ``t ~ U[0, T)``. The fake score tracks the
+        student's distribution, so on held-out data this falls as the student approaches the
+        data. Image-free batches (conditions only, as in SwiftBrush) score the student's own
+        samples for the batch's conditions instead, as ``fake_score_loss_generated`` (the fake
+        score's training loss, held out). The timesteps and noise come from a generator seeded
+        ``evaluation_seed + batch_idx``, never the global one. Empty without a fake score.
         """
-        gmm = self.reference_mixture
-        if gmm is None:
+        fake_score = getattr(self, "fake_score", None)
+        if not isinstance(fake_score, nn.Module):
             return {}
         x, cond = self.split_batch(batch)
-        data, labels, n = self._evaluation_data([(x, self.evaluation_labels(cond))], gmm)
-        if n == 0:
-            return {}
-        generator = torch.Generator(device=self.device).manual_seed(self.evaluation_seed)
-        if model is self.student:
-            samples = self.evaluation_samples(n, labels, generator)
-        else:
-            samples = self.teacher_samples(self.initial_noise(n, generator), labels)
-        return sample_metrics(samples.reshape(n, -1), self._reference(data, labels, n, gmm), labels, gmm)
+        generator = torch.Generator(device=self.device).manual_seed(self.evaluation_seed + batch_idx)
+        name = "fake_score_loss"
+        if x is None:
+            x, name = self.sample(first_tensor(cond).shape[0], generator, cond), "fake_score_loss_generated"
+        if _known_unconditional(fake_score) and isinstance(cond, Tensor) and not cond.is_floating_point():
+            cond = None  # evaluation data may carry labels an unconditional fake score cannot take
+        x0 = x
+        t = self.timesteps_like(x0, 0, self.schedule.num_train_timesteps, generator)
+        noise = randn_like(x0, generator)
+        pred = model_output(fake_score, self.schedule.add_noise(x0, noise, t), t, cond)
+        return {name: denoising_loss(pred.float(), self.schedule.target(x0, noise, t).float())}
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        if self.reference_mixture is not None:
+        """Log :meth:`validation_losses` as ``val/<name>`` (``test/<name>`` when testing), epoch means."""
+        stage = "test" if self._trainer is not None and self.trainer.testing else "val"
+        losses = self.validation_losses(batch, batch_idx)
+        if losses:
             x, cond = self.split_batch(batch)
-            self._eval_batches.append((None if x is None else x.detach(), self.evaluation_labels(cond)))
-        elif _digits_like(batch):
-            x, _ = self.split_batch(batch)
-            self._eval_batches.append((x.detach(), None))
+            size = x.shape[0] if x is not None else first_tensor(cond).shape[0]
+            for name, value in losses.items():
+                self.log(f"{stage}/{name}", value, on_epoch=True, sync_dist=True, batch_size=size)
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
+        """What :meth:`validation_step` does (a recipe extending one extends both)."""
         self.validation_step(batch, batch_idx)
-
-    def on_validation_epoch_end(self) -> None:
-        self.log_sample_metrics("val")
-        super().on_validation_epoch_end()
-
-    def on_test_epoch_end(self) -> None:
-        self.log_sample_metrics("test")
-        super().on_test_epoch_end()
-
-    @torch.no_grad()
-    def log_sample_metrics(self, stage: str) -> None:
-        """Log ``<stage>/<metric>`` of ``N`` student samples against the ``N`` evaluation points of the epoch.
-
-        Once per run also the teacher's samples (``<stage>/teacher_<metric>``, noise drawn after the
-        student's from the same generator) and a second data sample (``<stage>/<metric>_floor``, the
-        noise floor). Nothing is logged off the exact bench or during the sanity check.
-        """
-        gmm, batches, self._eval_batches = self.reference_mixture, self._eval_batches, []
-        if not batches or self.trainer.sanity_checking:
-            return
-        if gmm is None:
-            self._log_image_metrics(stage, torch.cat([x for x, _ in batches])[:1000])
-            return
-        data, labels, n = self._evaluation_data(batches, gmm)
-        if n == 0:
-            return
-        reference = self._reference(data, labels, n, gmm)
-        generator = torch.Generator(device=self.device).manual_seed(self.evaluation_seed)
-        rows = [("", self.evaluation_samples(n, labels, generator), "")]
-        if self._teacher_metrics_pending.get(stage, False):
-            rows.append(("teacher_", self.teacher_samples(self.initial_noise(n, generator), labels), ""))
-        if not self._floor_logged:
-            floor_generator = torch.Generator().manual_seed(self.evaluation_seed + 1)
-            rows.append(("", gmm.sample(n, floor_generator, labels=labels), "_floor"))
-            self._floor_logged = True
-        for prefix, x, suffix in rows:
-            metrics = sample_metrics(x.reshape(n, -1), reference, labels, gmm)
-            for name, value in metrics.items():
-                self.log(f"{stage}/{prefix}{name}{suffix}", value, on_epoch=True, sync_dist=True)
-
-    def _log_image_metrics(self, stage: str, data: Tensor) -> None:
-        """``<stage>/fcd`` (and ``teacher_fcd`` once) of single-channel 8/16/32 px samples (digits-like data).
-
-        The Fréchet classifier distance of :class:`~lightning_distill.diffusion.metrics.FrechetClassifierDistance`
-        (features of a digits classifier trained in this repository; not FID), between the epoch's
-        evaluation images and as many student samples.
-        """
-        from lightning_distill.diffusion.metrics import FrechetClassifierDistance
-
-        size = int(data.shape[-1])
-        if size not in _FCD.setdefault("metrics", {}):
-            with torch.inference_mode(False), torch.enable_grad():  # may train the classifier on first use
-                _FCD["metrics"][size] = FrechetClassifierDistance(image_size=size)
-        metric = _FCD["metrics"][size].to(self.device)
-        n = int(data.shape[0])
-        generator = torch.Generator(device=self.device).manual_seed(self.evaluation_seed)
-        rows = [("", self.evaluation_samples(n, None, generator))]
-        if self._teacher_metrics_pending.get(stage, False):
-            rows.append(("teacher_", self.teacher_samples(self.initial_noise(n, generator), None)))
-        for prefix, samples in rows:
-            metric.reset()
-            metric.update(data.float(), real=True)
-            metric.update(samples.float().reshape(data.shape), real=False)
-            self.log(f"{stage}/{prefix}fcd", float(metric.compute()), on_epoch=True, sync_dist=True)
 
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
         """Samples ``(B, *sample_shape)`` for a batch's conditions, noise seeded ``noise_seed + batch_idx``."""
@@ -587,16 +519,6 @@ class DiffusionDistillationModule(DistillationModule):
         return self.sample(n, generator, cond)
 
     # ------------------------------------------------------------------ optimization
-    def weighted_sum(self, terms: Mapping[str, Tensor]) -> Tensor:
-        """``Σ loss_weights[name] * term`` over the given terms."""
-        return sum(self.loss_weights[name] * value for name, value in terms.items())
-
-    def step_schedulers(self) -> None:
-        """Step every learning-rate scheduler once (manual optimization steps them per iteration)."""
-        schedulers = self.lr_schedulers()
-        for scheduler in schedulers if isinstance(schedulers, list) else [s for s in [schedulers] if s]:
-            scheduler.step()
-
     def generator_parameters(self) -> list[nn.Parameter]:
         """The student's trainable parameters (the first optimizer's)."""
         return [p for p in self.student.parameters() if p.requires_grad]
@@ -699,17 +621,9 @@ def first_tensor(cond: Cond) -> Tensor:
     raise ValueError(f"A condition must be a tensor or a mapping of tensors, got {type(cond).__name__}.")
 
 
-# FrechetClassifierDistance holds a trained classifier; kept outside the LightningModule so it is
-# neither a submodule (checkpoints, optimizers) nor rebuilt every epoch.
-_FCD: dict[str, dict[int, Any]] = {}
-
-
-def _digits_like(batch: Any) -> bool:
-    """A batch whose images are single-channel 8, 16 or 32 px squares (what the FCD classifier reads)."""
-    x = batch[0] if isinstance(batch, (list, tuple)) else batch
-    return (
-        isinstance(x, Tensor)
-        and x.ndim == 4
-        and x.shape[1] == 1
-        and x.shape[-1] == x.shape[-2] in (8, 16, 32)
-    )
+def _known_unconditional(model: nn.Module) -> bool:
+    """A denoiser known to take no class labels (a ``FakeScore`` is read through its ``model``)."""
+    model = getattr(model, "model", model)
+    if isinstance(model, UNet2DModel):
+        return not model.config.num_class_embeds
+    return isinstance(model, MLPDenoiser) and getattr(model, "num_classes", None) is None

@@ -1,4 +1,7 @@
-"""DiffusionDistillationModule: the seeded generators, the checkpointed counter, the bench metrics, the errors."""
+"""DiffusionDistillationModule: the seeded generators, the checkpointed counter, the validation loss, the errors.
+
+The toy-bench metrics are callbacks now: tests/callbacks/test_evaluation.py.
+"""
 
 from __future__ import annotations
 
@@ -11,15 +14,11 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from lightning_distill.data import GMMDataModule
-from lightning_distill.diffusion import MLPDenoiser, NoiseSchedule, one_step_generate, sample
+from lightning_distill.diffusion import MLPDenoiser, NoiseSchedule, one_step_generate
 from lightning_distill.diffusion.gmm import AnalyticTeacher, GaussianMixture, make_mixture
 from lightning_distill.diffusion.metrics import (
     mode_assignment,
-    mode_coverage,
-    mode_weight_tv,
-    rbf_mmd2,
     sample_metrics,
-    sliced_wasserstein,
 )
 from lightning_distill.diffusion.recipe_base import (
     DiffusionDistillationModule,
@@ -62,10 +61,10 @@ class Toy(DiffusionDistillationModule):
         noise = randn_like(x, gen)
         t = self.timesteps_like(x, 0, self.schedule.num_train_timesteps, gen)
         loss = self.fake_score.denoising_loss(x, t, noise)
-        self.manual_update(loss, opt_fake)
+        self.update(opt_fake, {"fake": loss}, turn="fake_score")
         self.draws.append(float(noise[0, 0]))
         self.iteration += 1
-        return self.log_losses({"fake": loss.detach()})
+        return {"fake": loss.detach()}
 
 
 def gmm_data(**kwargs) -> GMMDataModule:
@@ -150,34 +149,51 @@ def test_resume_continues_the_counter_and_the_noise_exactly(tmp_path):
     torch.testing.assert_close(torch.tensor(first.losses + second.losses), torch.tensor(full_record.losses))
 
 
-# --------------------------------------------------------------------------- evaluation on the exact bench
-def test_validation_metrics_equal_the_metric_functions_called_directly():
-    module = Toy(noise_seed=4, eval_teacher_steps=3)
+# --------------------------------------------------------------------------- validation without callbacks
+def test_validation_logs_the_fake_score_loss_on_the_batch_and_no_bench_metrics():
+    module = Toy(noise_seed=4)
     data = gmm_data()
     metrics = L.Trainer(**quiet_trainer_kwargs()).validate(module, datamodule=data, verbose=False)[0]
-    points = torch.cat([batch[0] for batch in data.val_dataloader()]).float()
-    gmm, n = module.reference_mixture, points.shape[0]
-    gen = torch.Generator().manual_seed(4)
-    student = module.sample(n, gen)
-    teacher = sample(module.teacher, module.schedule, torch.randn(n, 2, generator=gen), 3)
-    floor = gmm.sample(n, torch.Generator().manual_seed(5))
-    for prefix, x, suffix in (("", student, ""), ("teacher_", teacher, ""), ("", floor, "_floor")):
-        x = x.float()
-        expected = {
-            "swd": sliced_wasserstein(x, points),
-            "mmd": rbf_mmd2(x, points),
-            "mode_coverage": mode_coverage(x, gmm),
-            "mode_tv": mode_weight_tv(x, gmm),
-        }
-        for name, value in expected.items():
-            torch.testing.assert_close(
-                torch.tensor(metrics[f"val/{prefix}{name}{suffix}"]),
-                value.float(),
-                msg=f"{prefix}{name}{suffix}",
-            )
-    assert float(metrics["val/swd"]) > 3 * float(
-        metrics["val/teacher_swd"]
-    )  # untrained student, exact teacher
+    assert set(metrics) == {"val/fake_score_loss"}  # the bench metrics are callbacks now
+    expected, sizes = [], []
+    for batch_idx, (x, _) in enumerate(data.val_dataloader()):
+        gen = torch.Generator().manual_seed(4 + batch_idx)
+        x0 = x.float()
+        t = torch.randint(0, 1000, (x0.shape[0],), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        alpha, sigma = module.schedule.alpha_sigma(t)
+        x_t = alpha[:, None] * x0 + sigma[:, None] * noise
+        with torch.no_grad():
+            expected.append((module.fake_score(x_t, t) - noise).square().mean())
+        sizes.append(x0.shape[0])
+    mean = sum(e * n for e, n in zip(expected, sizes)) / sum(sizes)
+    torch.testing.assert_close(torch.tensor(metrics["val/fake_score_loss"]), mean.float())
+
+
+def test_validation_of_image_free_batches_scores_the_students_samples():
+    module = Toy(noise_seed=2)
+
+    def split_batch(batch):  # conditions only, as SwiftBrush reads its prompts
+        return None, batch[1]
+
+    module.split_batch = split_batch
+    module.fake_score = module.build_fake_score(MLPDenoiser(dim=2, hidden=8, depth=1, num_classes=3))
+    module.sample = lambda n, generator, cond=None: torch.zeros(n, 2) + cond[:, None].float()
+    losses = module.validation_losses((torch.zeros(3, 2), torch.tensor([0, 1, 2])), batch_idx=0)
+    assert set(losses) == {"fake_score_loss_generated"} and losses["fake_score_loss_generated"].ndim == 0
+    assert Toy().validation_losses(torch.zeros(2, 2), 0).keys() == {"fake_score_loss"}
+
+
+def test_an_unconditional_fake_score_is_scored_without_the_batch_labels():
+    module, x = Toy(), torch.randn(4, 2)  # Toy's fake score is an MLPDenoiser without num_classes
+    labelled = module.validation_losses((x, torch.tensor([0, 1, 0, 1])), 0)
+    torch.testing.assert_close(labelled, module.validation_losses(x, 0))
+
+
+def test_validation_without_a_fake_score_logs_nothing():
+    module = Toy()
+    del module.fake_score
+    assert module.validation_losses(torch.zeros(2, 2), 0) == {}
 
 
 def test_sample_metrics_on_class_counts_samples_on_a_mode_of_their_label():
