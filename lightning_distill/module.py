@@ -357,6 +357,28 @@ class DistillationModule(L.LightningModule):
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.lr_scheduler(optimizer)}}
 
+    #: Why the recipe does not shard, said when a sharding strategy is asked for (docs/strategies.md).
+    sharding_refusal: ClassVar[str] = (
+        "no `configure_model` of this recipe applies `fully_shard`, so its trainable parts (student, "
+        "fake scores, discriminators, synthetic images) would be neither sharded nor averaged across "
+        "ranks, and recipe steps read parameters outside forward (EMA updates, feature hooks), where a "
+        "sharded module holds only its local shard. Use `--trainer.strategy=ddp`"
+    )
+
+    def configure_model(self) -> None:
+        """Refuse sharding strategies at setup; a recipe that shards overrides this with its ``fully_shard`` plan.
+
+        Raises:
+            RuntimeError: under ``FSDPStrategy`` or ``ModelParallelStrategy``, naming the strategy and
+                :attr:`sharding_refusal`.
+        """
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        name = type(strategy).__name__
+        if name in ("FSDPStrategy", "ModelParallelStrategy"):
+            raise RuntimeError(
+                f"{type(self).__name__} cannot run under {name}: {self.sharding_refusal}."
+            )
+
     def on_fit_start(self) -> None:
         warnings.filterwarnings("ignore", message=_EVAL_MODE_NOTICE)
         self._eval_notice_filter = warnings.filters[0]
