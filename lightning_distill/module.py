@@ -15,6 +15,11 @@ The base owns what all distillation methods share and nothing method-specific:
   steps its own optimizers (weigh, log ``train/<term>`` and ``train/loss_<turn>``, toggle, backward,
   clip, step, scheduler), and :meth:`is_update_step` reads an update ratio.
 
+Size: one class, the contract every recipe relies on (teachers, loss terms, manual turns,
+evaluation, checkpoints); each method is short, and splitting the class into mixins would scatter
+the contract a recipe author reads in one place. Checkpoint reading and export live in
+``utils/checkpoints.py``.
+
 Example:
     >>> import torch
     >>> from torch import nn
