@@ -89,7 +89,7 @@ def dmd2_rows() -> list[Row]:
             {"denoising_timesteps": four, "optimizer": _adamw(3e-4), "fake_score_optimizer": _adamw(1e-3)},
             steps=4,
         ),
-        Row("ablation: update ratio 1", "`dfake_gen_update_ratio: 1`", {"dfake_gen_update_ratio": 1}),
+        Row("ablation: update ratio 1", "`generator_update_every: 1`", {"generator_update_every": 1}),
         Row("ablation: no normaliser", "`normalise_dmd_gradient: false`", {"normalise_dmd_gradient": False}),
         Row("ablation: no GAN", "`gan: false`", {"gan": False}),
     ]
@@ -137,7 +137,7 @@ def render(rows: list[Row], seeds: list[int], n: int, command: str, seconds: flo
         "",
         f"Data: `ring` (8 modes, radius 4, std 0.25); schedule: DDPM scaled-linear betas, ε (SD's). Every DMD2 row "
         f"is `recipes/dmd2/config.yaml` ({student.iterations} iterations = `max_epochs` x {data['num_train']} // "
-        f"{data['batch_size']} batches; update ratio {model['dfake_gen_update_ratio']}) "
+        f"{data['batch_size']} batches; update ratio {model['generator_update_every']}) "
         "with only the key in the second column changed. Seeds "
         f"{', '.join(map(str, seeds))} (`seed_everything`: initialisation, data order, training noise); each model "
         f"draws n = {n} samples from noise seeded with the seed, compared with a data sample of seed + 10000. "

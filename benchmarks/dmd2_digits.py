@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
             f"({config['model']['init_args']['teacher']['init_args']['steps']} steps"
             + (f", {teacher_train_s:.0f} s" if teacher_train_s else "")
             + f"), shared by every seed. Student: DMD2 one-step generator, {iterations} iterations "
-            f"(update ratio {config['model']['init_args']['dfake_gen_update_ratio']}), seeds "
+            f"(update ratio {config['model']['init_args']['generator_update_every']}), seeds "
             f"{', '.join(map(str, seeds))}; n = {n} samples per model and seed (teacher rows: the same noise). "
             "FCD: Fréchet distance of penultimate features of the repo's digits classifier "
             "(`digits_classifier(size=8)`), against the held-out digits (validation + test splits). "

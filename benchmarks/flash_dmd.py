@@ -7,7 +7,7 @@ the keys named in the row changed; validation is off during the fits. Stage 1 (d
 iterations 0-506) is trained once per seed and checkpointed; the three Stage-2 rows resume from
 that checkpoint (resume is exact, see the tests), so they differ only after iteration 507:
 
-- distillation only (``reward_weight: 0``),
+- distillation only (``loss_weights.reward: 0``),
 - the paper's joint training (reward + the ongoing distillation loss as its regulariser),
 - the reward alone (``distillation_regulariser: false``): reward tuning of the distilled model.
 
@@ -73,10 +73,16 @@ class Row:
     model: Any = None  # the last seed's trained module (for the sampling time)
 
 
+def no_reward() -> dict[str, Any]:
+    """The config's ``loss_weights`` with the reward's weight 0 (a row replaces the whole dict, so it keeps the rest)."""
+    weights = yaml.safe_load(CONFIG.read_text())["model"]["init_args"]["loss_weights"]
+    return {"loss_weights": {**weights, "reward": 0.0}}
+
+
 def rows() -> list[Row]:
     four, one = [999, 749, 499, 249], {"denoising_timesteps": [999]}
     return [
-        Row("Flash-DMD, distillation only", "`reward_weight: 0`", {"reward_weight": 0.0}, stage1={}),
+        Row("Flash-DMD, distillation only", "`loss_weights.reward: 0`", no_reward(), stage1={}),
         Row("Flash-DMD + reward, regularised (config)", "none", {}, stage1={}),
         Row(
             "reward alone after Stage 1",
@@ -86,8 +92,8 @@ def rows() -> list[Row]:
         ),
         Row(
             "1 step, distillation only",
-            "`denoising_timesteps: [999]`, `reward_weight: 0`",
-            {**one, "reward_weight": 0.0},
+            "`denoising_timesteps: [999]`, `loss_weights.reward: 0`",
+            {**one, **no_reward()},
             steps=1,
             stage1=one,
         ),
@@ -101,13 +107,13 @@ def rows() -> list[Row]:
         ),
         Row(
             "ablation: DMD2's summed losses",
-            "`timestep_split: null`, `reward_weight: 0`",
-            {"timestep_split": None, "reward_weight": 0.0},
+            "`timestep_split: null`, `loss_weights.reward: 0`",
+            {"timestep_split": None, **no_reward()},
         ),
         Row(
             "4 steps (the paper's), distillation only",
-            f"`denoising_timesteps: {four}`, `reward_weight: 0`",
-            {"denoising_timesteps": four, "reward_weight": 0.0},
+            f"`denoising_timesteps: {four}`, `loss_weights.reward: 0`",
+            {"denoising_timesteps": four, **no_reward()},
             steps=4,
         ),
     ]

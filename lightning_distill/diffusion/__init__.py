@@ -1,4 +1,4 @@
-"""Diffusion toolkit: noise schedules and parameterisations, CFG, samplers, fake scores, GAN head, export.
+"""Diffusion toolkit: schedules, CFG, samplers, fake scores, GAN head, DMD2's steps, rewards, optimizers, export.
 
 Shared by the diffusion-distillation recipes (DMD2, SwiftBrush, Decoupled/Phased/Flash DMD, MSD)
 and usable on its own; built on diffusers schedulers and models.
@@ -29,6 +29,7 @@ _LAZY: dict[str, str] = {
     "PredictionType": "lightning_distill.diffusion.schedule",
     "PretrainedStudent": "lightning_distill.diffusion.export",
     "RBFMMD": "lightning_distill.diffusion.metrics",
+    "RegionReward": "lightning_distill.diffusion.rewards",
     "ResidualScore": "lightning_distill.diffusion.fake_score",
     "RoutedDenoiser": "lightning_distill.diffusion.routing",
     "SlicedWasserstein": "lightning_distill.diffusion.metrics",
@@ -41,15 +42,23 @@ _LAZY: dict[str, str] = {
     "check_teacher_schedule": "lightning_distill.diffusion.recipe_base",
     "contiguous_partition": "lightning_distill.diffusion.routing",
     "ddpm_schedule": "lightning_distill.diffusion.schedule",
+    "denoising_batch_loss": "lightning_distill.diffusion.teachers",
     "derive_seed": "lightning_distill.diffusion.recipe_base",
+    "discriminator_input": "lightning_distill.diffusion.dmd",
     "discriminator_logits": "lightning_distill.diffusion.gan_head",
+    "distribution_matching_gradient": "lightning_distill.diffusion.dmd",
+    "dmd2_adamw": "lightning_distill.diffusion.optimizers",
+    "dmd2_settings": "lightning_distill.diffusion.dmd",
     "drop_condition": "lightning_distill.diffusion.guidance",
     "evenly_spaced_timesteps": "lightning_distill.diffusion.timesteps",
+    "fake_score_denoising_loss": "lightning_distill.diffusion.dmd",
     "feature_path": "lightning_distill.diffusion.denoisers",
     "few_step_sample": "lightning_distill.diffusion.sampling",
     "first_tensor": "lightning_distill.diffusion.recipe_base",
     "fit_to_teacher": "lightning_distill.diffusion.recipe_base",
     "flow_schedule": "lightning_distill.diffusion.schedule",
+    "generator_input": "lightning_distill.diffusion.dmd",
+    "guidance_null_condition": "lightning_distill.diffusion.dmd",
     "guided_output": "lightning_distill.diffusion.guidance",
     "load_student": "lightning_distill.diffusion.export",
     "make_mixture": "lightning_distill.diffusion.gmm",
@@ -60,9 +69,12 @@ _LAZY: dict[str, str] = {
     "model_sample_shape": "lightning_distill.diffusion.recipe_base",
     "noise_floor": "lightning_distill.diffusion.metrics",
     "one_step_generate": "lightning_distill.diffusion.sampling",
+    "paired_logits": "lightning_distill.diffusion.dmd",
+    "per_student_heads": "lightning_distill.diffusion.dmd",
     "randn_like": "lightning_distill.diffusion.sampling",
     "rbf_mmd2": "lightning_distill.diffusion.metrics",
     "reassemble": "lightning_distill.diffusion.routing",
+    "routed_students": "lightning_distill.diffusion.dmd",
     "sample": "lightning_distill.diffusion.sampling",
     "sample_from_pretrained": "lightning_distill.diffusion.export",
     "sample_metrics": "lightning_distill.diffusion.metrics",
@@ -75,9 +87,11 @@ _LAZY: dict[str, str] = {
     "subinterval_noise": "lightning_distill.diffusion.phases",
     "subinterval_target": "lightning_distill.diffusion.phases",
     "subinterval_timesteps": "lightning_distill.diffusion.timesteps",
+    "swiftbrush_lora_adam": "lightning_distill.diffusion.optimizers",
+    "swiftbrush_student_adam": "lightning_distill.diffusion.optimizers",
+    "timesteps_in": "lightning_distill.diffusion.dmd",
     "tiny_unet": "lightning_distill.diffusion.denoisers",
     "trained_denoiser": "lightning_distill.diffusion.teachers",
-    "denoising_batch_loss": "lightning_distill.diffusion.teachers",
     "uniform_timesteps": "lightning_distill.diffusion.timesteps",
 }
 
@@ -103,6 +117,18 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         feature_path,
         sinusoidal_embedding,
         tiny_unet,
+    )
+    from lightning_distill.diffusion.dmd import (  # noqa: F401
+        discriminator_input,
+        distribution_matching_gradient,
+        dmd2_settings,
+        fake_score_denoising_loss,
+        generator_input,
+        guidance_null_condition,
+        paired_logits,
+        per_student_heads,
+        routed_students,
+        timesteps_in,
     )
     from lightning_distill.diffusion.export import (  # noqa: F401
         PretrainedStudent,
@@ -130,6 +156,11 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         sample_metrics,  # noqa: F401
         sliced_wasserstein,
     )
+    from lightning_distill.diffusion.optimizers import (  # noqa: F401
+        dmd2_adamw,
+        swiftbrush_lora_adam,
+        swiftbrush_student_adam,
+    )
     from lightning_distill.diffusion.phases import (  # noqa: F401
         PhasedGenerator,
         subinterval_coefficients,
@@ -146,6 +177,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         model_null_label,
         model_sample_shape,
     )
+    from lightning_distill.diffusion.rewards import RegionReward  # noqa: F401
     from lightning_distill.diffusion.routing import (  # noqa: F401
         RoutedDenoiser,
         check_partition,

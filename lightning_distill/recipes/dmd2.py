@@ -31,7 +31,7 @@ paper / official code           config key (``model.init_args``)            defa
 ``num_denoising_step``          ``denoising_timesteps``                     one step at T - 1
 ``backward_simulation``         ``backward_simulation``                     true
 ``max_grad_norm``               ``max_grad_norm``                           10.0
-AdamW (0.9, 0.999), wd 0.01     ``optimizer``, ``fake_score_optimizer``     torch's AdamW
+AdamW lr 5e-7, wd 0.01 (both)   ``optimizer``, ``fake_score_optimizer``     ``dmd2_adamw`` (both)
 ==============================  ==========================================  =====================
 """
 
@@ -49,6 +49,7 @@ from lightning_distill.diffusion import dmd
 from lightning_distill.diffusion.denoisers import bottleneck_channels, feature_path
 from lightning_distill.diffusion.gan_head import GANHead, discriminator_logits
 from lightning_distill.diffusion.guidance import Cond
+from lightning_distill.diffusion.optimizers import dmd2_adamw
 from lightning_distill.diffusion.recipe_base import DiffusionDistillationModule, check_option, derive_seed
 from lightning_distill.diffusion.sampling import few_step_sample, one_step_generate
 from lightning_distill.diffusion.schedule import NoiseSchedule
@@ -99,7 +100,9 @@ class DMD2(DiffusionDistillationModule):
         eval_teacher_steps: sampler steps of the teacher's validation samples (exact bench only).
         loss_weights: weights of ``dm``, ``gen_cls`` (generator), ``fake``, ``guidance_cls`` (fake
             score); the defaults are the paper's (``default_loss_weights``).
-        optimizer: optimizer of the generator, and of the fake score unless ``fake_score_optimizer``.
+        optimizer: optimizer of the generator, and of the fake score unless ``fake_score_optimizer``
+            (default :func:`~lightning_distill.diffusion.optimizers.dmd2_adamw`, the official
+            AdamW at SD1.5's lr 5e-7, the same for both networks).
         fake_score_optimizer: optimizer of the fake score and the discriminator head.
         lr_scheduler: optional scheduler for each optimizer, stepped on each of its updates.
 
@@ -137,7 +140,7 @@ class DMD2(DiffusionDistillationModule):
         noise_seed: int | None = None,
         eval_teacher_steps: int = 50,
         loss_weights: dict[str, float] | None = None,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
+        optimizer: OptimizerCallable = dmd2_adamw,
         fake_score_optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:

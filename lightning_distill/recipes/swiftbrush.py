@@ -31,7 +31,7 @@ fake-score loss weight ``α_t²``       ``fake_score_weighting``                
 null prompts in the LoRA update       ``condition_dropout``                                     0.1
 fake score = LoRA on the teacher      ``fake_score_mode``                                       ``lora``
 LoRA rank / alpha / layers            ``lora_rank``, ``lora_alpha``, ``lora_target_modules``    64 / 108 / to_q, to_v
-student / LoRA optimizer (Adam, lr)   ``optimizer``, ``fake_score_optimizer``                   1e-6 / 1e-3
+student / LoRA optimizer (Adam, lr)   ``optimizer``, ``fake_score_optimizer``                   1e-6 / 1e-3 (``swiftbrush_student_adam`` / ``swiftbrush_lora_adam``)
 gradient clipping (both)              ``max_grad_norm``                                         1.0
 student starts as the teacher         ``student_init``                                          ``teacher``
 ====================================  ========================================================  =====================
@@ -57,6 +57,7 @@ from lightning_distill.diffusion import (
     sample,
 )
 from lightning_distill.diffusion.fake_score import ResidualScore
+from lightning_distill.diffusion.optimizers import swiftbrush_lora_adam, swiftbrush_student_adam
 from lightning_distill.diffusion.recipe_base import (
     DiffusionDistillationModule,
     check_option,
@@ -69,14 +70,9 @@ from lightning_distill.losses.distribution_matching import pseudo_target_loss, v
 __all__ = ["ConditionDataModule", "ResidualScore", "SwiftBrush", "fake_score_adam", "student_adam"]
 
 
-def student_adam(params: Any) -> torch.optim.Optimizer:
-    """The official student optimizer: Adam, lr 1e-6, betas (0.9, 0.999), no weight decay."""
-    return torch.optim.Adam(params, lr=1e-6)
-
-
-def fake_score_adam(params: Any) -> torch.optim.Optimizer:
-    """The official LoRA optimizer: Adam, lr 1e-3, betas (0.9, 0.999), no weight decay."""
-    return torch.optim.Adam(params, lr=1e-3)
+#: Earlier names of the official optimizers (now in :mod:`lightning_distill.diffusion.optimizers`).
+student_adam = swiftbrush_student_adam
+fake_score_adam = swiftbrush_lora_adam
 
 
 class SwiftBrush(DiffusionDistillationModule):
@@ -110,8 +106,10 @@ class SwiftBrush(DiffusionDistillationModule):
         noise_seed: seed of the training noise, timesteps and dropout (``None``: from ``seed_everything``);
             each step draws from ``(seed, rank, iteration)``.
         loss_weights: weights of ``vsd`` (student) and ``fake_score`` (fake score), 1 each.
-        optimizer: student optimizer (Adam, lr 1e-6).
-        fake_score_optimizer: fake-score optimizer (Adam, lr 1e-3).
+        optimizer: student optimizer (default
+            :func:`~lightning_distill.diffusion.optimizers.swiftbrush_student_adam`: Adam, lr 1e-6).
+        fake_score_optimizer: fake-score optimizer (default
+            :func:`~lightning_distill.diffusion.optimizers.swiftbrush_lora_adam`: Adam, lr 1e-3).
 
     Raises:
         ValueError: an unknown mode, a missing or superfluous ``fake_score``, a bad range or scale,
@@ -144,8 +142,8 @@ class SwiftBrush(DiffusionDistillationModule):
         eval_steps: int = 50,
         noise_seed: int | None = None,
         loss_weights: dict[str, float] | None = None,
-        optimizer: OptimizerCallable = student_adam,
-        fake_score_optimizer: OptimizerCallable = fake_score_adam,
+        optimizer: OptimizerCallable = swiftbrush_student_adam,
+        fake_score_optimizer: OptimizerCallable = swiftbrush_lora_adam,
     ) -> None:
         check_option(
             isinstance(eval_steps, int) and not isinstance(eval_steps, bool) and eval_steps >= 1,
