@@ -29,6 +29,7 @@ NOT_IN_GLOSSARY = {
     "tau": "temperature",
     "scheduler": "lr_scheduler",
     "noise_scheduler": "schedule",
+    "fake_optimizer": "fake_score_optimizer",
 }
 #: A constructor argument that weighs a loss term duplicates `loss_weights`.
 LOSS_WEIGHT_ARGUMENT = re.compile(r"(^|_)(loss_weight|weight)$|^lambda_|^w_")

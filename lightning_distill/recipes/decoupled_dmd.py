@@ -110,7 +110,7 @@ class DecoupledDMD(DiffusionDistillationModule):
         noise_seed: seed of all training draws (``None``: ``torch.initial_seed()``).
         sample_shape: shape of one sample (default: the first batch's, else the teacher's or the mixture's).
         loss_weights: ``{"ca": ..., "dm": ..., "fake": ...}``.
-        optimizer, fake_optimizer: of the student and of the fake score (default: the same).
+        optimizer, fake_score_optimizer: of the student and of the fake score (default: the same).
 
     Raises:
         ValueError: an invalid option (the message names the config key), a teacher whose weights
@@ -146,7 +146,7 @@ class DecoupledDMD(DiffusionDistillationModule):
         sample_shape: Sequence[int] | None = None,
         loss_weights: dict[str, float] | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
-        fake_optimizer: OptimizerCallable | None = None,
+        fake_score_optimizer: OptimizerCallable | None = None,
     ) -> None:
         super().__init__(
             student,
@@ -158,7 +158,7 @@ class DecoupledDMD(DiffusionDistillationModule):
             null_label=num_classes,
             loss_weights=loss_weights,
             optimizer=optimizer,
-            fake_score_optimizer=fake_optimizer,
+            fake_score_optimizer=fake_score_optimizer,
         )
         T = schedule.num_train_timesteps
         low, high = (int(f * T) for f in timestep_range)
@@ -193,7 +193,7 @@ class DecoupledDMD(DiffusionDistillationModule):
             "a module with trainable parameters (e.g. an MLPDenoiser for the analytic teacher)",
         )
         self.save_hyperparameters(
-            ignore=["student", "teacher", "schedule", "fake_score", "optimizer", "fake_optimizer"]
+            ignore=["student", "teacher", "schedule", "fake_score", "optimizer", "fake_score_optimizer"]
         )
         self.fake_score, self.num_classes = fake_score, num_classes
         self.guidance_scale = float(guidance_scale)

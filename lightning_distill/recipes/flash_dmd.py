@@ -69,7 +69,9 @@ class FlashDMD(DiffusionDistillationModule):
     """Flash-DMD recipe (manual optimization, two optimizers). See the module docstring.
 
     Arguments shared with :class:`~lightning_distill.recipes.dmd2.DMD2` mean the same there; the
-    defaults are DMD2's SDXL settings (the paper distils SDXL) except the ones below.
+    loss and schedule defaults are DMD2's SDXL settings (the paper distils SDXL) except the ones
+    below. Flash-DMD publishes no optimizer, so ``optimizer`` stays torch's AdamW; DMD2's official
+    one is ``lightning_distill.diffusion.dmd2_adamw``.
 
     Args:
         reward_model: a module mapping samples ``(B, ...)`` (and the condition, when there is one)

@@ -111,7 +111,7 @@ def test_swiftbrush_hyper_parameter_defaults_are_the_official_command():
     [
         (FlashDMD, "fake_score_optimizer"),
         (MSD, "fake_score_optimizer"),
-        (DecoupledDMD, "fake_optimizer"),
+        (DecoupledDMD, "fake_score_optimizer"),
         (PhasedDMD, None),
     ],
 )
