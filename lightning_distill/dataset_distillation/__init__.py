@@ -11,6 +11,8 @@
   (``trajectory.py``, ``experts.py``), label projectors (HeLlO: ``label_projector.py``,
   ``weak_teachers.py``, ``online_labels.py``).
 * :class:`SyntheticSetModule` (``recipe_base.py``): the plumbing the family's recipes share.
+* The official optimizers of the synthetic images (``optimizers.py``): :func:`datadam_image_sgd`,
+  :func:`cda_image_adam`, :func:`ftd_image_sgd`, :func:`hello_image_adam`, the recipes' defaults.
 
 The losses are re-exported from :mod:`lightning_distill.losses.dataset_distillation`, the
 datamodules (:class:`~lightning_distill.data.ClassBalancedDataModule`,
@@ -62,6 +64,12 @@ from lightning_distill.dataset_distillation.online_labels import (
     hard_label_bytes,
     retrain_with_online_labels,
     soft_label_cache_bytes,
+)
+from lightning_distill.dataset_distillation.optimizers import (
+    cda_image_adam,
+    datadam_image_sgd,
+    ftd_image_sgd,
+    hello_image_adam,
 )
 from lightning_distill.dataset_distillation.recipe_base import SyntheticSetModule
 from lightning_distill.dataset_distillation.recover import (
@@ -126,20 +134,24 @@ __all__ = [
     "bn_matching_loss",
     "bn_stat_taps",
     "build_relabel_cache",
+    "cda_image_adam",
     "classification_accuracy",
     "classwise_mean_discrepancy",
     "clip_class_embeddings",
     "clip_label_projector",
     "crop_schedule",
+    "datadam_image_sgd",
     "evaluate_online_labels",
     "evaluate_relabel_cache",
     "evaluate_spec",
     "evaluate_synthetic",
     "expert_trajectories",
     "fit_fresh_model",
+    "ftd_image_sgd",
     "full_training_set",
     "functional_logits",
     "hard_label_bytes",
+    "hello_image_adam",
     "herding_subset",
     "hessian_top_eigenvalue",
     "prototype_label_projector",

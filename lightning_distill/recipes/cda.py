@@ -30,7 +30,8 @@ curriculum (``--easy2hard-mode``)         ``curriculum``            cosine (SRe2
 ``--milestone``                           ``milestone``             1.0
 crop scale range                          ``min_scale``/``max_scale``  0.08 / 1.0
 jitter (``--jitter``, pixels)             ``jitter``                32 (ImageNet at 224 px)
-Adam lr (``--lr``), betas, cosine         ``optimizer``, ``lr_schedule``  0.25, (0.5, 0.9), cosine
+Adam lr (``--lr``), betas, cosine         ``optimizer``, ``lr_schedule``  :func:`cda_image_adam` (0.25,
+                                                                    (0.5, 0.9), eps 1e-8), cosine
 iterations (``--iteration``)              ``trainer.max_steps``     (config; paper 4000)
 relabel epochs / batch / mix              ``relabel_*``             EvalSpec epochs / batch, cutmix
 ========================================  ========================  ==============================
@@ -51,7 +52,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from lightning_distill.callbacks import FeatureHooks, ProgressiveSchedule
-from lightning_distill.dataset_distillation import SyntheticSet, retrain_model
+from lightning_distill.dataset_distillation import SyntheticSet, cda_image_adam, retrain_model
 from lightning_distill.dataset_distillation.recipe_base import SyntheticSetModule
 from lightning_distill.dataset_distillation.recover import (
     CurriculumCrop,
@@ -64,12 +65,10 @@ from lightning_distill.dataset_distillation.relabel import RelabelCache, build_r
 from lightning_distill.losses.dataset_distillation import bn_matching_loss
 from lightning_distill.utils.augment import RandomResizedCropFlip
 
-__all__ = ["CDA", "recover_adam"]
+__all__ = ["CDA", "cda_image_adam", "recover_adam"]
 
-
-def recover_adam(params: Any) -> torch.optim.Optimizer:
-    """The official optimizer of the recovered images: Adam, lr 0.25, betas (0.5, 0.9), eps 1e-8."""
-    return torch.optim.Adam(params, lr=0.25, betas=(0.5, 0.9), eps=1e-8)
+#: Former name of :func:`~lightning_distill.dataset_distillation.cda_image_adam`, kept for configs that use it.
+recover_adam = cda_image_adam
 
 
 class CDA(SyntheticSetModule):
@@ -104,7 +103,8 @@ class CDA(SyntheticSetModule):
         save_path: where the set is saved at the end of fit (default ``<log dir>/synthetic_set.pt``);
             the relabel cache goes next to it as ``<stem>.relabel.pt``.
         loss_weights: ``{"ce": ..., "bn": ...}`` (``bn`` is ``r_bn``).
-        optimizer: optimizer of the images (default :func:`recover_adam`).
+        optimizer: optimizer of the images (default
+            :func:`~lightning_distill.dataset_distillation.cda_image_adam`, the official Adam).
 
     Raises:
         TypeError: ``synthetic`` is not a :class:`SyntheticSet`.
@@ -139,7 +139,7 @@ class CDA(SyntheticSetModule):
         val_seeds: Sequence[int] = (0,),
         save_path: str | None = None,
         loss_weights: dict[str, float] | None = None,
-        optimizer: OptimizerCallable = recover_adam,
+        optimizer: OptimizerCallable = cda_image_adam,
     ) -> None:
         super().__init__(
             synthetic,

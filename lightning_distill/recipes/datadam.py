@@ -29,7 +29,8 @@ layers of L_SAM                ``attention_layers``        ``all_but_last`` (off
 loss weights                   ``loss_weights``            {sam: 100, mmd: 1} (= 100 * 0.01)
 random network                 ``network``                 ConvNet-3, width 128, instance norm
 DSA strategy                   ``augment``                 color_crop_cutout_flip_scale_rotate
-image optimizer                ``optimizer``               SGD(lr 1, momentum 0.5)
+image optimizer                ``optimizer``               :func:`datadam_image_sgd`: SGD(lr 1,
+                                                           momentum 0.5) (``lr_img``; 10 at IPC >= 100)
 real images per class          ``data.init_args.per_class``  64 (``batch_real``)
 images per class               ``synthetic.init_args.ipc``   (config)
 initialisation                 ``synthetic.init_args.init``  real
@@ -57,17 +58,16 @@ from lightning_distill.dataset_distillation import (
     ConvNetSpec,
     SiameseAugment,
     SyntheticSet,
+    datadam_image_sgd,
     reset_parameters,
 )
 from lightning_distill.dataset_distillation.recipe_base import SyntheticSetModule
 from lightning_distill.losses.dataset_distillation import attention_matching_loss, classwise_mean_discrepancy
 
-__all__ = ["DataDAM", "image_sgd"]
+__all__ = ["DataDAM", "datadam_image_sgd", "image_sgd"]
 
-
-def image_sgd(params: Any) -> torch.optim.Optimizer:
-    """The official optimizer of the synthetic images: SGD, lr 1, momentum 0.5."""
-    return torch.optim.SGD(params, lr=1.0, momentum=0.5)
+#: Former name of :func:`~lightning_distill.dataset_distillation.datadam_image_sgd`, kept for configs that use it.
+image_sgd = datadam_image_sgd
 
 
 class DataDAM(SyntheticSetModule):
@@ -94,7 +94,8 @@ class DataDAM(SyntheticSetModule):
             ``<log dir>/synthetic_set.pt``. Without a logger or under ``fast_dev_run`` nothing is
             saved unless it is given.
         loss_weights: ``{"sam": ..., "mmd": ...}``.
-        optimizer: optimizer of the images (default :func:`image_sgd`).
+        optimizer: optimizer of the images (default
+            :func:`~lightning_distill.dataset_distillation.datadam_image_sgd`, the official SGD).
         lr_scheduler: optional scheduler.
 
     Raises:
@@ -121,7 +122,7 @@ class DataDAM(SyntheticSetModule):
         val_seeds: Sequence[int] = (0,),
         save_path: str | None = None,
         loss_weights: dict[str, float] | None = None,
-        optimizer: OptimizerCallable = image_sgd,
+        optimizer: OptimizerCallable = datadam_image_sgd,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         super().__init__(

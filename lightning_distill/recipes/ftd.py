@@ -31,7 +31,7 @@ syn_steps                   ``syn_steps``                     20
 expert_epochs               ``expert_epochs``                 3 (run script CIFAR-10: 2)
 max_start_epoch             ``max_start_epoch``               25 (run script CIFAR-10: 20)
 batch_syn                   ``batch_syn``                     None (all images)
-lr_img                      ``optimizer`` lr                  1000 (SGD, momentum 0.5)
+lr_img                      ``optimizer``                     :func:`ftd_image_sgd`: SGD lr 1000, momentum 0.5
 lr_lr                       ``lr_lr``                         1e-5 on ``alpha`` = 0.1 on ``log alpha`` at 0.01
 lr_teacher (alpha init)     ``synthetic.init_args.lr_init``   0.01
 ema_decay                   ``ema_decay``                     0.999 (run scripts: 0.9995); None = MTT
@@ -60,18 +60,17 @@ from lightning_distill.dataset_distillation import (
     ConvNetSpec,
     SiameseAugment,
     SyntheticSet,
+    ftd_image_sgd,
 )
 from lightning_distill.dataset_distillation.experts import ExpertSpec, ExpertTrajectories, expert_trajectories
 from lightning_distill.dataset_distillation.recipe_base import SyntheticSetModule
 from lightning_distill.dataset_distillation.trajectory import ParamLayout, unroll_student
 from lightning_distill.losses.dataset_distillation import trajectory_matching_loss
 
-__all__ = ["FTD", "image_sgd"]
+__all__ = ["FTD", "ftd_image_sgd", "image_sgd"]
 
-
-def image_sgd(params: Any) -> torch.optim.Optimizer:
-    """The official optimizer of the synthetic images: SGD, lr 1000 (``lr_img``), momentum 0.5."""
-    return torch.optim.SGD(params, lr=1000.0, momentum=0.5)
+#: Former name of :func:`~lightning_distill.dataset_distillation.ftd_image_sgd`, kept for configs that use it.
+image_sgd = ftd_image_sgd
 
 
 class FTD(SyntheticSetModule):
@@ -103,8 +102,9 @@ class FTD(SyntheticSetModule):
         save_path: where the evaluated set is saved when fit ends (default
             ``<log dir>/synthetic_set.pt``; nothing under ``fast_dev_run`` or without a logger).
         loss_weights: ``{"match": ...}``.
-        optimizer: optimizer of the images (default :func:`image_sgd`); ``log alpha`` is a second
-            parameter group with ``lr_lr``.
+        optimizer: optimizer of the images (default
+            :func:`~lightning_distill.dataset_distillation.ftd_image_sgd`, the official SGD); ``log alpha``
+            is a second parameter group with ``lr_lr``.
 
     Raises:
         TypeError: ``synthetic`` is not a :class:`SyntheticSet`, or ``experts`` not an :class:`ExpertSpec`.
@@ -135,7 +135,7 @@ class FTD(SyntheticSetModule):
         val_seeds: Sequence[int] = (0,),
         save_path: str | None = None,
         loss_weights: dict[str, float] | None = None,
-        optimizer: OptimizerCallable = image_sgd,
+        optimizer: OptimizerCallable = ftd_image_sgd,
     ) -> None:
         super().__init__(
             synthetic,

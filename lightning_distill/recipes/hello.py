@@ -31,7 +31,8 @@ label distance D               ``label_loss``          ``mse``
 CE weight lambda               ``loss_weights.ce``     0.1 (not given in what we could read)
 projector steps / image steps  ``projector_steps`` /   (config)
                                ``image_steps``
-image optimiser                ``image_optimizer``     Adam lr 0.01 (assumed)
+projector optimiser            ``optimizer``           ``torch.optim.AdamW`` defaults (assumed)
+image optimiser                ``image_optimizer``     :func:`hello_image_adam`: Adam lr 0.01 (assumed)
 student loss / CE weight beta  ``student_loss`` /      ``mse`` / 0.1 (assumed)
                                ``student_beta``
 =============================  ======================  ===========================================
@@ -49,7 +50,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from lightning_distill.dataset_distillation import SiameseAugment, SyntheticSet
+from lightning_distill.dataset_distillation import SiameseAugment, SyntheticSet, hello_image_adam
 from lightning_distill.dataset_distillation.label_projector import LabelProjector
 from lightning_distill.dataset_distillation.online_labels import (
     hard_label_bytes,
@@ -59,12 +60,10 @@ from lightning_distill.dataset_distillation.online_labels import (
 from lightning_distill.dataset_distillation.recipe_base import SyntheticSetModule
 from lightning_distill.losses.dataset_distillation import LabelLoss, soft_label_loss
 
-__all__ = ["HeLlO", "image_adam"]
+__all__ = ["HeLlO", "hello_image_adam", "image_adam"]
 
-
-def image_adam(params: Any) -> torch.optim.Optimizer:
-    """Default optimiser of the image update: Adam, lr 0.01 (our choice; the paper's is not known to us)."""
-    return torch.optim.Adam(params, lr=0.01)
+#: Former name of :func:`~lightning_distill.dataset_distillation.hello_image_adam`, kept for configs that use it.
+image_adam = hello_image_adam
 
 
 class HeLlO(SyntheticSetModule):
@@ -95,8 +94,10 @@ class HeLlO(SyntheticSetModule):
         save_dir: where the synthetic set and the projector adapters are written at the end of fit
             (default: the log directory; nothing under ``fast_dev_run`` or without a logger).
         loss_weights: ``{"label": ..., "ce": ..., "image": ...}``.
-        optimizer: optimiser of the projector adapters.
-        image_optimizer: optimiser of the synthetic images (phase 4).
+        optimizer: optimiser of the projector adapters (default: torch's ``AdamW`` at its defaults,
+            lr 1e-3, weight decay 0.01; our choice, the paper's is not known to us).
+        image_optimizer: optimiser of the synthetic images (phase 4; default
+            :func:`~lightning_distill.dataset_distillation.hello_image_adam`, Adam lr 0.01, our choice).
         lr_scheduler: optional scheduler of the projector optimiser, stepped every projector step.
 
     Raises:
@@ -129,7 +130,7 @@ class HeLlO(SyntheticSetModule):
         save_dir: str | None = None,
         loss_weights: dict[str, float] | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
-        image_optimizer: OptimizerCallable = image_adam,
+        image_optimizer: OptimizerCallable = hello_image_adam,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         if not isinstance(student, LabelProjector):
