@@ -8,9 +8,9 @@ validation off) and draws ``n`` samples from noise seeded with the seed. Rows: t
 floor (``n`` training digits), the teacher sampled with DDIM in 1, 4 and 50 steps
 (:func:`lightning_distill.diffusion.sample`) from the same noise, and the one-step student.
 
-Metric: :class:`~lightning_distill.diffusion.metrics.FrechetClassifierDistance`, the Fréchet
+Metric: :class:`~lightning_distill.diffusion.frechet.FrechetClassifierDistance`, the Fréchet
 distance between Gaussian fits of the penultimate features of a small CNN trained on the digits'
-training split in this repository (:func:`~lightning_distill.diffusion.metrics.digits_classifier`),
+training split in this repository (:func:`~lightning_distill.models.digits.digits_classifier`),
 against the held-out digits (validation + test splits). It is **not** FID (no Inception network),
 and its values are comparable only with each other.
 
@@ -44,7 +44,8 @@ from PIL import Image  # noqa: E402
 from lightning_distill.callbacks.sample_logging import image_grid  # noqa: E402
 from lightning_distill.cli import DistillCLI  # noqa: E402
 from lightning_distill.diffusion import sample  # noqa: E402
-from lightning_distill.diffusion.metrics import FrechetClassifierDistance, digits_classifier  # noqa: E402
+from lightning_distill.diffusion.frechet import FrechetClassifierDistance  # noqa: E402
+from lightning_distill.models.digits import digits_classifier  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "recipes" / "dmd2" / "digits.yaml"

@@ -11,8 +11,9 @@ of the epoch and log through ``pl_module.log``:
   (``<stage>/<metric>_floor``).
 * :class:`FrechetClassifierDistanceMetric` — on digits-like images (single-channel 8, 16 or 32 px
   squares): ``<stage>/fcd`` and once per run ``<stage>/teacher_fcd``, the Fréchet distance of
-  :class:`~lightning_distill.diffusion.metrics.FrechetClassifierDistance` (features of a digits
-  classifier trained in this repository, not FID).
+  :class:`~lightning_distill.diffusion.frechet.FrechetClassifierDistance` (features of the digits
+  classifier :func:`~lightning_distill.models.digits.digits_classifier`, trained in this repository;
+  not FID).
 
 The LightningModule provides what :class:`~lightning_distill.diffusion.recipe_base.DiffusionDistillationModule`
 has (:data:`EVALUATION_INTERFACE`): ``split_batch(batch) -> (x, cond)``, ``evaluation_labels(cond)``,
@@ -36,8 +37,10 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
+from lightning_distill.diffusion.frechet import FrechetClassifierDistance
 from lightning_distill.diffusion.gmm import GaussianMixture
-from lightning_distill.diffusion.metrics import FrechetClassifierDistance, sample_metrics
+from lightning_distill.diffusion.metrics import sample_metrics
+from lightning_distill.models.digits import digits_classifier
 from lightning_distill.utils.checks import check_int
 
 __all__ = ["EVALUATION_INTERFACE", "FrechetClassifierDistanceMetric", "MixtureMetrics", "digits_like"]
@@ -277,7 +280,7 @@ class MixtureMetrics(_EvaluationCallback):
 class FrechetClassifierDistanceMetric(_EvaluationCallback):
     """``<stage>/fcd`` of the student's samples against the epoch's digits-like evaluation images.
 
-    The Fréchet classifier distance (:class:`~lightning_distill.diffusion.metrics.FrechetClassifierDistance`,
+    The Fréchet classifier distance (:class:`~lightning_distill.diffusion.frechet.FrechetClassifierDistance`,
     features of the repository's digits classifier, trained and cached on first use; not FID)
     between the first ``num_samples`` evaluation images and as many samples of
     ``pl_module.evaluation_samples`` (unconditional), reshaped to the images' shape; once per
@@ -310,7 +313,8 @@ class FrechetClassifierDistanceMetric(_EvaluationCallback):
         """The FCD metric for ``image_size`` px images (its classifier may be trained on first use)."""
         if image_size not in self._metrics:
             with torch.inference_mode(False), torch.enable_grad():
-                self._metrics[image_size] = FrechetClassifierDistance(image_size=image_size)
+                classifier = digits_classifier(size=image_size)
+                self._metrics[image_size] = FrechetClassifierDistance(classifier, image_size=image_size)
         return self._metrics[image_size]
 
     def keep(self, pl_module: pl.LightningModule, batch: Any) -> tuple[Tensor | None, Tensor | None]:

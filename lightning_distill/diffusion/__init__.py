@@ -17,7 +17,7 @@ _LAZY: dict[str, str] = {
     "Cond": "lightning_distill.diffusion.guidance",
     "DiffusionDistillationModule": "lightning_distill.diffusion.recipe_base",
     "FakeScore": "lightning_distill.diffusion.fake_score",
-    "FrechetClassifierDistance": "lightning_distill.diffusion.metrics",
+    "FrechetClassifierDistance": "lightning_distill.diffusion.frechet",
     "GANHead": "lightning_distill.diffusion.gan_head",
     "GaussianMixture": "lightning_distill.diffusion.gmm",
     "MLPDenoiser": "lightning_distill.diffusion.denoisers",
@@ -28,11 +28,11 @@ _LAZY: dict[str, str] = {
     "PhasedGenerator": "lightning_distill.diffusion.phases",
     "PredictionType": "lightning_distill.diffusion.schedule",
     "PretrainedStudent": "lightning_distill.diffusion.export",
-    "RBFMMD": "lightning_distill.diffusion.metrics",
+    "RBFMMD": "lightning_distill.diffusion.distances",
     "RegionReward": "lightning_distill.diffusion.rewards",
     "ResidualScore": "lightning_distill.diffusion.fake_score",
     "RoutedDenoiser": "lightning_distill.diffusion.routing",
-    "SlicedWasserstein": "lightning_distill.diffusion.metrics",
+    "SlicedWasserstein": "lightning_distill.diffusion.distances",
     "backward_simulation": "lightning_distill.diffusion.sampling",
     "bottleneck_channels": "lightning_distill.diffusion.denoisers",
     "broadcast_to": "lightning_distill.diffusion.schedule",
@@ -118,6 +118,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         sinusoidal_embedding,
         tiny_unet,
     )
+    from lightning_distill.diffusion.distances import RBFMMD, SlicedWasserstein  # noqa: F401
     from lightning_distill.diffusion.dmd import (  # noqa: F401
         discriminator_input,
         distribution_matching_gradient,
@@ -140,15 +141,13 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         FakeScore,  # noqa: F401
         ResidualScore,  # noqa: F401
     )
+    from lightning_distill.diffusion.frechet import FrechetClassifierDistance  # noqa: F401
     from lightning_distill.diffusion.gan_head import GANHead, discriminator_logits  # noqa: F401
     from lightning_distill.diffusion.gmm import AnalyticTeacher, GaussianMixture, make_mixture  # noqa: F401
     from lightning_distill.diffusion.guidance import Cond, cfg, drop_condition, guided_output, model_output  # noqa: F401
     from lightning_distill.diffusion.metrics import (  # noqa: F401
-        RBFMMD,
-        FrechetClassifierDistance,
         ModeCoverage,
         ModeWeightTV,
-        SlicedWasserstein,
         mode_coverage,
         mode_weight_tv,
         noise_floor,

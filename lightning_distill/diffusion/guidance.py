@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from lightning_distill.diffusion.schedule import broadcast_to
 
-__all__ = ["Cond", "cfg", "drop_condition", "guided_output", "model_output"]
+__all__ = ["Cond", "cfg", "drop_condition", "first_tensor", "guided_output", "model_output"]
 
 #: A condition: ``None``, a tensor (third positional argument), or keyword arguments.
 Cond = Tensor | Mapping[str, Any] | None
@@ -188,20 +188,29 @@ def drop_condition(
     """
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
         raise ValueError(f"`p` must be a probability in [0, 1], got {p!r}.")
-    first = _first_tensor(cond)
+    first = first_tensor(cond)
     batch = first.shape[0]
     draw_device = generator.device if generator is not None else first.device
     drop = (torch.rand((batch,), generator=generator, device=draw_device) < p).to(first.device)
     return _select(cond, null_cond, drop, batch)
 
 
-def _first_tensor(cond: Cond) -> Tensor:
+def first_tensor(cond: Cond) -> Tensor:
+    """The first tensor of a condition: the tensor itself, or the first value of a mapping (recursively).
+
+    Raises:
+        ValueError: a condition that holds no tensor, or a tensor without a batch dimension.
+
+    Example:
+        >>> first_tensor({"encoder_hidden_states": torch.zeros(2, 3, 4)}).shape
+        torch.Size([2, 3, 4])
+    """
     if isinstance(cond, Tensor):
         if cond.ndim == 0:
             raise ValueError(f"`cond` must have a batch dimension, got shape {tuple(cond.shape)}.")
         return cond
     if isinstance(cond, Mapping) and cond:
-        return _first_tensor(next(iter(cond.values())))
+        return first_tensor(next(iter(cond.values())))
     raise ValueError(f"`cond` must be a tensor or a non-empty mapping of tensors, got {type(cond).__name__}.")
 
 

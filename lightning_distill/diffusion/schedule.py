@@ -33,6 +33,11 @@ name            output                                      diffusers name
 All arithmetic is done in float32 whatever the input dtype. Conversions return float32 (they feed
 losses); :meth:`NoiseSchedule.add_noise` returns the dtype of ``x0`` (it feeds models), as
 diffusers' ``add_noise`` does.
+
+Size: one idea, the ``NoiseSchedule`` object (about 500 lines, half of them docstrings and
+argument checks): its ``(alpha_t, sigma_t)`` table, noising and the parameterisation algebra read
+the same wrapped scheduler, and ``ddpm_schedule`` / ``flow_schedule`` are its constructors for
+configs. Splitting the conversions from the table would scatter one object over two files.
 """
 
 from __future__ import annotations

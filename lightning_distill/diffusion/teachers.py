@@ -17,6 +17,15 @@ teacher so that a config runs on a fresh clone::
 The cache key covers the architecture, the data settings, the schedule and every training
 setting, so a changed config trains a new teacher; a file lock makes concurrent processes (DDP
 ranks) train it once.
+
+:func:`denoising_batch_loss` is one training step's forward pass, not a loss in the sense of
+:mod:`lightning_distill.losses`: it draws ``t`` and the noise, noises the batch and runs the model,
+then takes the flat mean ``(pred - target).square().mean()`` over every element.
+:func:`~lightning_distill.losses.distribution_matching.denoising_loss` (the pure loss) averages
+per sample first; the two agree in value but not in the last bits, and the digits teacher is
+trained (and cached) with this arithmetic. It stays here so that a fresh clone trains that teacher
+bit for bit: the cache key does not cover the code, so other arithmetic would train other
+weights under the same key.
 """
 
 from __future__ import annotations

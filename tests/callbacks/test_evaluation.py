@@ -16,9 +16,9 @@ from lightning_distill.callbacks import FrechetClassifierDistanceMetric, Mixture
 from lightning_distill.callbacks.evaluation import digits_like
 from lightning_distill.data import GMMDataModule
 from lightning_distill.diffusion import MLPDenoiser, NoiseSchedule, one_step_generate, sample
+from lightning_distill.diffusion.frechet import FrechetClassifierDistance
 from lightning_distill.diffusion.gmm import AnalyticTeacher, make_mixture
 from lightning_distill.diffusion.metrics import (
-    FrechetClassifierDistance,
     mode_coverage,
     mode_weight_tv,
     rbf_mmd2,
