@@ -170,7 +170,8 @@ class ArrayImageDataModule(L.LightningDataModule):
     """Base for in-memory image datasets: split, resize, normalise, hide labels.
 
     Subclasses implement :meth:`load_arrays` returning ``(images (N, H, W) float in [0, 1],
-    labels (N,) int)``.
+    labels (N,) int)``; :meth:`check_arrays` checks that contract (finite pixels in range, labels
+    in ``[0, num_classes)``, matching lengths) before the data are split.
 
     Args:
         size: side length the images are resized to (bilinear); ``None`` keeps the native size.
@@ -186,7 +187,8 @@ class ArrayImageDataModule(L.LightningDataModule):
         num_workers: DataLoader workers.
 
     Raises:
-        ValueError: fractions outside their range, an unknown ``train_split``, or a size < 4.
+        ValueError: fractions outside their range, an unknown ``train_split``, or a size < 4; at
+            setup, arrays that break the :meth:`load_arrays` contract.
     """
 
     num_classes: int = 10
@@ -243,6 +245,54 @@ class ArrayImageDataModule(L.LightningDataModule):
         """Abstract: subclasses return ``(images (N, H, W) in [0, 1], labels (N,))``."""
         raise NotImplementedError(f"{type(self).__name__} must implement `load_arrays`.")
 
+    def check_arrays(self, images: np.ndarray, labels: np.ndarray) -> None:
+        """Check what :meth:`load_arrays` returned against its contract, before anything is built from it.
+
+        Raises:
+            ValueError: images not ``(N, H, W)``, labels not ``(N,)`` integers in ``[0, num_classes)``,
+                NaN/inf pixels, pixels outside ``[0, 1]``, or all pixels equal. The message names the
+                datamodule and what is wrong.
+        """
+        where = f"{type(self).__name__}.load_arrays()"
+        images, labels = np.asarray(images), np.asarray(labels)
+        if images.ndim != 3:
+            raise ValueError(f"{where} returned images of shape {images.shape}; expected (N, H, W).")
+        if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+            raise ValueError(
+                f"{where} returned {images.shape[0]} images {images.shape} but labels of shape {labels.shape}; "
+                "expected one label per image, (N,)."
+            )
+        if not np.issubdtype(images.dtype, np.floating):
+            raise ValueError(f"{where} returned images of dtype {images.dtype}; expected floats in [0, 1].")
+        bad = ~np.isfinite(images)
+        if bad.any():
+            which = np.flatnonzero(bad.reshape(len(images), -1).any(axis=1))
+            raise ValueError(
+                f"{where} returned {int(bad.sum())} non-finite pixels (NaN/inf) in {len(which)} of {len(images)} "
+                f"images (e.g. images {which[:5].tolist()}); fix or drop them before training."
+            )
+        low, high = float(images.min()), float(images.max())
+        if low < 0.0 or high > 1.0:
+            raise ValueError(
+                f"{where} returned pixels in [{low:g}, {high:g}]; expected [0, 1] (divide 8-bit images by 255)."
+            )
+        if low == high:
+            raise ValueError(
+                f"{where} returned images whose pixels are all {low:g}; nothing to normalise or learn."
+            )
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(
+                f"{where} returned labels of dtype {labels.dtype}; expected integers in [0, {self.num_classes})."
+            )
+        outside = (labels < 0) | (labels >= self.num_classes)
+        if outside.any():
+            values = np.unique(labels[outside])
+            raise ValueError(
+                f"{where} returned {int(outside.sum())} labels outside [0, {self.num_classes}) (values "
+                f"{values[:5].tolist()}); `num_classes` is {self.num_classes}: fix the labels or set `num_classes` "
+                "in the subclass."
+            )
+
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """``(C, H, W)`` of the served images."""
@@ -255,6 +305,7 @@ class ArrayImageDataModule(L.LightningDataModule):
         from sklearn.model_selection import train_test_split
 
         images, labels = self.load_arrays()
+        self.check_arrays(images, labels)
         x = torch.as_tensor(images, dtype=torch.float32).unsqueeze(1)
         if self.size is not None and self.size != x.shape[-1]:
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)

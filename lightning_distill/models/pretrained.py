@@ -15,6 +15,18 @@ The cache is keyed by everything that decides the weights (architecture, data se
 training settings, seed), so a changed teacher config trains a new teacher. Point
 ``checkpoint`` at your own weights to skip training (a raw ``state_dict`` or a Lightning
 checkpoint; loaded with ``weights_only=True``).
+
+What the cache guarantees (:func:`cached_training`):
+
+* **Deterministic**: first-use training re-initialises the model from ``seed`` in a forked random
+  state and runs on :data:`TRAINING_THREADS` CPU thread(s), so the same key gives the same weights
+  in any process, whatever the global random state or ``torch.get_num_threads()`` there.
+* **Never poisoned**: weights with NaN/inf are refused (nothing is written), and a trained
+  classifier whose validation accuracy is near chance is flagged (``near_chance="warn"``, the
+  warning is repeated whenever the cached teacher is loaded) or refused (``near_chance="error"``).
+* **Self-healing**: a cached file that cannot be read, does not fit the model or holds non-finite
+  values is moved aside to ``<name>.corrupt-<time>``, a warning says so, and the teacher is
+  trained again under the same file lock.
 """
 
 from __future__ import annotations
@@ -23,21 +35,25 @@ import contextlib
 import fcntl
 import inspect
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from lightning_distill.utils.fingerprint import config_hash, file_sha256
 
 __all__ = [
+    "TRAINING_THREADS",
+    "cached_training",
+    "chance_margin",
     "default_cache_dir",
     "file_lock",
     "load_weights",
@@ -47,6 +63,14 @@ __all__ = [
 ]
 
 _FORMAT_VERSION = 1
+
+TRAINING_THREADS = 1
+"""CPU threads used while a teacher is trained on first use.
+
+Float sums depend on how a reduction is split across threads, and over many steps the difference
+grows into different teachers (0.952 vs 0.970 test accuracy for ``beyond_ssl``'s teacher trained
+with 1 and 2 threads). One thread is what the test suite uses, so teachers it cached stay valid.
+"""
 
 
 def default_cache_dir() -> Path:
@@ -74,21 +98,46 @@ def load_weights(model: nn.Module, checkpoint: str | os.PathLike, *, prefix: str
             f"Teacher checkpoint not found: `checkpoint`={str(checkpoint)!r}. Give the path of a state_dict "
             "or Lightning checkpoint, or leave `checkpoint` unset to train the teacher from `data`."
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, random bytes, pickled objects: all mean "not usable weights"
+        raise RuntimeError(
+            f"Cannot read the checkpoint {str(path)!r}: {_load_failure(err)}. Point `checkpoint` at a "
+            "`state_dict` or Lightning checkpoint written by `torch.save` (copy it again if it was cut short)."
+        ) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise RuntimeError(
+            f"The checkpoint {str(path)!r} holds a {type(state).__name__}, not a `state_dict` (a dict of tensors)."
+        )
     expected = set(model.state_dict())
     prefixes = [prefix] if prefix is not None else ["", "student.", "model.", "teacher."]
     for p in prefixes:
         candidate = {k[len(p) :]: v for k, v in state.items() if k.startswith(p)}
         if set(candidate) == expected:
-            model.load_state_dict(candidate, strict=True)
+            try:
+                model.load_state_dict(candidate, strict=True)
+            except RuntimeError as err:
+                raise RuntimeError(
+                    f"The checkpoint {str(path)!r} does not fit {type(model).__name__}: {err}"
+                ) from None
             return model
     sample = sorted(state)[:5]
     raise RuntimeError(
         f"The keys of {str(path)!r} (e.g. {sample}) do not match {type(model).__name__} (e.g. "
         f"{sorted(expected)[:5]}) with any of the prefixes {prefixes}; pass `prefix`."
     )
+
+
+def _load_failure(err: BaseException) -> str:
+    """A one-line reason why ``torch.load`` failed, without torch's advice to load unsafely."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    if "weights_only" in str(err) or "Unsupported global" in str(err):
+        return "it holds Python objects other than tensors (loading stops there, for safety)"
+    if isinstance(err, EOFError) or "central directory" in text or "truncated" in text.lower():
+        return f"the file is truncated ({type(err).__name__}: {text or 'unexpected end of file'})"
+    return f"it is not a PyTorch file ({type(err).__name__}: {text})"
 
 
 def _data_settings(data: L.LightningDataModule) -> dict[str, str]:
@@ -157,44 +206,191 @@ def cached_training(
     cache_dir: str | None = None,
     retrain: bool = False,
     record_settings: dict[str, Any] | None = None,
+    check: Callable[[dict[str, Any]], str | None] | None = None,
+    on_check_failure: Literal["warn", "error"] = "warn",
 ) -> tuple[Path, dict[str, Any]]:
     """Train ``model`` with ``fit()`` on first use and cache its weights; load them afterwards.
 
     The cache file is ``<cache>/teachers/<stem>-<key>.pt`` with a JSON record next to it; the
     key covers the model, the datamodule's own settings and ``settings``. Training happens under a
     file lock (one process trains, the others wait and load), from ``reinitialize(model)`` under
-    ``seed`` without touching the global random state, and the weights are written atomically.
+    ``seed`` in a forked random state (the global one is left as it was) on
+    :data:`TRAINING_THREADS` CPU threads, so the same key gives the same weights in every process;
+    the weights are written atomically and only when every value is finite.
+
+    A cached file that cannot be read, does not fit ``model`` or holds non-finite values is moved
+    aside to ``<name>.corrupt-<time>`` (with its record), a warning names both files, and the model
+    is trained again.
 
     Args:
-        fit: trains ``model`` in place and returns what to record (e.g. ``{"val_acc": ...}``).
+        fit: trains ``model`` in place and returns what to record (e.g. ``{"val_acc": ...}``); a
+            ``FloatingPointError`` it raises (a non-finite loss) is re-raised with the cache file and
+            the configuration.
         stem: the file name before the key (default: the model's class name).
         what: how long training is, for the log line (e.g. ``"20 epochs"``).
         record_settings: the settings written to the record (default ``settings``).
+        check: judges ``fit``'s output; returns what is wrong (e.g. "accuracy near chance") or ``None``.
+        on_check_failure: ``"warn"`` caches the weights with the problem in the record (``"warning"``)
+            and warns now and on every later load; ``"error"`` raises and caches nothing.
 
     Returns:
         The weights path and the record (``key``, ``seconds``, the settings and ``fit``'s output).
+
+    Raises:
+        FloatingPointError: training produced non-finite weights or a non-finite loss (nothing cached).
+        RuntimeError: ``check`` found a problem and ``on_check_failure="error"`` (nothing cached), or
+            an unusable cached file could not be moved aside.
     """
+    if on_check_failure not in ("warn", "error"):
+        raise ValueError(f"`on_check_failure` must be 'warn' or 'error', got {on_check_failure!r}.")
     key = _cache_key(model, data, settings)
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     weights = root / "teachers" / f"{stem or type(model).__name__}-{key}.pt"
     record = weights.with_suffix(".json")
+    config = _describe_config(model, data, settings)
     with file_lock(weights.with_suffix(".lock")):
         if weights.is_file() and not retrain:
-            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-            return weights, json.loads(record.read_text()) if record.is_file() else {}
+            problem = _load_cached(model, weights)
+            if problem is None:
+                info = _read_record(record)
+                if info.get("warning"):
+                    rank_zero_warn(
+                        f"The cached teacher {weights} was flagged when it was trained: {info['warning']}"
+                    )
+                return weights, info
+            _move_aside(weights, record, problem)
         start = time.perf_counter()
         rank_zero_info(f"Training {type(model).__name__} ({key}) for {what}; cached at {weights}")
+        threads = torch.get_num_threads()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            reinitialize(model)
-            result = fit()
-        tmp = weights.with_suffix(".tmp")
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, weights)
+            torch.set_num_threads(TRAINING_THREADS)
+            try:
+                reinitialize(model)
+                result = fit()
+            except FloatingPointError as err:
+                raise FloatingPointError(
+                    f"Training the teacher for {weights} stopped: {err}. Nothing was cached. Configuration: "
+                    f"{config}. Check the training data for NaN/inf values, or lower the learning rate."
+                ) from None
+            finally:
+                torch.set_num_threads(threads)
+        bad = _non_finite_entries(model.state_dict())
+        if bad:
+            raise FloatingPointError(
+                f"Refusing to cache {weights}: training left non-finite values in {_name_list(bad)}. Nothing "
+                f"was cached. Configuration: {config}. Check the training data for NaN/inf values, or lower "
+                "the learning rate."
+            )
         info = {"key": key, **result, "seconds": time.perf_counter() - start}
         info.update(settings if record_settings is None else record_settings)
-        record.write_text(json.dumps(info, indent=2))
+        problem = check(result) if check is not None else None
+        if problem:
+            if on_check_failure == "error":
+                raise RuntimeError(
+                    f"Refusing to cache {weights}: {problem}. Nothing was cached. Configuration: {config}."
+                )
+            info["warning"] = problem
+            rank_zero_warn(
+                f"The teacher cached at {weights} looks broken: {problem}. Configuration: {config}. Every "
+                "run that loads it repeats this warning; delete the file (or pass `retrain=True`) once "
+                "the cause is fixed."
+            )
+        _atomic_write(weights, lambda tmp: torch.save(model.state_dict(), tmp))
+        _atomic_write(record, lambda tmp: tmp.write_text(json.dumps(info, indent=2)))
     return weights, info
+
+
+def _describe_config(model: nn.Module, data: L.LightningDataModule, settings: dict[str, Any]) -> str:
+    data_args = ", ".join(f"{k}={v}" for k, v in _data_settings(data).items())
+    train_args = ", ".join(f"{k}={v!r}" for k, v in settings.items())
+    return f"{type(model).__name__} trained on {type(data).__name__}({data_args}) with {train_args}"
+
+
+def _non_finite_entries(state: dict[str, Any]) -> list[str]:
+    return [
+        name
+        for name, value in state.items()
+        if isinstance(value, torch.Tensor)
+        and value.is_floating_point()
+        and not bool(torch.isfinite(value).all())
+    ]
+
+
+def _name_list(names: list[str], limit: int = 8) -> str:
+    shown = ", ".join(f"`{n}`" for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _load_cached(model: nn.Module, path: Path) -> str | None:
+    """Load ``path`` into ``model`` if it fits; otherwise leave ``model`` untouched and say why not."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # any failure to read means the file cannot serve as these weights
+        return _load_failure(err)
+    if not isinstance(state, dict):
+        return f"it holds a {type(state).__name__}, not a state_dict"
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        return (
+            f"it does not fit {type(model).__name__} (missing {_name_list(missing, 3) or 'nothing'}, "
+            f"unexpected {_name_list(unexpected, 3) or 'nothing'})"
+        )
+    wrong = [
+        f"`{k}` {tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__} vs {tuple(expected[k].shape)}"
+        for k, v in state.items()
+        if not isinstance(v, torch.Tensor) or v.shape != expected[k].shape
+    ]
+    if wrong:
+        return f"it does not fit {type(model).__name__} (shapes {', '.join(wrong[:3])})"
+    bad = _non_finite_entries(state)
+    if bad:
+        return f"it holds non-finite values in {_name_list(bad)}"
+    model.load_state_dict(state, strict=True)
+    return None
+
+
+def _move_aside(weights: Path, record: Path, problem: str) -> None:
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    aside = weights.with_name(f"{weights.name}.corrupt-{stamp}")
+    n = 1
+    while aside.exists():
+        aside, n = weights.with_name(f"{weights.name}.corrupt-{stamp}-{n}"), n + 1
+    try:
+        os.replace(weights, aside)
+        if record.is_file():
+            os.replace(record, aside.with_name(aside.name.replace(weights.name, record.name, 1)))
+    except OSError as err:
+        raise RuntimeError(
+            f"The cached teacher {weights} cannot be used ({problem}) and could not be moved aside ({err}); "
+            "delete it and run again to retrain it."
+        ) from None
+    rank_zero_warn(
+        f"The cached teacher {weights} cannot be used: {problem}. Moved it to {aside} and training it again; "
+        "delete the moved file once you no longer need it."
+    )
+
+
+def _read_record(record: Path) -> dict[str, Any]:
+    if not record.is_file():
+        return {}
+    try:
+        return json.loads(record.read_text())
+    except (OSError, ValueError) as err:
+        rank_zero_warn(
+            f"Ignoring the unreadable teacher record {record} ({err}); the cached weights are fine."
+        )
+        return {}
+
+
+def _atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _fit_classifier(
@@ -205,33 +401,74 @@ def _fit_classifier(
     lr: float,
     weight_decay: float,
     label_smoothing: float,
-) -> float:
-    """Plain supervised training with AdamW + cosine decay; returns validation accuracy."""
+) -> tuple[float, int, int]:
+    """Plain supervised training with AdamW + cosine decay.
+
+    Returns:
+        Validation accuracy, the number of validation images and the number of logits (classes).
+
+    Raises:
+        FloatingPointError: the loss is not finite (names the epoch and the step).
+    """
     data.setup("fit")
     loader = data.train_dataloader()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     total = max(1, epochs * len(loader))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total, pct_start=0.15)
     model.train()
-    for _ in range(epochs):
+    step = 0
+    for epoch in range(epochs):
         for batch in loader:
             x, y = batch[0], batch[1]
             keep = y >= 0
             if not keep.any():
                 continue
             loss = F.cross_entropy(model(x[keep]), y[keep], label_smoothing=label_smoothing)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"the cross-entropy loss is {loss.item()} at epoch {epoch}, step {step}"
+                )
+            step += 1
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
     model.eval()
-    correct = seen = 0
+    correct = seen = classes = 0
     with torch.no_grad():
         for batch in data.val_dataloader():
             x, y = batch[0], batch[1]
-            correct += int((model(x).argmax(-1) == y).sum())
+            logits = model(x)
+            classes = logits.shape[-1]
+            correct += int((logits.argmax(-1) == y).sum())
             seen += y.numel()
-    return correct / max(seen, 1)
+    return correct / max(seen, 1), seen, classes
+
+
+def chance_margin(num_classes: int, num_images: int) -> float:
+    """How far above chance (``1 / num_classes``) a classifier's accuracy must be to count as trained.
+
+    Three binomial standard errors of a guessing classifier's accuracy on ``num_images`` images,
+    ``3 * sqrt(p * (1 - p) / n)`` with ``p = 1 / num_classes``, and at least 0.02: a classifier that
+    guesses scores above ``p + margin`` with probability about 0.1%, so an accuracy below that line
+    cannot be told apart from guessing. (Digits' 270 validation images, 10 classes: 0.055, so the
+    line is at 0.155; our toy teachers reach 0.8 to 0.99.)
+    """
+    p = 1.0 / num_classes
+    return max(0.02, 3.0 * math.sqrt(p * (1.0 - p) / max(num_images, 1)))
+
+
+def _near_chance(result: dict[str, Any]) -> str | None:
+    acc, n, k = result.get("val_acc"), result.get("val_images", 0), result.get("num_classes", 0)
+    if acc is None or n < 1 or k < 2:
+        return None
+    chance, margin = 1.0 / k, chance_margin(k, n)
+    if acc < chance + margin:
+        return (
+            f"validation accuracy {acc:.4f} on {n} images is within {margin:.3f} of chance ({chance:.3f} for "
+            f"{k} classes)"
+        )
+    return None
 
 
 def trained_classifier(
@@ -245,6 +482,7 @@ def trained_classifier(
     seed: int = 0,
     cache_dir: str | None = None,
     retrain: bool = False,
+    near_chance: Literal["warn", "error"] = "warn",
 ) -> nn.Module:
     """Return ``model`` with trained weights: from ``checkpoint``, from the cache, or trained now.
 
@@ -268,10 +506,16 @@ def trained_classifier(
         seed: seed for the re-initialisation and the data order.
         cache_dir: where cached teachers live (default :func:`default_cache_dir`).
         retrain: ignore a cached teacher and train again.
+        near_chance: what to do when the trained teacher's validation accuracy is below chance plus
+            :func:`chance_margin`: ``"warn"`` (cache it, flag it in the record and warn on every load)
+            or ``"error"`` (raise, cache nothing). Does not change the cache key.
 
     Raises:
         FileNotFoundError: ``checkpoint`` does not exist.
-        ValueError: neither ``checkpoint`` nor ``data`` is given, or ``epochs`` < 1.
+        RuntimeError: ``checkpoint`` cannot be read or does not fit ``model``; or the teacher is near
+            chance and ``near_chance="error"``.
+        FloatingPointError: training produced a non-finite loss or non-finite weights (nothing cached).
+        ValueError: neither ``checkpoint`` nor ``data`` is given, ``epochs`` < 1, or a bad ``near_chance``.
     """
     if checkpoint is not None:
         load_weights(model, checkpoint)
@@ -284,6 +528,11 @@ def trained_classifier(
         )
     if epochs < 1:
         raise ValueError(f"`epochs` must be >= 1, got {epochs}.")
+    if near_chance not in ("warn", "error"):
+        raise ValueError(
+            f"`near_chance` must be 'warn' or 'error', got {near_chance!r}; set "
+            "`model.init_args.teacher.init_args.near_chance`."
+        )
     settings = {
         "epochs": epochs,
         "lr": lr,
@@ -293,11 +542,11 @@ def trained_classifier(
     }
 
     def fit() -> dict[str, Any]:
-        val_acc = _fit_classifier(
+        val_acc, val_images, num_classes = _fit_classifier(
             model, data, epochs=epochs, lr=lr, weight_decay=weight_decay, label_smoothing=label_smoothing
         )
-        rank_zero_info(f"Teacher trained: val acc {val_acc:.4f}")
-        return {"val_acc": val_acc}
+        rank_zero_info(f"Trained {type(model).__name__}: val acc {val_acc:.4f}")
+        return {"val_acc": val_acc, "val_images": val_images, "num_classes": num_classes}
 
     weights, info = cached_training(
         model,
@@ -308,6 +557,8 @@ def trained_classifier(
         what=f"{epochs} epochs",
         cache_dir=cache_dir,
         retrain=retrain,
+        check=_near_chance,
+        on_check_failure=near_chance,
     )
     acc = info.get("val_acc")
     model.distill_source = f"trained_teacher cache {weights}" + (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -107,3 +108,66 @@ def test_a_saved_position_applies_only_to_its_own_epoch():
 def test_bad_arguments_name_the_argument(kwargs, match):
     with pytest.raises(ValueError, match=match):
         DigitsDataModule(**kwargs)
+
+
+class _Broken(DigitsDataModule):
+    """Digits with one defect injected into what ``load_arrays`` returns."""
+
+    def __init__(self, defect: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.defect = defect
+
+    def load_arrays(self):
+        images, labels = super().load_arrays()
+        images, labels = images.copy(), labels.copy()
+        if self.defect == "nan":
+            flat = images.reshape(-1)
+            flat[::100] = np.nan  # 1% of the pixels
+        elif self.defect == "inf":
+            images[3, 0, 0] = np.inf
+        elif self.defect == "label_10":
+            labels[[5, 9]] = 10
+        elif self.defect == "label_-1":
+            labels[0] = -1
+        elif self.defect == "float_labels":
+            labels = labels.astype(np.float32)
+        elif self.defect == "fewer_labels":
+            labels = labels[:-1]
+        elif self.defect == "channels":
+            images = images[:, None]
+        elif self.defect == "0_255":
+            images = images * 255
+        elif self.defect == "constant":
+            images = np.zeros_like(images)
+        return images, labels
+
+
+@pytest.mark.parametrize(
+    "defect,match",
+    [
+        ("nan", r"returned \d+ non-finite pixels \(NaN/inf\) in \d+ of 1797 images \(e.g. images \[0, "),
+        ("inf", r"returned 1 non-finite pixels \(NaN/inf\) in 1 of 1797 images \(e.g. images \[3\]\)"),
+        ("label_10", r"returned 2 labels outside \[0, 10\) \(values \[10\]\)"),
+        ("label_-1", r"returned 1 labels outside \[0, 10\) \(values \[-1\]\)"),
+        ("float_labels", "returned labels of dtype float32; expected integers"),
+        ("fewer_labels", r"returned 1797 images \(1797, 8, 8\) but labels of shape \(1796,\)"),
+        ("channels", r"returned images of shape \(1797, 1, 8, 8\); expected \(N, H, W\)"),
+        ("0_255", r"returned pixels in \[0, 255\]; expected \[0, 1\] \(divide 8-bit images by 255\)"),
+        ("constant", "returned images whose pixels are all 0"),
+    ],
+)
+def test_datamodule_refuses_bad_arrays_naming_itself_and_the_defect(defect, match):
+    dm = _Broken(defect)
+    with pytest.raises(ValueError, match=r"^_Broken\.load_arrays\(\) " + match):
+        dm.setup("fit")
+    assert dm._splits is None  # nothing half-built is kept: a later call checks again
+    with pytest.raises(ValueError, match=match):
+        dm.train_dataloader()
+
+
+def test_a_teacher_is_never_trained_or_cached_from_bad_arrays(tmp_path):
+    from lightning_distill.models import MLPClassifier, trained_classifier
+
+    with pytest.raises(ValueError, match="non-finite pixels"):
+        trained_classifier(MLPClassifier(hidden=(8,)), _Broken("nan"), epochs=1, cache_dir=str(tmp_path))
+    assert not list(tmp_path.glob("teachers/*.pt"))
