@@ -16,6 +16,14 @@ are left out of checkpoints, see :class:`~lightning_distill.DistillationModule`)
 ``last.ckpt`` next to the latest epoch's checkpoint, and on SIGTERM (what a cluster scheduler sends)
 saves ``last.ckpt`` mid-epoch and exits with code 143 (0 when SLURM requeues the job).
 
+Size: past 500 lines because ``export`` lives here; it moves to its own module once the layer
+test (tests/test_architecture.py) names one above ``module.py``.
+
+Every run keeps its config in its own folder and logs it, nested, to its loggers
+(:class:`~lightning_distill.callbacks.run_config.RunConfig`); ``test`` ends with a line that labels the student
+(``student acc 97.4% vs teachers 99.3% / 98.9%``). ``--recipe NAME`` reads ``recipes/NAME/`` of the
+working directory, else the copy installed with the package, else the repository's.
+
 Errors: a checkpoint is read with ``weights_only=True`` and checked against the config's recipe before
 anything is built; an error our code raises while building the recipe is printed as its message, the
 config key and a hint, without the traceback (``--debug`` or ``LIGHTNING_DISTILL_DEBUG=1`` shows it);
@@ -43,6 +51,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from lightning_distill.callbacks.run_config import RunConfig, result_summary
 from lightning_distill.module import DistillationModule
 from lightning_distill.recipes import RECIPES, load_recipe
 from lightning_distill.utils.checkpoints import (
@@ -80,6 +89,7 @@ class DistillCLI(LightningCLI):
     ) -> None:
         self.debug = debug  # parse errors in full
         kwargs.setdefault("trainer_defaults", TRAINER_DEFAULTS)
+        kwargs.setdefault("save_config_callback", RunConfig)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         # No abbreviated options: `--trainer.max_epoch` is a typo to report, not `--trainer.max_epochs`.
         kwargs.setdefault(
@@ -200,6 +210,16 @@ class DistillCLI(LightningCLI):
             and not self.trainer.fast_dev_run
         ):
             self.trainer.test(self.model, datamodule=self.datamodule)
+            self._print_result("test")
+
+    def after_test(self) -> None:
+        self._print_result("test")
+
+    def _print_result(self, stage: str) -> None:
+        """Print the line that labels the student's metrics next to the teachers' (recipes with teachers)."""
+        line = result_summary(self.trainer.callback_metrics, stage) if self.trainer.is_global_zero else None
+        if line:
+            print(line, flush=True)
 
 
 class SigtermCheckpoint(Callback):
@@ -226,8 +246,9 @@ class SigtermCheckpoint(Callback):
 
 
 def recipe_config_path(slug: str) -> Path:
-    """``recipes/<slug>/<config>`` (``config.yaml`` unless the recipe names another), looked up from
-    the working directory, then the repository.
+    """``recipes/<slug>/<config>`` (``config.yaml`` unless the recipe names another), looked up in
+    the working directory, then in the package (``lightning_distill/recipe_configs/<slug>/``, where a
+    wheel installs ``recipes/``), then in the repository the package was imported from.
 
     Raises:
         KeyError: unknown slug (with close matches).
@@ -238,7 +259,8 @@ def recipe_config_path(slug: str) -> Path:
     name = RECIPES[slug].config
     candidates = [
         Path.cwd() / "recipes" / slug / name,
-        Path(__file__).resolve().parents[1] / "recipes" / slug / name,
+        _PACKAGE / "recipe_configs" / slug / name,
+        _PACKAGE.parent / "recipes" / slug / name,
     ]
     for path in candidates:
         if path.is_file():

@@ -122,6 +122,44 @@ def test_missing_teacher_checkpoint_is_reported_with_its_argument(tmp_path):
         )
 
 
+def test_each_run_keeps_its_config_logs_it_nested_and_labels_the_student(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default CSV logger writes under ./runs
+    args = [
+        "fit",
+        "--config",
+        str(REPO / "recipes/kd/config.yaml"),
+        "--trainer.max_steps=1",
+        "--trainer.limit_val_batches=1",
+        "--trainer.limit_test_batches=1",
+        "--trainer.num_sanity_val_steps=0",
+        "--trainer.enable_checkpointing=false",
+        "--test_after_fit=true",
+        *QUIET,
+    ]
+    main(args)
+    main(args)
+    out = capsys.readouterr().out
+    assert out.count("Result (test): student acc ") == 2 and " vs teacher " in out
+    runs = sorted((tmp_path / "runs" / "lightning_logs").glob("version_*"))
+    assert [r.name for r in runs] == ["version_0", "version_1"]  # one config per run, none overwritten
+    for run in runs:
+        assert yaml.safe_load((run / "config.yaml").read_text())["model"]["class_path"].endswith(
+            "KnowledgeDistillation"
+        )
+        logged = yaml.safe_load((run / "hparams.yaml").read_text())
+        assert logged["run"] == {
+            "recipe": "lightning_distill.recipes.kd.KnowledgeDistillation",
+            "student": "lightning_distill.models.classifiers.SmallCNN",
+            "teachers": ["lightning_distill.models.classifiers.SmallCNN"],
+            "optimizer": "torch.optim.AdamW",
+            "lr": 3.0e-3,
+            "seed_everything": 0,
+        }
+        assert logged["model"]["init_args"]["temperature"] == 4.0  # nested, not flat
+        assert logged["data"]["init_args"]["batch_size"] == 64 and logged["trainer"]["max_steps"] == 1
+        assert "temperature" not in logged and "batch_size" not in logged
+
+
 def _run_cli(args: list[str], tmp_path: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
@@ -191,3 +229,13 @@ def test_wandb_offline_run_holds_loss_terms_and_metrics(tmp_path):
         time.sleep(1)
     for key in keys:
         assert key in history, key
+    # the nested config (classes, lr, seed) and the classification picture; the config file in the run's folder
+    for fragment in (
+        b"lightning_distill.models.classifiers.SmallCNN",
+        b"seed_everything",
+        b"init_args",
+        b"val/classes",
+    ):
+        assert fragment in history, fragment
+    (config,) = (tmp_path / "lightning-distill-test").glob("*/config.yaml")
+    assert config.parent.name == runs[0].name.rsplit("-", 1)[1]  # the W&B run id

@@ -3,6 +3,7 @@
 from lightning_distill.callbacks.ema_teacher import EMATeacher
 from lightning_distill.callbacks.evaluation import FrechetClassifierDistanceMetric, MixtureMetrics
 from lightning_distill.callbacks.feature_hooks import FeatureHooks, TapSpec, bn_stats, spatial_attention
+from lightning_distill.callbacks.pictures import ClassificationPictures
 from lightning_distill.callbacks.preference_pairs import (
     ChamferScorer,
     ClassifierScorer,
@@ -38,6 +39,7 @@ from lightning_distill.utils.random import counter_uniforms
 __all__ = [
     "SampleLogger",
     "ChamferScorer",
+    "ClassificationPictures",
     "ClassifierScorer",
     "ConstantSchedule",
     "CosineSchedule",
