@@ -11,7 +11,6 @@ from lightning_distill.data.dataset_distillation import (
     RecoverDataModule,
 )
 from lightning_distill.data.gmm import GMMDataModule, PointDataset
-from lightning_distill.data.indexed import IndexedDataset
 from lightning_distill.data.images import (
     UNLABELLED,
     ArrayImageDataModule,
@@ -21,6 +20,7 @@ from lightning_distill.data.images import (
     ResumableDataLoader,
     TensorImageDataset,
 )
+from lightning_distill.data.indexed import IndexedDataset
 from lightning_distill.data.lidar import (
     SemiSupervisedLidarDataModule,
     SyntheticLidarDataModule,
