@@ -14,7 +14,8 @@ class), SWD to the teacher's 50-step DDIM samples at the row's guidance scale (t
 distilled; same labels, independent noise), network evaluations per sample and sampling wall-clock.
 
 Rows: the data floor; the analytic teacher with DDIM in 1, 4 and 50 steps at guidance 1 and 4.5;
-the one-step student (config); the ablations: guidance 1 and 2, no VSD weight (``w(t) = 1``), and a
+the one-step student (config); the ablations: guidance 1 and 2, no VSD weight (``w(t) = 1``), a
+student predicting x₀ instead of ε (``student_prediction_type: sample``), and a
 fake score trained from its own random initialisation (``fake_score_mode: separate``, with the
 plain ε-MSE, since the α_t² weight would leave its noisy timesteps untrained).
 
@@ -88,6 +89,11 @@ def swiftbrush_rows() -> list[Row]:
         Row("ablation: guidance 1", "`guidance_scale: 1`", {"guidance_scale": 1.0}, scale=1.0),
         Row("ablation: guidance 2", "`guidance_scale: 2`", {"guidance_scale": 2.0}, scale=2.0),
         Row("ablation: w(t) = 1", "`vsd_weighting: none`", {"vsd_weighting": "none"}),
+        Row(
+            "ablation: student predicts x0",
+            "`student_prediction_type: sample`",
+            {"student_prediction_type": "sample"},
+        ),
         Row(
             "ablation: fake score from scratch",
             "`fake_score_mode: separate`, `fake_score_weighting: none`",

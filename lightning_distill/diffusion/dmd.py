@@ -17,7 +17,8 @@ is reproducible:
   features through a :class:`~lightning_distill.diffusion.gan_head.GANHead`);
 * :func:`guidance_null_condition`: the null condition of the real score's CFG;
 * :func:`routed_students`, :func:`per_student_heads`: MSD's K students (and per-student fake
-  scores and GAN heads) behind one router.
+  scores and GAN heads) behind one router; :func:`read_copied_students_as`, :func:`copy_students`:
+  TSM students copied into fake scores, read in the schedule's parameterisation.
 
 May import: ``utils``, ``losses`` and this toolkit.
 """
@@ -32,6 +33,7 @@ from diffusers import UNet2DModel
 from torch import Tensor, nn
 
 from lightning_distill.diffusion.denoisers import MLPDenoiser, bottleneck_channels
+from lightning_distill.diffusion.fake_score import Reparameterised
 from lightning_distill.diffusion.gan_head import GANHead
 from lightning_distill.diffusion.guidance import Cond, guided_output, model_output
 from lightning_distill.diffusion.routing import RoutedDenoiser, contiguous_partition
@@ -315,6 +317,36 @@ def routed_students(
     return router, fake_score
 
 
+def read_copied_students_as(
+    fake_scores: RoutedDenoiser, schedule: NoiseSchedule, student_prediction_type: str | None
+) -> None:
+    """Wrap each per-student fake score in place so a student copied into it is read as the schedule's type.
+
+    MSD's TSM students predict ``student_prediction_type`` (e.g. x₀) while the fake scores are
+    trained and read in ``schedule.prediction_type`` (ε): each expert becomes a
+    :class:`~lightning_distill.diffusion.fake_score.Reparameterised` (nothing changes when the types agree).
+
+    Raises:
+        ValueError: the student's predictions cannot be converted at some timestep of ``schedule``.
+    """
+    source = student_prediction_type or schedule.prediction_type
+    if source == schedule.prediction_type:
+        return
+    for k, expert in enumerate(fake_scores.experts):
+        fake_scores.experts[k] = Reparameterised(expert, schedule, source=source)
+
+
+@torch.no_grad()
+def copy_students(students: RoutedDenoiser, fake_scores: RoutedDenoiser) -> None:
+    """Load each student's weights into its fake score (MSD after TSM), inside its conversion if it has one.
+
+    With :func:`read_copied_students_as` applied first, a copied x₀ student predicts ε, which is
+    what the fake score is trained and read as.
+    """
+    for student, fake in zip(students.experts, fake_scores.experts):
+        (fake.model if isinstance(fake, Reparameterised) else fake).load_state_dict(student.state_dict())
+
+
 def per_student_heads(experts: Sequence[nn.Module], channels: int | None = None) -> nn.ModuleList:
     """One :class:`GANHead` per fake score, on its bottleneck (``channels``: default read from each architecture).
 
@@ -322,9 +354,16 @@ def per_student_heads(experts: Sequence[nn.Module], channels: int | None = None)
     each, which GroupNorm sends to 0 (a constant discriminator); one group normalises over channels.
     """
     return nn.ModuleList(
-        GANHead(channels or bottleneck_channels(e), num_groups=1 if isinstance(e, MLPDenoiser) else None)
+        GANHead(
+            channels or bottleneck_channels(e),
+            num_groups=1 if isinstance(_unwrapped(e), MLPDenoiser) else None,
+        )
         for e in experts
     )
+
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    return _unwrapped(model.model) if isinstance(model, Reparameterised) else model
 
 
 def _as_list(module: nn.Module | Sequence[nn.Module], count: int, key: str) -> list[nn.Module]:

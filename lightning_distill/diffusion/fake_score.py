@@ -18,6 +18,9 @@ Two ways to build one from the teacher:
 * :class:`ResidualScore` (wrap it in a ``FakeScore``): the frozen teacher plus a gated trainable
   correction that starts at zero, the LoRA analogue for a teacher without parameters.
 
+:class:`Reparameterised` reads a network trained in one parameterisation (e.g. an x₀-predicting
+student copied into a fake score, MSD) as another (the schedule's, e.g. ε), through the schedule.
+
 The fake score is called like the model it wraps (``fake(x_t, t, cond)``, see
 :func:`~lightning_distill.diffusion.guidance.model_output`) and predicts in the schedule's
 parameterisation.
@@ -35,11 +38,11 @@ import torch
 from torch import Tensor, nn
 
 from lightning_distill.diffusion.guidance import Cond, model_output
-from lightning_distill.diffusion.schedule import NoiseSchedule
+from lightning_distill.diffusion.schedule import PREDICTION_TYPES, NoiseSchedule
 from lightning_distill.losses.distribution_matching import denoising_loss as _denoising_loss
 from lightning_distill.utils.checks import Reduction
 
-__all__ = ["FakeScore", "ResidualScore"]
+__all__ = ["FakeScore", "Reparameterised", "ResidualScore"]
 
 _LORA_KEY = "lora_"
 _BASE_LAYER = ".base_layer"
@@ -299,6 +302,65 @@ class ResidualScore(nn.Module):
         with torch.no_grad():
             base = model_output(self._base[0], sample, timestep, cond)
         return base + self.gate * model_output(self.correction, sample, timestep, cond)
+
+
+class Reparameterised(nn.Module):
+    """``model``'s output, predicted as ``source``, converted to ``target`` through the schedule at ``(x_t, t)``.
+
+    So a network trained in one parameterisation can be read as another: MSD copies students that
+    predict x₀ into fake scores that are trained and read as ε. The wrapped network is ``.model``
+    (its state-dict keys gain ``model.``; :func:`~lightning_distill.diffusion.denoisers.feature_path`
+    looks through it).
+
+    Args:
+        model: the denoiser, called with the diffusers convention, predicting ``source``.
+        schedule: the noise schedule whose ``(α_t, σ_t)`` convert.
+        source: what ``model`` predicts.
+        target: what the wrapper returns (default: the schedule's ``prediction_type``).
+
+    Raises:
+        ValueError: an unknown parameterisation, or a ``source`` that cannot be converted at some
+            training timestep of ``schedule`` (x₀ where σ_t = 0, ε where α_t = 0).
+
+    Example:
+        >>> from lightning_distill.diffusion import MLPDenoiser, NoiseSchedule
+        >>> schedule, net = NoiseSchedule.ddpm(), MLPDenoiser(dim=2, hidden=8, depth=1)
+        >>> eps_net = Reparameterised(net, schedule, source="sample")
+        >>> x, t = torch.randn(3, 2), torch.tensor([10, 500, 990])
+        >>> torch.allclose(eps_net(x, t), schedule.to_eps(net(x, t), x, t, "sample"))
+        True
+    """
+
+    def __init__(
+        self, model: nn.Module, schedule: NoiseSchedule, source: str, target: str | None = None
+    ) -> None:
+        super().__init__()
+        target = schedule.prediction_type if target is None else target
+        for name, value in (("source", source), ("target", target)):
+            if value not in PREDICTION_TYPES:
+                raise ValueError(f"`{name}` must be one of {PREDICTION_TYPES}, got {value!r}.")
+        alpha, sigma = schedule.alpha_sigma(torch.arange(schedule.num_train_timesteps))
+        det = {
+            "epsilon": -alpha,
+            "sample": sigma,
+            "v_prediction": -(alpha**2 + sigma**2),
+            "flow": -(alpha + sigma),
+        }
+        singular = (det[source].abs() < 1e-12).nonzero()
+        if source != target and singular.numel():
+            raise ValueError(
+                f"A model predicting {source!r} cannot be read as {target!r} under this schedule: the conversion "
+                f"divides by zero at t = {int(singular[0])}. Train both in the same parameterisation."
+            )
+        self.model, self.schedule, self.source, self.target = model, schedule, source, target
+
+    def forward(self, sample: Tensor, timestep: Tensor | int | float, *args: Any, **kwargs: Any) -> Tensor:
+        cond = args[0] if args else (kwargs or None)
+        out = model_output(self.model, sample, timestep, cond)
+        return self.schedule.convert(out, sample, timestep, source=self.source, target=self.target)
+
+    def extra_repr(self) -> str:
+        return f"source={self.source!r}, target={self.target!r}"
 
 
 def _hook_free_copy(teacher: nn.Module) -> nn.Module:

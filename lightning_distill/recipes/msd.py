@@ -10,12 +10,11 @@ Algorithm:
    G_k owns block C_k and a router (:class:`RoutedDenoiser`) sends every sample to its class's owner.
 2. Optional teacher score matching (TSM) for ``tsm_steps`` iterations, for students that cannot start
    from the teacher's weights: G_k regresses the teacher's prediction at x_t = α_t x + σ_t ε (x real data
-   of its classes, t ~ U[0, T)); the fake scores then start as copies of their student.
+   of its classes, t ~ U[0, T)); the fake scores then start as copies of their student, read as ε.
 3. DMD2 per student (distribution matching + fake-score denoising + optional GAN, the parts of
    :mod:`lightning_distill.diffusion.dmd`): every term is reduced per student, Σ_k mean over the
    samples of C_k, so student k gets exactly the gradient of its own DMD2 run on its samples.
-4. Fake score: one per student (default; the students are independent distillations) or one shared
-   class-conditional fake score (``fake_score_sharing: shared``).
+4. Fake score: one per student (default: independent distillations) or one shared (``fake_score_sharing``).
 5. Inference: route each condition to its owner, one step of that student.
 
 Loss: ``Σ_k [L_DM,k + w_G L_G,k]`` (generators), ``Σ_k [L_fake,k + w_D L_D,k]`` (fake scores and heads),
@@ -81,7 +80,8 @@ class MSD(DiffusionDistillationModule):
             shared one), or a list of K networks.
         fake_score_sharing: ``"per_student"`` (one fake score and GAN head per student) or ``"shared"``.
         tsm_steps: iterations of teacher score matching before distribution matching (0: none).
-        tsm_init_fake_score: after TSM, start each fake score as a copy of its student (same architecture).
+        tsm_init_fake_score: after TSM, start each fake score as a copy of its student (same architecture),
+            read in the schedule's parameterisation (ε) whatever the student predicts.
         student_init: ``"teacher"`` loads the teacher's weights into every student; ``"random"`` keeps them.
         gan: DMD2's GAN term (per student with per-student fake scores).
         gan_feature_path: the tapped module inside each fake score (default: its bottleneck).
@@ -92,9 +92,8 @@ class MSD(DiffusionDistillationModule):
             lr_scheduler: as in :class:`~lightning_distill.recipes.dmd2.DMD2` (the students are one-step).
 
     Raises:
-        ValueError: a bad partition or count (naming ``model.init_args.partition``), a ``fake_score`` list
-            of the wrong length, ``tsm_init_fake_score`` with mismatched or shared fake scores, or an
-            argument out of range (the message names the config key).
+        ValueError: a bad partition or count, a ``fake_score`` list of the wrong length, ``tsm_init_fake_score``
+            with mismatched, shared or unconvertible fake scores, an argument out of range (naming the key).
     """
 
     loss_terms: ClassVar[tuple[str, ...]] = ("dm", "gen_cls", "fake", "guidance_cls", "tsm")
@@ -155,6 +154,8 @@ class MSD(DiffusionDistillationModule):
         )  # fmt: skip
         self.fake_score = self.build_fake_score(fake_score).requires_grad_(True).train()
         self.per_student_fake = fake_score_sharing == "per_student"
+        if tsm_steps and tsm_init_fake_score:  # copies of the students are read in the schedule's type
+            dmd.read_copied_students_as(self.fake_score.model, self.schedule, student_prediction_type)
         self.gan_hooks: FeatureHooks | None = None
         self.gan_head: GANHead | nn.ModuleList | None = None
         if gan and not self.per_student_fake:  # one head on the shared fake score
@@ -333,10 +334,10 @@ class MSD(DiffusionDistillationModule):
 
     @torch.no_grad()
     def end_teacher_score_matching(self) -> None:
-        """Copy each student into its fake score (``tsm_init_fake_score``) and clear both optimizers' state."""
+        """Copy each student into its fake score (``tsm_init_fake_score``; read as ε, see
+        :func:`~lightning_distill.diffusion.dmd.copy_students`) and clear both optimizers' state."""
         if self.tsm_init_fake_score:
-            for student, fake in zip(self.router.experts, self.fake_score.model.experts):
-                fake.load_state_dict(student.state_dict())
+            dmd.copy_students(self.router, self.fake_score.model)
         if self._trainer is not None:
             for optimizer in self.trainer.optimizers:
                 optimizer.state.clear()

@@ -6,8 +6,9 @@ Paper: "SwiftBrush: One-Step Text-to-Image Diffusion Model with Variational Scor
 
 Algorithm (one training step; only conditions are used, never images):
 
-1. Draw pure noise ``z`` and run the student once at ``t = T - 1``: it predicts ε, converted with
-   the schedule's ``(α_T, σ_T)``: ``x̂₀ = (z - σ_T ε̂) / α_T`` (ᾱ_T = 0.0047 for SD, from the scheduler).
+1. Draw pure noise ``z`` and run the student once at ``t = T - 1``: it predicts ε (the official
+   student is the SD UNet), converted with the schedule's ``(α_T, σ_T)``: ``x̂₀ = (z - σ_T ε̂) / α_T``
+   (ᾱ_T = 0.0047 for SD, from the scheduler; ``student_prediction_type`` picks another output).
 2. Noise the sample, ``x_t = α_t x̂₀ + σ_t ε`` with ``t ~ U[min_step, max_step)``.
 3. Teacher and fake score predict ε at ``x_t``, both with classifier-free guidance (scale 4.5).
 4. VSD gradient ``g = w(t) (ε_teacher - ε_fake)`` with ``w(t) = σ_t²``; update the student with
@@ -34,6 +35,7 @@ LoRA rank / alpha / layers            ``lora_rank``, ``lora_alpha``, ``lora_targ
 student / LoRA optimizer (Adam, lr)   ``optimizer``, ``fake_score_optimizer``                   1e-6 / 1e-3 (``swiftbrush_student_adam`` / ``swiftbrush_lora_adam``)
 gradient clipping (both)              ``max_grad_norm``                                         1.0
 student starts as the teacher         ``student_init``                                          ``teacher``
+student predicts ε (the SD UNet)      ``student_prediction_type``                               ``None`` (schedule's)
 ====================================  ========================================================  =====================
 """
 
@@ -65,6 +67,7 @@ from lightning_distill.diffusion.recipe_base import (
     first_tensor,
 )
 from lightning_distill.diffusion.sampling import randn_like
+from lightning_distill.diffusion.schedule import PREDICTION_TYPES
 from lightning_distill.losses.distribution_matching import pseudo_target_loss, vsd_gradient
 
 __all__ = ["ConditionDataModule", "ResidualScore", "SwiftBrush", "fake_score_adam", "student_adam"]
@@ -100,6 +103,9 @@ class SwiftBrush(DiffusionDistillationModule):
             (a null-prompt embedding, batch 1), or ``None`` to take ``trainer.datamodule.null_condition``.
         student_init: ``"teacher"`` copies the teacher's weights into the student (the paper);
             ``"random"`` keeps the student as built.
+        student_prediction_type: what the student predicts at ``t = T - 1``; ``None`` is the
+            schedule's (ε for SD, the paper). ``"sample"`` avoids the ``1 / α_T`` amplification of the
+            student's error when ``x̂₀ = (z - σ_T ε̂) / α_T`` (DMD2's bench choice).
         sample_shape: shape of one sample, e.g. ``(4, 64, 64)``; ``None`` infers it from the models.
         max_grad_norm: gradient-norm clipping of both updates (``None`` disables it).
         eval_steps: DDIM steps of the teacher's reference samples in validation (logged once).
@@ -137,6 +143,7 @@ class SwiftBrush(DiffusionDistillationModule):
         condition_dropout: float = 0.1,
         null_condition: int | Tensor | None = None,
         student_init: Literal["teacher", "random"] = "teacher",
+        student_prediction_type: Literal["epsilon", "sample", "v_prediction", "flow"] | None = None,
         sample_shape: Sequence[int] | None = None,
         max_grad_norm: float | None = 1.0,
         eval_steps: int = 50,
@@ -180,8 +187,15 @@ class SwiftBrush(DiffusionDistillationModule):
             ("vsd_weighting", vsd_weighting, ("sigma_squared", "none")),
             ("fake_score_weighting", fake_score_weighting, ("alpha_squared", "none")),
             ("student_init", student_init, ("teacher", "random")),
+            ("student_prediction_type", student_prediction_type, (None, *PREDICTION_TYPES)),
         ):
             check_option(value in allowed, key, value, f"one of {allowed}")
+        if student_init == "teacher" and student_prediction_type not in (None, self.schedule.prediction_type):
+            raise ValueError(
+                f"`student_init: teacher` copies a teacher that predicts {self.schedule.prediction_type!r} into a "
+                f"student read as {student_prediction_type!r}; set `model.init_args.student_prediction_type: null` "
+                "or `student_init: random`."
+            )
         if not (isinstance(min_step, int) and isinstance(max_step, int) and 0 <= min_step < max_step <= T):
             raise ValueError(
                 f"`min_step` and `max_step` must be integers with 0 <= min_step < max_step <= {T}, got "
@@ -223,6 +237,7 @@ class SwiftBrush(DiffusionDistillationModule):
         self.min_step, self.max_step = min_step, max_step
         self.vsd_weighting, self.fake_score_weighting = vsd_weighting, fake_score_weighting
         self.condition_dropout = float(condition_dropout)
+        self.student_prediction_type = student_prediction_type
         self.null_cond = torch.tensor([null_condition]) if isinstance(null_condition, int) else null_condition
         self.sample_shape = self.resolve_sample_shape()
         self.max_grad_norm = max_grad_norm
@@ -231,7 +246,14 @@ class SwiftBrush(DiffusionDistillationModule):
     # ------------------------------------------------------------------ the paper's equations
     def generate(self, noise: Tensor, cond: Any) -> Tensor:
         """Step 1: ``x̂₀ = (z - σ_T ε̂(z, T - 1, c)) / α_T`` in the schedule's algebra; keeps grad. ``(B, ...)`` float32."""
-        return one_step_generate(self.student, self.schedule, noise, self.schedule.max_timestep, cond)
+        return one_step_generate(
+            self.student,
+            self.schedule,
+            noise,
+            self.schedule.max_timestep,
+            cond,
+            prediction_type=self.student_prediction_type,
+        )
 
     def guided_eps(self, model: nn.Module, x_t: Tensor, t: Tensor, cond: Any) -> Tensor:
         """Step 3: the CFG prediction ``uncond + s (cond - uncond)`` of ``model``, as ε ``(B, ...)`` float32."""
@@ -274,7 +296,9 @@ class SwiftBrush(DiffusionDistillationModule):
         # 1. one step from pure noise at t = T - 1
         x0 = self.generate(self.initial_noise(first_tensor(cond).shape[0], gen), cond)
         # 2-4. VSD gradient through the pseudo-target loss; the student's update
-        self.update(opt_student, {"vsd": self.vsd_loss(x0, cond)}, turn="generator", max_grad_norm=self.max_grad_norm)
+        self.update(
+            opt_student, {"vsd": self.vsd_loss(x0, cond)}, turn="generator", max_grad_norm=self.max_grad_norm
+        )
         # 5. the fake score learns the (pre-update) student samples
         fake = self.fake_score_loss(x0.detach(), cond)
         self.update(opt_fake, {"fake_score": fake}, turn="fake_score", max_grad_norm=self.max_grad_norm)

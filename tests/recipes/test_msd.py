@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_distill.cli import main as cli_main
 from lightning_distill.data import GMMDataModule
 from lightning_distill.diffusion import MLPDenoiser, NoiseSchedule, tiny_unet
+from lightning_distill.diffusion.fake_score import Reparameterised
 from lightning_distill.diffusion.gmm import AnalyticTeacher, make_mixture
 from lightning_distill.recipes.msd import MSD, RoutedDenoiser, check_partition, contiguous_partition
 from tests.conftest import quiet_trainer_kwargs
@@ -233,6 +234,62 @@ def test_teacher_score_matching_regresses_the_teachers_x0_per_student():
     torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-5)
 
 
+def test_a_copied_x0_student_is_read_as_eps_by_its_fake_score():
+    recipe = make_recipe(tsm_steps=5, gan=False)  # students predict x0, the schedule (fake scores) eps
+    recipe.end_teacher_score_matching()
+    assert all(isinstance(f, Reparameterised) for f in recipe.fake_score.model.experts)
+    x_t, y = torch.randn(6, 2), torch.tensor([0, 1, 2, 3, 4, 5])
+    for t in (1, 100, 500, 900, 999):
+        tt = torch.full((6,), t)
+        expected = recipe.schedule.to_eps(recipe.student(x_t, tt, y), x_t, tt, "sample")
+        torch.testing.assert_close(recipe.fake_score(x_t, tt, y), expected)
+    # the same type on both sides: nothing to convert, plain copies
+    same = make_recipe(tsm_steps=5, gan=False, student_prediction_type="epsilon")
+    same.end_teacher_score_matching()
+    assert not any(isinstance(f, Reparameterised) for f in same.fake_score.model.experts)
+    torch.testing.assert_close(same.fake_score(x_t, tt, y), same.student(x_t, tt, y))
+
+
+def test_after_tsm_each_fake_score_predicts_the_teachers_eps():
+    """Issue 25: after TSM of x0 students, the fake scores must predict eps close to the teacher's at every t."""
+    torch.manual_seed(0)
+    gmm = make_mixture("ring", num_classes=6, options={"k": 12, "std": 0.15})
+    schedule = NoiseSchedule.ddpm(beta_schedule="scaled_linear")
+    net = functools.partial(MLPDenoiser, dim=2, hidden=32, depth=2, time_embedding_dim=16, num_classes=6)
+    recipe = make_recipe(student=net(), num_students=3, fake_score=net(), teacher=AnalyticTeacher(gmm, schedule),
+                         tsm_steps=200, gan=False)  # fmt: skip
+    optimizer = torch.optim.AdamW(recipe.student.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        y = torch.randint(0, 6, (256,), generator=gen)
+        loss = recipe.teacher_score_matching_loss(gmm.sample(256, gen, labels=y).float(), y, gen)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    recipe.end_teacher_score_matching()
+    y = torch.randint(0, 6, (2000,), generator=gen)
+    x0 = gmm.sample(2000, gen, labels=y).float()
+    with torch.no_grad():
+        for t, tolerance in ((100, 0.9), (500, 0.6), (900, 0.15)):
+            tt = torch.full((2000,), t)
+            x_t = schedule.add_noise(x0, torch.randn(x0.shape, generator=gen), tt)
+            eps_teacher = recipe.teacher(x_t, tt, y)
+            error = (recipe.fake_score(x_t, tt, y) - eps_teacher).pow(2).mean().sqrt()
+            misread = (
+                (recipe.student(x_t, tt, y) - eps_teacher).pow(2).mean().sqrt()
+            )  # x0 read as eps (the bug)
+            assert error < tolerance and error < misread / 2, (t, float(error), float(misread))
+
+
+def test_a_copy_that_cannot_be_converted_is_refused():
+    flow_teacher = AnalyticTeacher(
+        make_mixture("ring", num_classes=6, options={"k": 12}), NoiseSchedule.flow()
+    )
+    with pytest.raises(ValueError, match="'sample' cannot be read as 'flow'.*t = 0"):
+        make_recipe(teacher=flow_teacher, tsm_steps=5, gan=False)
+    make_recipe(teacher=flow_teacher, tsm_steps=5, gan=False, tsm_init_fake_score=False)  # nothing copied
+
+
 # --------------------------------------------------------------------------- training with a Trainer
 class GradientSpy(Callback):
     """Which networks hold gradients at each optimizer step (grads cleared every batch)."""
@@ -287,11 +344,17 @@ def test_tsm_stage_trains_students_then_fake_scores_start_from_them():
     torch.testing.assert_close(states[1][2], fakes_before)  # TSM leaves the fake scores alone
     assert "train/tsm" in trainer.logged_metrics and "train/dm" in trainer.logged_metrics
     # Iteration 2 starts distribution matching from fake scores copied from the TSM students (then one fake step).
-    copied = {f"model.{k}": v for k, v in states[1][1].items()}
+    copied = {
+        f"model.experts.{k.split('.')[1]}.model.{k.split('.', 2)[2]}": v for k, v in states[1][1].items()
+    }
     assert any(not torch.equal(v, fakes_before[k]) for k, v in copied.items())
     recipe.end_teacher_score_matching()
-    torch.testing.assert_close(
-        recipe.fake_score.state_dict(), {f"model.{k}": v for k, v in recipe.student.state_dict().items()}
+    torch.testing.assert_close(  # x0 students sit in their eps fake scores behind a conversion (`.model`)
+        recipe.fake_score.state_dict(),
+        {
+            f"model.experts.{k.split('.')[1]}.model.{k.split('.', 2)[2]}": v
+            for k, v in recipe.student.state_dict().items()
+        },
     )
 
 

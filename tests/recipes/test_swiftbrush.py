@@ -64,6 +64,24 @@ def test_one_step_sample_uses_the_schedules_terminal_alpha():
     torch.testing.assert_close(recipe.generate(z, y), expected)
 
 
+@pytest.mark.parametrize("prediction_type", ["sample", "v_prediction"])
+def test_a_student_predicting_another_type_is_converted_through_the_schedule(prediction_type):
+    recipe = bench_recipe(student_prediction_type=prediction_type)
+    abar_T = float(recipe.schedule.scheduler.alphas_cumprod[999])
+    z, out, y = torch.randn(5, 2), torch.randn(5, 2), torch.arange(5) % K
+
+    class Constant(torch.nn.Module):
+        def forward(self, x, t, c):
+            return out
+
+    recipe.student = Constant()
+    alpha, sigma = abar_T**0.5, (1 - abar_T) ** 0.5
+    expected = out if prediction_type == "sample" else alpha * z - sigma * out  # x0 = alpha z - sigma v
+    torch.testing.assert_close(recipe.generate(z, y), expected)
+    assert recipe.student_prediction_type == prediction_type
+    assert bench_recipe().student_prediction_type is None  # the paper's: the schedule's (eps)
+
+
 def test_vsd_loss_matches_an_independent_computation():
     recipe = bench_recipe(guidance_scale=3.0)
     with torch.no_grad():
@@ -252,7 +270,9 @@ def test_checkpoints_leave_out_the_lora_base_and_restore_it(tmp_path: Path):
 def test_validation_logs_bench_metrics_floor_and_teacher_once():
     recipe = bench_recipe(eval_steps=4)
     data = ConditionDataModule(num_classes=K, num_train=16, num_val=64, batch_size=16)
-    trainer = L.Trainer(**quiet_trainer_kwargs(max_steps=2, limit_val_batches=2, callbacks=[MixtureMetrics()]))
+    trainer = L.Trainer(
+        **quiet_trainer_kwargs(max_steps=2, limit_val_batches=2, callbacks=[MixtureMetrics()])
+    )
     trainer.fit(recipe, datamodule=data)
     metrics = trainer.logged_metrics
     for name in ("swd", "mmd", "mode_coverage", "swd_floor", "teacher_swd", "teacher_mode_coverage"):
@@ -292,6 +312,12 @@ def test_image_batches_are_refused_and_bad_arguments_name_the_config_key():
         bench_recipe(vsd_weighting="snr")
     with pytest.raises(ValueError, match="teacher's schedule"):
         bench_recipe(schedule=NoiseSchedule.ddpm(beta_schedule="linear"))
+    with pytest.raises(ValueError, match="model.init_args.student_prediction_type"):
+        bench_recipe(student_prediction_type="x0")
+    with pytest.raises(
+        ValueError, match="copies a teacher that predicts 'epsilon' into a student read as 'sample'"
+    ):
+        unet_recipe(student_prediction_type="sample")
 
 
 def test_residual_score_trains_only_its_correction_and_gate():
