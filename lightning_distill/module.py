@@ -364,14 +364,18 @@ class DistillationModule(L.LightningModule):
 
     #: Why the recipe does not shard, said when a sharding strategy is asked for (docs/strategies.md).
     sharding_refusal: ClassVar[str] = (
-        "no `configure_model` of this recipe applies `fully_shard`, so its trainable parts (student, "
-        "fake scores, discriminators, synthetic images) would be neither sharded nor averaged across "
-        "ranks, and recipe steps read parameters outside forward (EMA updates, feature hooks), where a "
-        "sharded module holds only its local shard. Use `--trainer.strategy=ddp`"
+        "it applies no `fully_shard` in `configure_model`, so its trainable parts would be neither sharded "
+        "nor averaged across ranks, and its steps read parameters outside forward (EMA updates, hooks, "
+        "synthetic images), where a sharded module holds only its local shard. Use `--trainer.strategy=ddp`"
     )
 
     def configure_model(self) -> None:
-        """Refuse sharding strategies at setup; a recipe that shards overrides this with its ``fully_shard`` plan.
+        """Refuse sharding strategies at setup; prepare DDP for turns that each train part of the module.
+
+        A recipe that shards overrides this with its ``fully_shard`` plan. Under DDP, a recipe with
+        manual optimization (a fake score, a discriminator and a generator stepped in turns) leaves
+        some parameters without a gradient in each backward, which DDP refuses unless it looks for
+        unused parameters: that is switched on here unless the strategy names ``find_unused_parameters``.
 
         Raises:
             RuntimeError: under ``FSDPStrategy`` or ``ModelParallelStrategy``, naming the strategy and
@@ -380,9 +384,10 @@ class DistillationModule(L.LightningModule):
         strategy = self._trainer.strategy if self._trainer is not None else None
         name = type(strategy).__name__
         if name in ("FSDPStrategy", "ModelParallelStrategy"):
-            raise RuntimeError(
-                f"{type(self).__name__} cannot run under {name}: {self.sharding_refusal}."
-            )
+            raise RuntimeError(f"{type(self).__name__} cannot run under {name}: {self.sharding_refusal}.")
+        ddp_kwargs = getattr(strategy, "_ddp_kwargs", None)  # DDPStrategy keeps the DDP arguments there
+        if not self.automatic_optimization and isinstance(ddp_kwargs, dict):
+            ddp_kwargs.setdefault("find_unused_parameters", True)
 
     def on_fit_start(self) -> None:
         warnings.filterwarnings("ignore", message=_EVAL_MODE_NOTICE)

@@ -146,7 +146,9 @@ class GraphCVDataModule(L.LightningDataModule):
         self.indices: dict[str, list[int]] = {}
 
     def prepare_data(self) -> None:
-        prepare_mutag(self.root)
+        # Copies and processes MUTAG once (Lightning calls this on local rank 0, then a barrier): in
+        # `setup`, every DDP rank processing it into the same folder would read a half-written file.
+        load_mutag(self.root)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set:

@@ -129,6 +129,14 @@ class SparseUNet(nn.Module):
                 f"SparseUNet was built with `in_channels`={self.in_channels}, got features of width "
                 f"{x.features.shape[1]}; set `in_channels` to match the point features."
             )
+        device = x.features.device.type
+        if torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16:
+            # spconv has no bf16 kernels (and its CPU path is torch.mm, which autocast makes bf16): fp32 inside.
+            with torch.autocast(device, enabled=False):
+                return self._forward(x.replace_feature(x.features.float()))
+        return self._forward(x)
+
+    def _forward(self, x: Any) -> Any:
         x = self.stem(x)
         skips = []
         for down, encoder in zip(self.down, self.encoders):

@@ -45,6 +45,7 @@ computed). The paper's schedules: (1) ``shared_timestep: true, ca_schedule: full
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
@@ -333,8 +334,11 @@ class DecoupledDMD(DiffusionDistillationModule):
             (b[0].to(self.device), self.conditions(b[1].to(self.device))[0])
             for b in itertools.islice(loader, 64)
         ]
+        # Fitted on copies: a backward through DDP's parameters outside its forward would mark them as
+        # used, and DDP (find_unused_parameters) would then stop at the first turn that leaves one out.
+        student, fake_score = copy.deepcopy(self.student), copy.deepcopy(self.fake_score)
         fit_to_teacher(
-            self.student,
+            student,
             self.teacher,
             self.schedule,
             batches,
@@ -342,7 +346,9 @@ class DecoupledDMD(DiffusionDistillationModule):
             prediction_type=self.student_prediction_type,
             generator=gen,
         )
-        fit_to_teacher(self.fake_score, self.teacher, self.schedule, batches, self.init_steps, generator=gen)
+        fit_to_teacher(fake_score, self.teacher, self.schedule, batches, self.init_steps, generator=gen)
+        self.student.load_state_dict(student.state_dict())
+        self.fake_score.load_state_dict(fake_score.state_dict())
         if dist.is_available() and dist.is_initialized():  # every rank starts from rank 0's weights
             for tensor in [*self.student.parameters(), *self.fake_score.parameters()]:
                 dist.broadcast(tensor.data, src=0)

@@ -16,6 +16,7 @@ Nothing here imports Lightning; ``jsonargparse`` and ``safetensors`` are importe
 
 from __future__ import annotations
 
+import ast
 import copy
 import importlib
 import json
@@ -234,10 +235,35 @@ def rebuild_from_checkpoint(
     module = build_from_config(config, base=cls)
     module.build_config = config
     module.on_load_checkpoint(checkpoint)
+    _attach_ema_targets(module, checkpoint)
     module.load_state_dict(
         checkpoint["state_dict"], strict=module.strict_loading if strict is None else strict
     )
     return module
+
+
+def _attach_ema_targets(module: nn.Module, checkpoint: Mapping[str, Any]) -> None:
+    """Attach the EMA copies an ``EMATeacher`` made during fit, as frozen copies of their source, so they load.
+
+    The callback's state key records ``source`` and ``target`` (``EMATeacher{'source': ..., 'target': ...}``);
+    a target the rebuilt module lacks but the checkpoint's weights hold is made here.
+    """
+    state = checkpoint.get("state_dict") or {}
+    for key in checkpoint.get("callbacks") or {}:
+        if not str(key).startswith("EMATeacher{"):
+            continue
+        try:
+            spec = ast.literal_eval(str(key)[len("EMATeacher") :])
+            source, target = spec["source"], spec["target"]
+            made = copy.deepcopy(module.get_submodule(source))
+        except (ValueError, SyntaxError, KeyError, TypeError, AttributeError):
+            continue
+        if hasattr(module, target) or not any(k.startswith(f"{target}.") for k in state):
+            continue
+        if hasattr(module, "register_frozen"):
+            module.register_frozen(target, made)
+        else:
+            setattr(module, target, made.requires_grad_(False).eval())
 
 
 def architecture_config(config: Mapping[str, Any], student_class: str | None) -> Mapping[str, Any]:
