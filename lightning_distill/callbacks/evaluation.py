@@ -30,6 +30,7 @@ floor once in all (it does not depend on the model). Nothing is logged during th
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 import lightning.pytorch as pl
@@ -78,7 +79,7 @@ def _check_flag(value: Any, name: str) -> None:
         raise ValueError(f"`{name}` must be True or False, got {value!r}.")
 
 
-class _EvaluationCallback(Callback):
+class _EvaluationCallback(Callback, ABC):
     """Pools a stage's evaluation batches and logs at its end; subclasses say what they keep and log."""
 
     def __init__(self, every_n_epochs: int, log_teacher: bool) -> None:
@@ -144,10 +145,11 @@ class _EvaluationCallback(Callback):
         self._teacher_pending[stage] = False
 
     # ------------------------------------------------------------------ what a subclass implements
+    @abstractmethod
     def keep(self, pl_module: pl.LightningModule, batch: Any) -> tuple[Tensor | None, Tensor | None]:
         """``(points or images, labels)`` of one evaluation batch, detached."""
-        raise NotImplementedError
 
+    @abstractmethod
     def log_metrics(
         self,
         pl_module: pl.LightningModule,
@@ -156,7 +158,6 @@ class _EvaluationCallback(Callback):
         teacher: bool,
     ) -> None:
         """Log the stage's metrics of the pooled ``batches`` (and the teacher's when ``teacher``)."""
-        raise NotImplementedError
 
     @staticmethod
     def _log(pl_module: pl.LightningModule, name: str, value: Tensor | float) -> None:
