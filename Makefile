@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU build of torch keeps the install small; GPU users: `make TORCH=torch venv`.
 TORCH ?= torch==2.13.0
-EXTRAS ?= dev,wandb,docs,mnist,dataset,diffusion,lidar,graphs
+EXTRAS ?= dev,wandb,docs,mnist,dataset,diffusion,lidar,graphs,vision
 # Trained teachers are cached where the CLI caches them by hand: $LIGHTNING_DISTILL_CACHE, else
 # ~/.cache/lightning_distill (so README's commands reuse what `make demo` trained, and `make clean` keeps them).
 export NO_MKDOCS_2_WARNING := 1
