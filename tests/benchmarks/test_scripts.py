@@ -19,8 +19,8 @@ SCRIPTS = sorted(p.stem for p in (ROOT / "benchmarks").glob("*.py") if not p.nam
 #: Thread defaults that are not 1 (``None``: torch's choice).
 THREADS = {"classification": 2, "ema_speed": None, "teacher_cache_speed": None}
 #: Scripts without ``--seeds`` (one timing run) and without a README block.
-NO_SEEDS = {"ema_speed", "hooks_overhead"}
-NO_README = {"ema_speed", "gmm_bench_floor", "hooks_overhead", "teacher_cache_speed"}
+NO_SEEDS = {"dataset_pictures", "ema_speed", "hooks_overhead"}
+NO_README = {"dataset_pictures", "ema_speed", "gmm_bench_floor", "hooks_overhead", "teacher_cache_speed"}
 #: ``--n`` (samples per model and seed) of the diffusion benches.
 SAMPLES = dict.fromkeys(["decoupled_dmd", "dmd2", "flash_dmd", "gmm_bench_floor", "msd", "swiftbrush"], 2000)
 SAMPLES["dmd2_digits"] = 1000
