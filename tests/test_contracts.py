@@ -30,6 +30,11 @@ NOT_IN_GLOSSARY = {
     "scheduler": "lr_scheduler",
     "noise_scheduler": "schedule",
     "fake_optimizer": "fake_score_optimizer",
+    "nan_policy": "on_nonfinite",
+    "skip_nonfinite": "on_nonfinite",
+    "skip_nan": "on_nonfinite",
+    "max_consecutive_skips": "max_skipped_steps",
+    "nan_patience": "max_skipped_steps",
 }
 #: A constructor argument that weighs a loss term duplicates `loss_weights`.
 LOSS_WEIGHT_ARGUMENT = re.compile(r"(^|_)(loss_weight|weight)$|^lambda_|^w_")

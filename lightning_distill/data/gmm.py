@@ -95,7 +95,8 @@ class GMMDataModule(L.LightningDataModule):
     Raises:
         ValueError: sizes < 1, an unknown preset or option, ``conditional`` without classes, or
             ``gmm`` together with ``preset``, ``num_classes`` or ``options``. In ``setup``: a teacher
-            (``trainer.lightning_module.teacher.gmm``) whose mixture differs from the data's.
+            (``trainer.lightning_module.teacher.gmm``) whose mixture differs from the data's, or
+            sampled points that are not finite (a mixture that overflows float32).
 
     Example:
         >>> dm = GMMDataModule("ring", num_classes=8, conditional=True, num_train=64, batch_size=16)
@@ -192,8 +193,32 @@ class GMMDataModule(L.LightningDataModule):
                     labels = self._mixture.class_of_mode[modes].clone()
                 else:
                     labels = torch.full((n,), UNLABELLED, dtype=torch.long)
+                self._check_split(name, x, labels)
                 self._splits[name] = (x.contiguous(), labels)
         return self._splits
+
+    def _check_split(self, name: str, x: Tensor, labels: Tensor) -> None:
+        """Refuse a split that would train on NaN/inf points or labels outside the mixture's classes."""
+        where = f"GMMDataModule {name} split ({_describe(self._mixture)})"
+        if x.shape != (labels.shape[0], self._mixture.dim):
+            raise ValueError(
+                f"{where}: points of shape {tuple(x.shape)} and labels {tuple(labels.shape)}; expected "
+                f"({labels.shape[0]}, {self._mixture.dim}) and ({labels.shape[0]},)."
+            )
+        finite = torch.isfinite(x).all(dim=1)
+        if not bool(finite.all()):
+            raise ValueError(
+                f"{where}: {int((~finite).sum())} of {x.shape[0]} sampled points are NaN/inf (e.g. points "
+                f"{(~finite).nonzero().flatten()[:5].tolist()}); the mixture's means and covariances overflow "
+                "float32. Rescale `data.init_args.gmm` (or the preset's `options`)."
+            )
+        if self.conditional:
+            outside = (labels < 0) | (labels >= self._mixture.num_classes)
+            if bool(outside.any()):
+                raise ValueError(
+                    f"{where}: labels {torch.unique(labels[outside])[:5].tolist()} are outside "
+                    f"[0, {self._mixture.num_classes}); check the mixture's `class_of_mode`."
+                )
 
     def setup(self, stage: str | None = None) -> None:
         self.check_teacher()

@@ -18,12 +18,20 @@ from pathlib import Path
 
 import lightning.pytorch as L
 import numpy as np
+import torch
 from sklearn.model_selection import StratifiedKFold, train_test_split
 from torch_geometric.data import Data
 from torch_geometric.datasets import TUDataset
 from torch_geometric.loader import DataLoader
 
-__all__ = ["GraphCVDataModule", "load_mutag", "mutag_source_dir", "prepare_mutag", "stratified_folds"]
+__all__ = [
+    "GraphCVDataModule",
+    "check_graphs",
+    "load_mutag",
+    "mutag_source_dir",
+    "prepare_mutag",
+    "stratified_folds",
+]
 
 _MUTAG_FILES = (
     "MUTAG_A.txt",
@@ -98,6 +106,54 @@ def stratified_folds(labels: Sequence[int], num_folds: int = 10, seed: int = 0) 
     return [test for _, test in splitter.split(np.zeros(len(labels)), labels)]
 
 
+def check_graphs(graphs: Sequence[Data], *, num_classes: int, num_features: int, where: str) -> None:
+    """Refuse graphs that training would silently mislearn from; one pass at setup.
+
+    Checks that there are graphs, and per graph: node features ``x`` a finite ``(nodes >= 1,
+    num_features)`` float tensor, ``edge_index`` a ``(2, E)`` integer tensor naming nodes of the
+    same graph, ``edge_attr`` (if any) finite with one row per edge, one label ``y`` in ``[0, num_classes)``.
+
+    Raises:
+        ValueError: naming ``where``, the graph index and the problem.
+
+    Example:
+        >>> g = Data(x=torch.ones(2, 3), edge_index=torch.tensor([[0, 1], [1, 5]]), y=torch.tensor([0]))
+        >>> check_graphs([g], num_classes=2, num_features=3, where="toy")
+        Traceback (most recent call last):
+        ...
+        ValueError: toy, graph 0: `edge_index` names node 5 but the graph has 2 nodes ...
+    """
+    if len(graphs) == 0:
+        raise ValueError(f"{where}: no graphs; the dataset files are empty.")
+    for k, g in enumerate(graphs):
+        at = f"{where}, graph {k}"
+        x = g.x
+        if x is None or x.ndim != 2 or x.shape[0] < 1 or x.shape[1] != num_features:
+            shape = None if x is None else tuple(x.shape)
+            raise ValueError(f"{at}: node features `x` must be (nodes >= 1, {num_features}), got {shape}.")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{at}: node features `x` hold NaN/inf.")
+        edges = g.edge_index
+        if edges is None or edges.ndim != 2 or edges.shape[0] != 2 or edges.is_floating_point():
+            raise ValueError(f"{at}: `edge_index` must be a (2, E) integer tensor, got {edges!r}.")
+        if edges.numel() and (int(edges.min()) < 0 or int(edges.max()) >= x.shape[0]):
+            bad = int(edges.max()) if int(edges.max()) >= x.shape[0] else int(edges.min())
+            raise ValueError(
+                f"{at}: `edge_index` names node {bad} but the graph has {x.shape[0]} nodes (an edge between "
+                "graphs: check the adjacency and graph-indicator files)."
+            )
+        attr = getattr(g, "edge_attr", None)
+        if attr is not None and (attr.shape[0] != edges.shape[1] or not bool(torch.isfinite(attr).all())):
+            raise ValueError(
+                f"{at}: `edge_attr` must be finite with one row per edge ({edges.shape[1]}), got {tuple(attr.shape)}."
+            )
+        y = g.y
+        if y is None or y.numel() != 1 or not 0 <= int(y) < num_classes:
+            raise ValueError(
+                f"{at}: the label `y` must be one class in [0, {num_classes}), got {None if y is None else y.tolist()}."
+            )
+
+
 class GraphCVDataModule(L.LightningDataModule):
     """One fold of stratified k-fold cross-validation on a TU graph dataset (MUTAG by default).
 
@@ -113,7 +169,8 @@ class GraphCVDataModule(L.LightningDataModule):
 
     Raises:
         ValueError: an unknown ``name``, ``fold`` out of range, ``val_fraction`` outside ``[0, 1)``
-            or ``batch_size < 1``.
+            or ``batch_size < 1``; in ``setup``, files under ``root`` that do not read as MUTAG
+            (:func:`check_graphs`), naming the folder, the graph and the problem.
     """
 
     def __init__(
@@ -154,6 +211,14 @@ class GraphCVDataModule(L.LightningDataModule):
         if self.train_set:
             return
         dataset = load_mutag(self.root)
+        where = f"{self.name} at {Path(self.root) / self.name}"
+        if (dataset.num_features, dataset.num_classes) != (7, 2):
+            raise ValueError(
+                f"{where}: read {dataset.num_features} node features and {dataset.num_classes} classes; MUTAG has "
+                f"7 and 2. The files under {Path(self.root) / self.name / 'raw'} are not MUTAG's: delete "
+                f"{Path(self.root) / self.name} to copy them again."
+            )
+        check_graphs(list(dataset), num_classes=2, num_features=7, where=where)
         self.num_features, self.num_classes = dataset.num_features, dataset.num_classes
         labels = dataset.y.numpy()
         test_idx = stratified_folds(labels, self.num_folds, self.seed)[self.fold]

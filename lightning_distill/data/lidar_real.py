@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Subset
 
 from lightning_distill.data.images import EpochShuffleSampler, ResumableDataLoader
 from lightning_distill.data.lidar import CyclingSampler
+from lightning_distill.data.lidar_checks import check_lidar_sample
 from lightning_distill.lidar.datasets import (
     PAST_CAMERA_KEYS,
     FrameDataset,
@@ -39,6 +40,8 @@ class RealLidarDataModule(L.LightningDataModule):
     """What both readers share: splits of frame records, image reading, superpixels, loaders."""
 
     layout = ""
+    #: Classes of the labels (subclasses set it); a read label outside ``[0, num_classes)`` and -1 is refused.
+    num_classes = 0
 
     def __init__(
         self,
@@ -125,8 +128,14 @@ class RealLidarDataModule(L.LightningDataModule):
         }
 
     def read(self, record: dict[str, Any]) -> dict[str, Tensor]:
-        """One sample in the layout of :func:`~lightning_distill.lidar.batches.collate` (unbatched)."""
+        """One sample in the layout of :func:`~lightning_distill.lidar.batches.collate` (unbatched).
+
+        Raises:
+            ValueError: a scan with no points, NaN/inf points or pixels, or labels out of range
+                (:func:`~lightning_distill.data.lidar_checks.check_lidar_sample`), naming the file.
+        """
         sample = self.read_points(record)
+        check_lidar_sample(sample, num_classes=self.num_classes, where=str(record["scan"]))
         if self.uses_images:
             sample.update(self.read_cameras(record))
             sample["superpixels"] = torch.stack(
@@ -141,6 +150,8 @@ class RealLidarDataModule(L.LightningDataModule):
                 ]
             )
             sample["pixel_labels"] = torch.full(sample["superpixels"].shape, IGNORE_INDEX, dtype=torch.long)
+            if not bool(torch.isfinite(sample["images"]).all()):
+                raise ValueError(f"The camera images of {str(record['scan'])!r} hold NaN/inf pixels.")
         sample["pose"] = torch.from_numpy(record["pose"]).float()
         sample["scene"], sample["frame"] = torch.tensor(record["scene"]), torch.tensor(record["frame"])
         if record["past"]:

@@ -19,6 +19,7 @@ from lightning_distill.data.lidar_real import RealLidarDataModule
 from lightning_distill.lidar.datasets import (
     NUSCENES_CAMERAS,
     NUSCENES_LAYOUT,
+    NUSCENES_LIDARSEG_CLASSES,
     NUSCENES_LIDARSEG_MAP,
     NUSCENES_SPLITS,
     OURS_FROM_NUSCENES_LIDAR,
@@ -71,9 +72,12 @@ class NuScenesLidarDataModule(RealLidarDataModule):
         ValueError: bad arguments, an unknown camera or scene name, a sample without a camera.
         FileNotFoundError: (at ``setup`` or when a sample is read) a missing table or file; the
             message names it and the expected layout.
+        ValueError: (when a sample is read) an empty sweep, NaN/inf points, or labels out of range;
+            the message names the file.
     """
 
     layout = NUSCENES_LAYOUT
+    num_classes = len(NUSCENES_LIDARSEG_CLASSES)
 
     def __init__(
         self,

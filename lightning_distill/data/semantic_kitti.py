@@ -17,6 +17,7 @@ from lightning_distill.data.lidar_real import RealLidarDataModule
 from lightning_distill.lidar.datasets import (
     KITTI_LABEL_LOOKUP,
     KITTI_LAYOUT,
+    SEMANTIC_KITTI_CLASSES,
     homogeneous,
     read_kitti_matrices,
     require_path,
@@ -71,9 +72,12 @@ class SemanticKITTIDataModule(RealLidarDataModule):
         ValueError: bad arguments.
         FileNotFoundError: (at ``setup`` or when a frame is read) a missing folder or file; the
             message names it and the expected layout.
+        ValueError: (when a frame is read) an empty scan, NaN/inf points, or labels out of range; the
+            message names the file.
     """
 
     layout = KITTI_LAYOUT
+    num_classes = len(SEMANTIC_KITTI_CLASSES)
 
     def __init__(
         self,

@@ -219,7 +219,7 @@ class Recorder(PhasedDMD):
         self.stage_calls: list[dict] = []
 
     def update(self, optimizer, terms, **kwargs):
-        self.terms += [(self.iteration, k, float(v)) for k, v in terms.items()]
+        self.terms += [(self.iteration, k, float(v.detach())) for k, v in terms.items()]
         return super().update(optimizer, terms, **kwargs)
 
     def on_stage_change(self, name, old, new):
