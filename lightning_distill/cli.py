@@ -146,7 +146,7 @@ class DistillCLI(LightningCLI):
         ckpt_path = self.config[subcommand].get("ckpt_path")
         if not ckpt_path or str(ckpt_path) in _CKPT_ALIASES or str(ckpt_path).startswith("registry"):
             return
-        checkpoint = read_checkpoint(ckpt_path)
+        checkpoint = read_checkpoint(ckpt_path, metadata_only=True)  # a sharded checkpoint folder too
         self._ckpt_dirpath = next(
             (state.get("dirpath") for key, state in (checkpoint.get("callbacks") or {}).items()
              if str(key).startswith("ModelCheckpoint") and isinstance(state, dict)),

@@ -45,7 +45,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import lightning.pytorch as L
 import torch
@@ -93,10 +93,23 @@ class DistillationModule(L.LightningModule):
         lr_scheduler: optional callable ``optimizer -> LRScheduler``, stepped every epoch.
         save_teachers: keep teacher weights in checkpoints. Off by default: a teacher is rebuilt
             from its own arguments, and the checkpoint records its source and fingerprint.
+        on_nonfinite: what a non-finite training loss (NaN/inf total of a step or turn) does.
+            ``"raise"`` (default): stop with ``FloatingPointError`` naming the term and the global
+            step. ``"skip"``: skip that batch's optimizer step (automatic optimization: the step
+            returns ``None``; manual: :meth:`update` neither backpropagates nor steps), count it as
+            ``diag/skipped_steps``, warn once with the term and step, and still raise once
+            ``max_skipped_steps`` steps of one turn are skipped in a row. Under several processes
+            every rank skips together; Lightning refuses a skipped automatic step there (a
+            ``RuntimeError``), so skipping under DDP works for manual-optimization recipes only.
+            Recipes that do not list it in their constructor get it from the
+            :class:`~lightning_distill.callbacks.nonfinite.NonFiniteLosses` callback.
+        max_skipped_steps: under ``on_nonfinite="skip"``, how many consecutive skipped steps of one
+            turn (``loss`` or ``loss_<turn>``) are tolerated before raising.
 
     Raises:
         ValueError: both or neither of ``teacher``/``teachers`` where the recipe requires one, an
-            unknown loss term in ``loss_weights``, or a negative weight.
+            unknown loss term in ``loss_weights``, a negative weight, an unknown ``on_nonfinite`` or
+            ``max_skipped_steps`` < 1.
         TypeError: a student or teacher that is not an ``nn.Module``.
     """
 
@@ -116,6 +129,8 @@ class DistillationModule(L.LightningModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
         save_teachers: bool = False,
+        on_nonfinite: Literal["raise", "skip"] = "raise",
+        max_skipped_steps: int = 10,
     ) -> None:
         super().__init__()
         if not isinstance(student, nn.Module):
@@ -142,6 +157,8 @@ class DistillationModule(L.LightningModule):
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
         self.save_teachers = save_teachers
+        self.on_nonfinite = on_nonfinite
+        self.max_skipped_steps = max_skipped_steps
         self._teacher_fingerprints: list[str] | None = None
         self._teacher_metrics_pending = {"val": True, "test": True}
         # Builders of pretrained models (trained_classifier, transformers' from_pretrained) return
@@ -196,6 +213,80 @@ class DistillationModule(L.LightningModule):
             module.eval()
         return self
 
+    # ------------------------------------------------------- non-finite losses
+    @property
+    def on_nonfinite(self) -> str:
+        """``"raise"`` or ``"skip"``: what a non-finite training loss does (see the class docstring)."""
+        return self._on_nonfinite
+
+    @on_nonfinite.setter
+    def on_nonfinite(self, value: str) -> None:
+        if value not in ("raise", "skip"):
+            raise ValueError(
+                f"`on_nonfinite` must be 'raise' or 'skip', got {value!r}; set `model.init_args.on_nonfinite` "
+                "(or the `NonFiniteLosses` callback's `on_nonfinite`)."
+            )
+        self._on_nonfinite = value
+
+    @property
+    def max_skipped_steps(self) -> int:
+        """Consecutive skipped steps of one turn tolerated under ``on_nonfinite="skip"``."""
+        return self._max_skipped_steps
+
+    @max_skipped_steps.setter
+    def max_skipped_steps(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(
+                f"`max_skipped_steps` must be an integer >= 1, got {value!r}; set `model.init_args.max_skipped_steps`."
+            )
+        self._max_skipped_steps = value
+
+    _skipped_steps: int = 0
+    _skipped_in_a_row: dict[str, int] | None = None
+
+    def _nonfinite_decision(
+        self, terms: Mapping[str, torch.Tensor], total: torch.Tensor, total_name: str
+    ) -> bool:
+        """Whether to skip this step: ``False`` when ``total`` is finite, raises under ``"raise"``.
+
+        Under a multi-process strategy every rank skips when any rank's total is not finite, so the
+        ranks keep stepping together.
+        """
+        in_a_row = self._skipped_in_a_row if self._skipped_in_a_row is not None else {}
+        self._skipped_in_a_row = in_a_row
+        bad = not bool(torch.isfinite(total.detach()).all())  # one host sync per step, on the total only
+        if self.on_nonfinite == "skip" and self._trainer is not None and self.trainer.world_size > 1:
+            bad = bool(self.trainer.strategy.reduce_boolean_decision(bad, all=False))
+        if not bad:
+            in_a_row[total_name] = 0
+            return False
+        if self.on_nonfinite == "raise":
+            self._raise_non_finite(terms, total_name)
+        self._skipped_steps += 1
+        in_a_row[total_name] = in_a_row.get(total_name, 0) + 1
+        step = self.trainer.global_step if self._trainer is not None else None
+        names = self._non_finite_names(terms)
+        if in_a_row[total_name] >= self.max_skipped_steps:
+            raise FloatingPointError(
+                f"{type(self).__name__}: the loss `{total_name}` was not finite {in_a_row[total_name]} steps in a row "
+                f"(limit `max_skipped_steps`={self.max_skipped_steps}), the last at global step {step}; non-finite "
+                f"term(s): {names}. Skipping no longer helps: check the data for NaN/inf or lower the learning rate."
+            )
+        if self._skipped_steps == 1:
+            rank_zero_warn(
+                f"{type(self).__name__}: the loss `{total_name}` is not finite at global step {step} (term(s) "
+                f"{names}); skipping this step (on_nonfinite='skip'). Further skips are counted as "
+                f"`diag/skipped_steps`; {self.max_skipped_steps} in a row stop the run."
+            )
+        if self._trainer is not None:
+            self.log_diagnostics({"skipped_steps": float(self._skipped_steps)})
+        return True
+
+    @staticmethod
+    def _non_finite_names(terms: Mapping[str, torch.Tensor]) -> list[str]:
+        bad = [name for name, value in terms.items() if not bool(torch.isfinite(value.detach()).all())]
+        return bad or list(terms)
+
     # --------------------------------------------------------------- loss terms
     def _resolve_loss_weights(self, given: Mapping[str, float] | None) -> dict[str, float]:
         weights = {term: float(self.default_loss_weights.get(term, 1.0)) for term in self.loss_terms}
@@ -223,19 +314,32 @@ class DistillationModule(L.LightningModule):
         across recipes). A term with weight 0 is logged but not added. Recipes that step their
         own optimizers use :meth:`update` instead.
 
+        Returns ``None`` (Lightning then skips the batch's optimizer step) when the training total
+        is not finite and ``on_nonfinite="skip"``; nothing of that step is logged but
+        ``diag/skipped_steps``.
+
         Raises:
             ValueError: a term the recipe did not declare in ``loss_terms``, an empty dict, or
                 every weight 0.
+            FloatingPointError: a non-finite total (``on_nonfinite="raise"``, or too many skips in
+                a row), naming the term and the global step.
         """
-        total = self._weigh_and_log(terms, stage=stage, total_name="loss")
+        total, skipped = self._weigh_and_log(terms, stage=stage, total_name="loss")
+        if skipped:
+            return None  # type: ignore[return-value]
         return {"loss": total, **{k: v.detach() for k, v in terms.items()}}
 
-    def _weigh_and_log(self, terms: Mapping[str, torch.Tensor], *, stage: str, total_name: str) -> torch.Tensor:
-        """``Σ loss_weights[term] * value`` over ``terms``; logs each term and the total as ``<stage>/<name>``."""
+    def _weigh_and_log(
+        self, terms: Mapping[str, torch.Tensor], *, stage: str, total_name: str
+    ) -> tuple[torch.Tensor, bool]:
+        """``Σ loss_weights[term] * value`` over ``terms``; logs each term and the total as ``<stage>/<name>``.
+
+        Returns the total and whether to skip the step: a non-finite training total under
+        ``on_nonfinite="skip"`` (then nothing is logged but ``diag/skipped_steps``).
+        """
         if not terms:
             raise ValueError("`terms` is empty: a training step must return at least one loss term.")
         total: torch.Tensor | None = None
-        batch_size = self._batch_size_hint
         for name, value in terms.items():
             if name not in self.loss_weights:
                 raise ValueError(
@@ -243,7 +347,6 @@ class DistillationModule(L.LightningModule):
                     f"{list(self.loss_terms)}; add it there."
                 )
             weight = self.loss_weights[name]
-            self.log(f"{stage}/{name}", value.detach(), on_step=True, on_epoch=False, batch_size=batch_size)
             if weight != 0.0:
                 total = value * weight if total is None else total + value * weight
         if total is None:
@@ -251,8 +354,14 @@ class DistillationModule(L.LightningModule):
                 f"Every loss term of {list(terms)} has weight 0; nothing would be optimised. Check "
                 "`model.init_args.loss_weights`."
             )
-        if not bool(torch.isfinite(total.detach()).all()):  # one host sync per step, on the total only
-            self._raise_non_finite(terms, total_name)
+        if stage != "train":
+            if not bool(torch.isfinite(total.detach()).all()):
+                self._raise_non_finite(terms, total_name)
+        elif self._nonfinite_decision(terms, total, total_name):
+            return total, True
+        batch_size = self._batch_size_hint
+        for name, value in terms.items():
+            self.log(f"{stage}/{name}", value.detach(), on_step=True, on_epoch=False, batch_size=batch_size)
         self.log(
             f"{stage}/{total_name}",
             total.detach(),
@@ -261,16 +370,17 @@ class DistillationModule(L.LightningModule):
             prog_bar=True,
             batch_size=batch_size,
         )
-        return total
+        return total, False
 
     def _raise_non_finite(self, terms: Mapping[str, torch.Tensor], total_name: str) -> None:
-        bad = [name for name, value in terms.items() if not bool(torch.isfinite(value.detach()).all())]
+        bad = self._non_finite_names(terms)
         step = self.trainer.global_step if self._trainer is not None else None
         raise FloatingPointError(
             f"{type(self).__name__}: the loss `{total_name}` is not finite at global step {step}; non-finite "
-            f"term(s): {bad or list(terms)} (values {[float(terms[n].detach().float().mean()) for n in bad]}). "
+            f"term(s): {bad} (values {[float(terms[n].detach().float().mean()) for n in bad]}). "
             "Nothing was stepped. Check the data for NaN/inf, lower the learning rate or set `max_grad_norm`; "
-            "`--trainer.detect_anomaly=true` finds the operation that produced it."
+            "`--trainer.detect_anomaly=true` finds the operation that produced it; `on_nonfinite='skip'` "
+            "skips such steps instead."
         )
 
     _batch_size_hint: int | None = None
@@ -364,27 +474,51 @@ class DistillationModule(L.LightningModule):
 
     #: Why the recipe does not shard, said when a sharding strategy is asked for (docs/strategies.md).
     sharding_refusal: ClassVar[str] = (
-        "it applies no `fully_shard` in `configure_model`, so its trainable parts would be neither sharded "
+        "it has no FSDP2 plan (`shard`, the `fully_shard` of its parts), so its trainable parts would be neither sharded "
         "nor averaged across ranks, and its steps read parameters outside forward (EMA updates, hooks, "
         "synthetic images), where a sharded module holds only its local shard. Use `--trainer.strategy=ddp`"
     )
 
-    def configure_model(self) -> None:
-        """Refuse sharding strategies at setup; prepare DDP for turns that each train part of the module.
+    def shard(self, mesh: Any) -> None:
+        """The recipe's FSDP2 plan: ``fully_shard`` its trainable parts on ``mesh`` (the data-parallel mesh).
 
-        A recipe that shards overrides this with its ``fully_shard`` plan. Under DDP, a recipe with
-        manual optimization (a fake score, a discriminator and a generator stepped in turns) leaves
-        some parameters without a gradient in each backward, which DDP refuses unless it looks for
-        unused parameters: that is switched on here unless the strategy names ``find_unused_parameters``.
+        Called by :meth:`configure_model` under ``ModelParallelStrategy``; a recipe that shards
+        overrides it (helpers in :mod:`lightning_distill.utils.sharding`, the plans in
+        docs/strategies.md). The base has no plan: :attr:`sharding_refusal` says why.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no sharding plan: {self.sharding_refusal}.")
+
+    def configure_model(self) -> None:
+        """Apply the recipe's sharding plan or refuse sharding at setup; prepare DDP for turn-based recipes.
+
+        Under ``ModelParallelStrategy`` a recipe that overrides :meth:`shard` is sharded by it (on the
+        data-parallel mesh); every other recipe, and every recipe under ``FSDPStrategy`` (FSDP1,
+        which wraps the whole module), is refused. Under DDP, a recipe with manual optimization (a
+        fake score, a discriminator and a generator stepped in turns) leaves some parameters without
+        a gradient in each backward, which DDP refuses unless it looks for unused parameters: that
+        is switched on here unless the strategy names ``find_unused_parameters``.
 
         Raises:
             RuntimeError: under ``FSDPStrategy`` or ``ModelParallelStrategy``, naming the strategy and
-                :attr:`sharding_refusal`.
+                :attr:`sharding_refusal` (or, for a recipe with a plan under FSDP1, the strategy to use).
         """
         strategy = self._trainer.strategy if self._trainer is not None else None
         name = type(strategy).__name__
+        has_plan = type(self).shard is not DistillationModule.shard
+        if name == "ModelParallelStrategy" and has_plan:
+            from lightning_distill.utils.sharding import data_parallel_mesh
+
+            self.shard(data_parallel_mesh(strategy.device_mesh))
+            return
         if name in ("FSDPStrategy", "ModelParallelStrategy"):
-            raise RuntimeError(f"{type(self).__name__} cannot run under {name}: {self.sharding_refusal}.")
+            reason = self.sharding_refusal
+            if has_plan:  # FSDPStrategy
+                reason = (
+                    "FSDP1 wraps the whole module in flat parameters and this recipe's plan is FSDP2's "
+                    "`fully_shard`. Use `--trainer.strategy=lightning.pytorch.strategies.ModelParallelStrategy` "
+                    "(`tensor_parallel_size=1`)"
+                )
+            raise RuntimeError(f"{type(self).__name__} cannot run under {name}: {reason}.")
         ddp_kwargs = getattr(strategy, "_ddp_kwargs", None)  # DDPStrategy keeps the DDP arguments there
         if not self.automatic_optimization and isinstance(ddp_kwargs, dict):
             ddp_kwargs.setdefault("find_unused_parameters", True)
@@ -439,15 +573,20 @@ class DistillationModule(L.LightningModule):
             max_grad_norm: clip the gradient norm of this optimizer's parameters; ``None``: no clipping.
 
         Returns:
-            The detached weighted total.
+            The detached weighted total (not finite when the turn was skipped under
+            ``on_nonfinite="skip"``: then nothing is backpropagated, stepped or scheduled).
 
         Raises:
             ValueError: an undeclared or empty set of terms, every weight 0, or a ``turn`` that
                 is not an identifier.
+            FloatingPointError: a non-finite total (``on_nonfinite="raise"``, or too many skips of
+                this turn in a row), naming the term and the global step.
         """
         if not turn.isidentifier():
             raise ValueError(f"`turn` must be an identifier such as 'generator', got {turn!r}.")
-        total = self._weigh_and_log(terms, stage="train", total_name=f"loss_{turn}")
+        total, skipped = self._weigh_and_log(terms, stage="train", total_name=f"loss_{turn}")
+        if skipped:
+            return total.detach()
         self.toggle_optimizer(optimizer)
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(total)

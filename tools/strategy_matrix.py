@@ -118,10 +118,18 @@ def fit_command(slug: str, mode: str, out: Path, steps: int) -> tuple[list[str],
 
 
 def run_fit(
-    slug: str, mode: str, work: Path, steps: int, timeout: float
+    slug: str,
+    mode: str,
+    work: Path,
+    steps: int,
+    timeout: float,
+    *,
+    extra: list[str] | tuple[str, ...] = (),
+    name: str | None = None,
 ) -> tuple[int | None, str, float, Path]:
-    """Run one fit; returns (exit code or None on timeout, log tail, seconds, output folder)."""
-    out = work / slug / mode
+    """Run one fit (``extra``: more CLI arguments, in folder ``name``, default ``mode``); returns
+    (exit code or None on timeout, log tail, seconds, output folder)."""
+    out = work / slug / (name or mode)
     if os.environ.get("LD_MATRIX_REUSE") == "1" and (out / "log.txt").exists():  # recheck a finished run
         log = (out / "log.txt").read_text(errors="replace")[-6000:]
         if (out / "rank0.pt").exists():
@@ -133,10 +141,11 @@ def run_fit(
 
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    cmd, extra = fit_command(slug, mode, out, steps)
+    cmd, extra_env = fit_command(slug, mode, out, steps)
+    cmd += list(extra)
     env = {
         **os.environ,
-        **extra,
+        **extra_env,
         "OMP_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
         "PYTHONUNBUFFERED": "1",
@@ -345,6 +354,55 @@ def check_checkpoint(slug: str, path: Path, final: dict) -> list[str]:
     if trainable:
         fails.append(f"checkpoint lacks trainable parameters {trainable[:4]}")
     return fails
+
+
+def check_resume(slug: str, work: Path, steps: int, timeout: float) -> list[str]:
+    """FSDP2's distributed checkpoint resumes as one process does.
+
+    ``steps`` steps under FSDP2 saving a sharded checkpoint (a folder of per-rank files, Lightning's
+    ``save_distributed_checkpoint=True``), then a second FSDP2 fit resumed from it to ``2 * steps``;
+    the same two fits in one process from a plain checkpoint. The resumed runs must log the same
+    values and end with the same state (``RTOL``/``ATOL``), the FSDP2 ranks agree bitwise, and the
+    folder made one file (:func:`~lightning_distill.utils.sharding.consolidate`) loads in one process
+    with the weights of the first fit.
+    """
+    fails: list[str] = []
+    finals = {}
+    for mode, save in (("single", []), ("fsdp2", ["--trainer.strategy.save_distributed_checkpoint=true"])):
+        rc, log, _, out = run_fit(slug, mode, work, steps, timeout, extra=save, name=f"{mode}_first")
+        if rc != 0:
+            return [f"{mode} first fit: {_failure(rc, log, timeout)}"]
+        ckpts = sorted(out.rglob("*.ckpt"))
+        if len(ckpts) != 1:
+            return [f"{mode} first fit wrote {[c.name for c in ckpts]}, expected one checkpoint"]
+        if mode == "fsdp2" and not ckpts[0].is_dir():
+            fails.append(
+                f"the FSDP2 checkpoint {ckpts[0].name} is not a sharded (distributed) checkpoint folder"
+            )
+        rc, log, _, out = run_fit(
+            slug,
+            mode,
+            work,
+            2 * steps,
+            timeout,
+            extra=[*save, f"--ckpt_path={ckpts[0]}"],
+            name=f"{mode}_resumed",
+        )
+        if rc != 0:
+            return fails + [f"{mode} resumed fit: {_failure(rc, log, timeout)}"]
+        finals[mode] = [_load(out / f"rank{r}.pt") for r in ((0,) if mode == "single" else (0, 1))]
+        if mode == "fsdp2" and ckpts[0].is_dir():  # the folder, made one file, loads in one process
+            from lightning_distill.utils.sharding import consolidate
+
+            first = _load(ckpts[0].parents[1] / "rank0.pt")
+            one = consolidate(ckpts[0], ckpts[0].parents[1] / "consolidated.ckpt")
+            fails += [f"consolidated checkpoint: {x}" for x in check_checkpoint(slug, one, first)]
+    ref, ranks = finals["single"][0], finals["fsdp2"]
+    if ref["global_step"] != 2 * steps:
+        fails.append(f"the resumed single-process fit ended at step {ref['global_step']}, not {2 * steps}")
+    f, _ = check_ranks(*ranks, same_data=True)
+    f2, _ = check_reference(ref, ranks)
+    return fails + f + f2
 
 
 def check_bf16(ref: dict, run: dict) -> tuple[list[str], list[str]]:

@@ -24,9 +24,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Sampler
 
 from lightning_distill.data.images import EpochShuffleSampler, ResumableDataLoader
+from lightning_distill.data.lidar_checks import check_lidar_sample
 from lightning_distill.lidar.batches import collate
 from lightning_distill.lidar.geometry import scaled_segment_count, slic_superpixels
-from lightning_distill.lidar.scene import StreetSceneGenerator
+from lightning_distill.lidar.scene import CLASS_NAMES, StreetSceneGenerator
 from lightning_distill.lidar.semi import labelled_split, mask_labels
 from lightning_distill.lidar.sequence import PAST_KEYS, collate_sequence
 from lightning_distill.utils.fingerprint import config_hash
@@ -75,6 +76,9 @@ class SyntheticLidarDataModule(L.LightningDataModule):
     Raises:
         ValueError: non-positive counts.
     """
+
+    #: How :meth:`_loader` batches samples (a subclass with other keys sets its own).
+    collate_samples = staticmethod(collate)
 
     def __init__(
         self,
@@ -190,6 +194,7 @@ class SyntheticLidarDataModule(L.LightningDataModule):
         path = Path(self.hparams.cache_dir) / f"synthetic_lidar_{key}.pt" if self.hparams.cache_dir else None
         if path is not None and path.is_file():
             splits = torch.load(path, weights_only=True)
+            self.check_scenes(splits, where=str(path))
         else:
             counts = {
                 "train": self.hparams.num_scenes,
@@ -201,6 +206,7 @@ class SyntheticLidarDataModule(L.LightningDataModule):
                 split: [s for i in range(n) for s in self.make_sample(base + _SPLIT_OFFSET[split] + i, i)]
                 for split, n in counts.items()
             }
+            self.check_scenes(splits, where=f"{type(self).__name__} (generated)")
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_suffix(".tmp")
@@ -209,13 +215,27 @@ class SyntheticLidarDataModule(L.LightningDataModule):
         _MEMORY[key] = splits
         return splits
 
+    @staticmethod
+    def check_scenes(splits: dict[str, list[dict[str, Tensor]]], *, where: str) -> None:
+        """Check every sample of every split once (finite points, labels in range, non-empty training split).
+
+        Raises:
+            ValueError: naming ``where`` (the cache file or the generator), the split, the sample and the problem.
+        """
+        if not splits.get("train"):
+            raise ValueError(f"{where}: the training split has no samples; raise `num_scenes`.")
+        for split, samples in splits.items():
+            for k, sample in enumerate(samples):
+                label = f"{where}: {split} sample {k} (scene {int(sample.get('scene', -1))})"
+                check_lidar_sample(sample, num_classes=len(CLASS_NAMES), where=label)
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         scenes = self.scenes(split)
         if not shuffle:
             return DataLoader(
                 scenes,
                 batch_size=self.hparams.batch_size,
-                collate_fn=collate,
+                collate_fn=self.collate_samples,
                 num_workers=self.hparams.num_workers,
             )
         # The order is a function of (run seed, data seed, epoch) and the loader's position is saved
@@ -225,7 +245,7 @@ class SyntheticLidarDataModule(L.LightningDataModule):
             scenes,
             batch_size=self.hparams.batch_size,
             sampler=EpochShuffleSampler(len(scenes), seed=seed, yield_epoch=False),
-            collate_fn=collate,
+            collate_fn=self.collate_samples,
             num_workers=self.hparams.num_workers,
         )
 
@@ -326,14 +346,10 @@ class SyntheticSequenceDataModule(SyntheticLidarDataModule):
             windows.append(sample)
         return windows
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.scenes(split),
-            batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
-            collate_fn=collate_sequence,
-            num_workers=self.hparams.num_workers,
-        )
+    # The parent's loaders: a training order that is a function of (run seed, data seed, epoch) and
+    # not of the global random state, which DDP re-seeds at setup (a plain `shuffle=True` loader
+    # drew another order under DDP than in one process), and a position saved in checkpoints.
+    collate_samples = staticmethod(collate_sequence)
 
     def state_dict(self) -> dict[str, Any]:
         return {"settings_key": self.settings_key, "history": self.history}

@@ -63,6 +63,7 @@ from lightning_distill.dataset_distillation import (
 )
 from lightning_distill.dataset_distillation.recipe_base import SyntheticSetModule
 from lightning_distill.losses.dataset_distillation import attention_matching_loss, classwise_mean_discrepancy
+from lightning_distill.utils.sharding import gathered, keep_every_key, shard_blocks
 
 __all__ = ["DataDAM", "datadam_image_sgd", "image_sgd"]
 
@@ -216,8 +217,8 @@ class DataDAM(SyntheticSetModule):
         generator = torch.Generator().manual_seed(self.step_seed(self.global_step))
         # 1. A fresh random network for this step.
         self.sample_network(generator)
-        # 2. Siamese augmentation, class by class.
-        real, syn = self.augment_pair(real, self.synthetic.images, generator)
+        # 2. Siamese augmentation, class by class (the images through the set's forward: FSDP2 gathers them).
+        real, syn = self.augment_pair(real, self.synthetic()[0], generator)
         # 3. Features: real without gradient, synthetic with (through the frozen network to the images).
         with torch.no_grad():
             real_taps, real_embedding = self.features(real)
@@ -234,11 +235,40 @@ class DataDAM(SyntheticSetModule):
     def configure_callbacks(self) -> Sequence[L.Callback]:
         return [self.hooks]
 
+    def shard(self, mesh: Any) -> None:
+        """FSDP2 plan under ``ModelParallelStrategy`` (docs/strategies.md, "Sharding").
+
+        The synthetic set is ``fully_shard``-ed on the data-parallel ``mesh``: each rank holds a
+        block of rows of the images (and of the optimizer's momentum). ``training_step`` reads the
+        images through the set's forward, which gathers them; they stay gathered until the backward
+        (``reshard_after_forward=False``: the forward returns the parameter itself), which averages
+        their gradient over the ranks and keeps each rank's rows. The random network stays a
+        plain frozen replica, re-drawn from ``(seed, step)`` identically on every rank. Evaluation
+        by retraining, the picture and the saved artifact read the set inside
+        :func:`~lightning_distill.utils.sharding.gathered` (every rank enters it).
+        """
+        shard_blocks(self.synthetic, mesh, reshard_after_forward=False)
+
+    def retrain(self, epochs: int, stage: str = "test") -> list[torch.nn.Module]:
+        with gathered(self.synthetic):  # a no-op unless sharded
+            return super().retrain(epochs, stage)
+
+    def on_validation_epoch_end(self) -> None:
+        with gathered(self.synthetic):
+            super().on_validation_epoch_end()
+
+    def on_train_end(self) -> None:
+        with gathered(self.synthetic):
+            super().on_train_end()
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        full = checkpoint.get("state_dict")
         super().on_save_checkpoint(checkpoint)
         state = checkpoint.get("state_dict")
         if isinstance(state, dict):  # the random network is re-drawn from (seed, step): not worth saving
             checkpoint["state_dict"] = {k: v for k, v in state.items() if not k.startswith("network.")}
+        if self._trainer is not None:  # ... but a sharded (distributed) checkpoint loads every key
+            keep_every_key(checkpoint, full, self.trainer.strategy)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)

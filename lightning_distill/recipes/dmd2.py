@@ -58,6 +58,7 @@ from lightning_distill.losses.distribution_matching import (
     gan_generator_loss,
     pseudo_target_loss,
 )
+from lightning_distill.utils.sharding import keep_every_key, shard_blocks
 
 __all__ = ["DMD2"]
 
@@ -302,6 +303,30 @@ class DMD2(DiffusionDistillationModule):
 
     def configure_callbacks(self) -> list[Any]:
         return [] if self.gan_hooks is None else [self.gan_hooks]
+
+    def shard(self, mesh: Any) -> None:
+        """FSDP2 plan under ``ModelParallelStrategy`` (docs/strategies.md, "Sharding").
+
+        The generator, the fake score and the GAN head are ``fully_shard``-ed block by block on the
+        data-parallel ``mesh``: each is run through its forward, so FSDP2 gathers it there and
+        averages its gradients over the ranks in the backward of the turn that trains it. The
+        teacher stays a plain frozen replica (no gradient to average; its fingerprint stays that
+        of its weights). The discriminator reads the fake score's tapped features and discards its
+        output, so no backward hook on that output would gather the fake score again: it stays
+        gathered from its forward to its backward (``reshard_after_forward=False``).
+        """
+        shard_blocks(self.student, mesh)
+        shard_blocks(self.fake_score, mesh, reshard_after_forward=False)
+        if self.gan_head is not None:
+            shard_blocks(self.gan_head, mesh)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        full = checkpoint.get("state_dict")
+        super().on_save_checkpoint(checkpoint)
+        if (
+            self._trainer is not None
+        ):  # a sharded (distributed) checkpoint keeps the teacher: it loads every key
+            keep_every_key(checkpoint, full, self.trainer.strategy)
 
     def null_condition(self, cond: Cond) -> Cond:
         """The null condition of the teacher's CFG (``None`` when the scale is 1); see the base's for the rules.

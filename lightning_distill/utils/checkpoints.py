@@ -62,8 +62,14 @@ def class_path_of(obj: Any) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def read_checkpoint(path: str | Path, *, map_location: Any = "cpu") -> dict[str, Any]:
+def read_checkpoint(
+    path: str | Path, *, map_location: Any = "cpu", metadata_only: bool = False
+) -> dict[str, Any]:
     """Load a Lightning checkpoint safely (``weights_only=True``), or say clearly why not.
+
+    With ``metadata_only`` a distributed (sharded) checkpoint folder is accepted too (written by
+    ``ModelParallelStrategy``/``FSDPStrategy``: one file of tensors per rank and ``meta.pt``): what is
+    returned is its ``meta.pt``, everything but the weights and optimizer states.
 
     Raises:
         CheckpointError: the file is missing, a folder, empty, truncated, not a PyTorch file,
@@ -76,6 +82,8 @@ def read_checkpoint(path: str | Path, *, map_location: Any = "cpu") -> dict[str,
         near = sorted(p.name for p in file.parent.glob("*.ckpt")) if file.parent.is_dir() else []
         hint = f" Checkpoints in that folder: {near[:8]}." if near else ""
         raise CheckpointError(f"{where} does not exist.{hint} Check `--ckpt_path`.")
+    if file.is_dir() and metadata_only and (file / "meta.pt").is_file():
+        return read_checkpoint(file / "meta.pt", map_location=map_location, metadata_only=True)
     if file.is_dir():
         inside = sorted(p.name for p in file.glob("*.ckpt"))
         raise CheckpointError(f"{where} is a folder, not a file; give one of the files in it: {inside[:8]}.")
@@ -119,7 +127,9 @@ def read_checkpoint(path: str | Path, *, map_location: Any = "cpu") -> dict[str,
             f"{where} ({size} bytes) is truncated or corrupted and cannot be read ({reason}). "
             "Use another checkpoint of the run."
         ) from None
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), Mapping):
+    if not isinstance(checkpoint, dict) or not (
+        metadata_only or isinstance(checkpoint.get("state_dict"), Mapping)
+    ):
         keys = sorted(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise CheckpointError(
             f"{where} is not a Lightning checkpoint (no `state_dict`; found {keys}). A bare `state_dict` "

@@ -2,8 +2,9 @@
 
 The fast subset runs three recipes of different shapes (KD: automatic optimization with a frozen
 teacher; DMD2: manual optimization with a fake score and a GAN head; DataDAM: synthetic images as
-the parameters) in CI; the FSDP2 refusal is checked here on the base and end to end in the full
-matrix. The full matrix, every registered recipe, runs with ``make matrix`` (which
+the parameters) in CI, with the FSDP2 plans of DMD2 and DataDAM (test_sharding.py has their unit
+tests and the distributed-checkpoint resume); the FSDP2 refusal is checked here on the base and end
+to end in the full matrix. The full matrix, every registered recipe, runs with ``make matrix`` (which
 rewrites docs/strategies.md) or ``LIGHTNING_DISTILL_MATRIX=1 pytest -m matrix tests/strategies``.
 What each run checks is in the script's docstring.
 """
@@ -30,7 +31,7 @@ matrix = importlib.util.module_from_spec(_spec)
 sys.modules["strategy_matrix"] = matrix
 _spec.loader.exec_module(matrix)
 
-FAST = {"kd": ["ddp", "bf16"], "dmd2": ["ddp", "bf16"], "datadam": ["ddp", "bf16"]}
+FAST = {"kd": ["ddp", "bf16"], "dmd2": ["ddp", "bf16", "fsdp2"], "datadam": ["ddp", "bf16", "fsdp2"]}
 
 
 def _run(slug: str, modes: list[str], tmp_path: Path) -> list:
