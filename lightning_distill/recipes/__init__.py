@@ -130,6 +130,66 @@ RECIPES: dict[str, RecipeInfo] = {
         "Beyond One Shot, Beyond One Perspective: Cross-View and Long-Horizon Distillation for Better LiDAR Representations",
         "2507.05260",
     ),
+    "slam": RecipeInfo(
+        "diffusion",
+        "lightning_distill.recipes.slam.SLAM",
+        "Accelerating Image Generation with Sub-path Linear Approximation Model",
+        "2404.13903",
+    ),
+    "dho": RecipeInfo(
+        "classification",
+        "lightning_distill.recipes.dho.DHO",
+        "Simple yet Effective Semi-supervised Knowledge Distillation from Vision-Language Models via Dual-Head Optimization",
+        "2505.07675",
+    ),
+    "dmae": RecipeInfo(
+        "representation",
+        "lightning_distill.recipes.dmae.DMAE",
+        "Masked Autoencoders Enable Efficient Knowledge Distillers",
+        "2208.12256",
+    ),
+    "dmjd": RecipeInfo(
+        "representation",
+        "lightning_distill.recipes.dmjd.DMJD",
+        "Disjoint Masking with Joint Distillation for Efficient Masked Image Modeling",
+        "2301.00230",
+    ),
+    "vlm_ood": RecipeInfo(
+        "classification",
+        "lightning_distill.recipes.vlm_ood.VLMOOD",
+        "Distilling Large Vision-Language Model with Out-of-Distribution Generalizability",
+        "2307.03135",
+    ),
+    "lora_guidance": RecipeInfo(
+        "diffusion",
+        "lightning_distill.recipes.lora_guidance.LoRAGuidance",
+        "LoRA-Enhanced Distillation on Guided Diffusion Models",
+        "2312.06899",
+    ),
+    "label_assist": RecipeInfo(
+        "segmentation",
+        "lightning_distill.recipes.label_assist.LabelAssist",
+        "Make a Strong Teacher with Label Assistance: A Novel Knowledge Distillation Approach for Semantic Segmentation",
+        "2407.13254",
+    ),
+    "distill_fss": RecipeInfo(
+        "segmentation",
+        "lightning_distill.recipes.distill_fss.DistillFSS",
+        "DistillFSS: Synthesizing Few-Shot Knowledge into a Lightweight Segmentation Model",
+        "2512.05613",
+    ),
+    "vl2v": RecipeInfo(
+        "classification",
+        "lightning_distill.recipes.vl2v.VL2V",
+        "Leveraging Vision-Language Models for Improving Domain Generalization in Image Classification",
+        "2310.08255",
+    ),
+    "boot": RecipeInfo(
+        "diffusion",
+        "lightning_distill.recipes.boot.BOOT",
+        "BOOT: Data-free Distillation of Denoising Diffusion Models with Bootstrapping",
+        "2306.05544",
+    ),
 }
 
 

@@ -67,6 +67,8 @@ class LabelAssist(DistillationModule):
         label_noise_std: per-pixel noise of the label channel (before ``label_scale``).
         label_scale: factor of the label channel.
         ignore_index: label of pixels without a class (coded with the extra code, left out of CE).
+        noise_seed: seed of the label channel's noise; step ``k`` draws from ``(noise_seed, k)``, so a
+            run, its resumption and every DDP rank draw the same noise whatever the global RNG did.
         loss_weights: ``{"ce": ..., "cwd": ...}``.
         optimizer: optimizer of the student.
         lr_scheduler: optional epoch-wise scheduler.
@@ -91,6 +93,7 @@ class LabelAssist(DistillationModule):
         label_noise_std: float = 0.02,
         label_scale: float = 100.0,
         ignore_index: int = -1,
+        noise_seed: int = 0,
         loss_weights: dict[str, float] | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -111,6 +114,7 @@ class LabelAssist(DistillationModule):
         self.label_assisted, self.label_code = label_assisted, label_code
         self.label_noise_std = check_non_negative("label_noise_std", label_noise_std)
         self.label_scale, self.ignore_index = label_scale, ignore_index
+        self.noise_seed = int(noise_seed)
         self.iou = IoUTracker(ignore_index=ignore_index)
 
     # ---------------------------------------------------------------- the paper
@@ -124,12 +128,19 @@ class LabelAssist(DistillationModule):
                 f"A label-assisted teacher reads the image's {x.shape[1]} channels plus the label channel, but the "
                 f"teacher takes {expected}; build it with `in_channels: {x.shape[1] + 1}` or set `label_assisted: false`."
             )
+        step = self.global_step if self._trainer is not None else 0
+        generator = torch.Generator().manual_seed(self.noise_seed * 1_000_003 + step)
         if self.label_code == "fixed":
             values = fixed_label_values(num_classes)
         else:
-            values = random_label_values(len(y), num_classes)
+            values = random_label_values(len(y), num_classes, generator=generator)
         channel = code_labels(
-            y, values, noise_std=self.label_noise_std, scale=self.label_scale, ignore_index=self.ignore_index
+            y,
+            values,
+            noise_std=self.label_noise_std,
+            scale=self.label_scale,
+            ignore_index=self.ignore_index,
+            generator=generator,
         )
         return torch.cat([x, channel.to(x.dtype)], dim=1)
 

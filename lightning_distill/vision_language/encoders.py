@@ -43,6 +43,10 @@ class ImageEncoder(nn.Module):
         self, backbone: nn.Module, num_features: int | None = None, image_size: int | None = None
     ) -> None:
         super().__init__()
+        if hasattr(backbone, "forward_features") and isinstance(getattr(backbone, "head", None), nn.Module):
+            # Only the features are read: a classifier head left in place would hold parameters that
+            # never get a gradient (and DDP refuses a module with unused parameters).
+            backbone.head = nn.Identity()
         self.backbone = backbone
         self.image_size = image_size
         if num_features is None:
