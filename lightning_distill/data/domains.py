@@ -39,7 +39,7 @@ import lightning.pytorch as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 
 from lightning_distill.data.images import UNLABELLED
 
@@ -173,11 +173,15 @@ def _stratified_split(labels: torch.Tensor, fractions: Sequence[float], seed: in
     return [torch.sort(torch.cat(p)).values for p in parts]
 
 
-class MixedBatchSampler(Sampler):
-    """Batches of ``unlabelled`` indices (shuffled, ``batch_size`` each) followed by cycled ``labelled`` ones.
+class MixedBatchSampler(DistributedSampler):
+    """Indices of mixed batches: ``batch_size`` shuffled ``unlabelled`` ones, then ``labelled_batch_size`` cycled labelled ones.
 
-    The order is a pure function of ``(seed, epoch)``; Lightning calls :meth:`set_epoch`.
-    An epoch is ``len(unlabelled) // batch_size`` batches.
+    Read by a ``DataLoader(batch_size=batch_size + labelled_batch_size)``, each run
+    of indices is one batch. The order is a pure function of ``(seed, epoch)``; Lightning calls
+    :meth:`set_epoch`. An epoch is ``len(unlabelled) // batch_size`` batches in all; under several
+    processes rank ``r`` of ``R`` takes batches ``r, r + R, ...`` (the same number on every rank).
+    It is a ``DistributedSampler`` so that Lightning does not wrap it in another one, which would
+    split the batches' indices across ranks and break their labelled/unlabelled mix.
     """
 
     def __init__(
@@ -187,7 +191,12 @@ class MixedBatchSampler(Sampler):
         batch_size: int,
         labelled_batch_size: int,
         seed: int,
+        num_replicas: int | None = None,
+        rank: int | None = None,
     ) -> None:
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.num_replicas = num_replicas or (torch.distributed.get_world_size() if distributed else 1)
+        self.rank = rank if rank is not None else (torch.distributed.get_rank() if distributed else 0)
         self.labelled, self.unlabelled = labelled, unlabelled
         self.batch_size, self.labelled_batch_size = batch_size, labelled_batch_size
         self.seed, self.epoch = seed, 0
@@ -195,21 +204,26 @@ class MixedBatchSampler(Sampler):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def num_batches(self) -> int:
+        """Batches per rank and epoch."""
+        return max(1, len(self.unlabelled) // self.batch_size // self.num_replicas)
+
     def __len__(self) -> int:
-        return max(1, len(self.unlabelled) // self.batch_size)
+        return self.num_batches() * (self.batch_size + self.labelled_batch_size)
 
     def __iter__(self):
         gen = torch.Generator().manual_seed(hash((self.seed, self.epoch)) & 0x7FFF_FFFF_FFFF)
         unl = self.unlabelled[torch.randperm(len(self.unlabelled), generator=gen)]
-        need = len(self) * self.labelled_batch_size
+        total = self.num_batches() * self.num_replicas
+        need = total * self.labelled_batch_size
         cycles = math.ceil(need / max(1, len(self.labelled)))
         lab = torch.cat(
             [self.labelled[torch.randperm(len(self.labelled), generator=gen)] for _ in range(cycles)]
         )
-        for b in range(len(self)):
+        for b in range(self.rank, total, self.num_replicas):
             u = unl[b * self.batch_size : (b + 1) * self.batch_size]
             v = lab[b * self.labelled_batch_size : (b + 1) * self.labelled_batch_size]
-            yield torch.cat([u, v]).tolist()
+            yield from torch.cat([u, v]).tolist()
 
 
 class _Items(Dataset):
@@ -374,7 +388,8 @@ class DigitDomainsDataModule(L.LightningDataModule):
                 num_workers=self.num_workers,
             )
         sampler = MixedBatchSampler(labelled, unlabelled, self.batch_size, self.labelled_batch_size, seed)
-        return DataLoader(dataset, batch_sampler=sampler, num_workers=self.num_workers)
+        per_batch = self.batch_size + self.labelled_batch_size
+        return DataLoader(dataset, batch_size=per_batch, sampler=sampler, num_workers=self.num_workers)
 
     def _eval_loader(self, name: str) -> DataLoader:
         return DataLoader(TensorDataset(*self.split(name)), batch_size=256, num_workers=self.num_workers)
