@@ -387,7 +387,20 @@ class DigitDomainsDataModule(L.LightningDataModule):
                 drop_last=len(y) > self.batch_size,
                 num_workers=self.num_workers,
             )
-        sampler = MixedBatchSampler(labelled, unlabelled, self.batch_size, self.labelled_batch_size, seed)
+        # The sampler shards batches across ranks itself; `Trainer(use_distributed_sampler=False)`
+        # (every rank reads the whole loader) is honoured by not sharding. Lightning has no public
+        # accessor for that flag, hence the private read.
+        connector = getattr(self.trainer, "_accelerator_connector", None)
+        shard = getattr(connector, "use_distributed_sampler", True)
+        sampler = MixedBatchSampler(
+            labelled,
+            unlabelled,
+            self.batch_size,
+            self.labelled_batch_size,
+            seed,
+            num_replicas=None if shard else 1,
+            rank=None if shard else 0,
+        )
         per_batch = self.batch_size + self.labelled_batch_size
         return DataLoader(dataset, batch_size=per_batch, sampler=sampler, num_workers=self.num_workers)
 
