@@ -72,6 +72,7 @@ from lightning_distill.graphs import (
     graph_logits,
     train_graph_classifier,
 )
+from lightning_distill.graphs.visualize import draw_graphs
 from lightning_distill.module import DistillationModule
 
 __all__ = ["Mirage", "tree_set_graph"]
@@ -327,6 +328,10 @@ class Mirage(DistillationModule):
 
     def on_validation_epoch_end(self) -> None:
         self._eval_models = []
+        log_image = getattr(self.logger, "log_image", None)  # WandbLogger: the mined graphs as one picture
+        if callable(log_image) and not self.trainer.sanity_checking and self.graph_set is not None:
+            picture = draw_graphs(self.graph_set.graphs, per_class=4)
+            log_image(key="samples/graph_set", images=[picture], step=self.global_step)
 
     def on_test_epoch_end(self) -> None:
         self._eval_models = []
