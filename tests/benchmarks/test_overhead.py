@@ -18,6 +18,7 @@ def overhead(monkeypatch, tmp_path):
     return overhead
 
 
+@pytest.mark.filterwarnings("ignore:The distilled set was not saved")
 @pytest.mark.parametrize("slug", ["kd", "dmd2", "datadam"])
 def test_hand_loop_matches_the_recipe_under_lightning(overhead, slug: str, tmp_path) -> None:
     # 6 steps: DMD2's generator turn (iteration 0 and 5) and fake-score turns, optimizer state in use.

@@ -124,6 +124,7 @@ def test_seed_survives_a_checkpoint_and_the_artifact_is_saved(tmp_path):
     torch.testing.assert_close(saved.images, recipe.synthetic.images.detach())
 
 
+@pytest.mark.filterwarnings("ignore:The distilled set was not saved")
 def test_three_steps_move_the_images_by_the_seeded_targets():
     synthetic = tiny_set()
     start = synthetic.images.detach().clone()

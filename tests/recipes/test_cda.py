@@ -195,6 +195,8 @@ def test_bad_arguments_are_rejected():
 
 
 # ------------------------------------------------------------------------------------------- CLI
+@pytest.mark.filterwarnings("ignore:The teacher cached at .* looks broken")
+@pytest.mark.filterwarnings("ignore:The cached teacher .* was flagged when it was trained")
 @pytest.mark.parametrize("config", [CONFIG, SRE2L])
 def test_config_runs_with_fast_dev_run_through_the_cli(config, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

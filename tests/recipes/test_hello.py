@@ -64,6 +64,7 @@ def test_projector_loss_matches_a_direct_computation():
     torch.testing.assert_close(terms["ce"], F.cross_entropy(logits, y))
 
 
+@pytest.mark.filterwarnings("ignore:The distilled set was not saved")
 def test_phases_update_adapters_then_images_and_never_the_teachers_or_encoder():
     recipe = make(image_steps=2)
     teacher_print = _fingerprint(recipe.teacher)
@@ -148,6 +149,8 @@ def test_bad_arguments_are_rejected():
     assert math.isfinite(float(make().projector(torch.zeros(1, 1, 8, 8)).sum()))
 
 
+@pytest.mark.filterwarnings("ignore:The teacher cached at .* looks broken")
+@pytest.mark.filterwarnings("ignore:The cached teacher .* was flagged when it was trained")
 def test_config_runs_with_fast_dev_run_through_the_cli(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cli_main(
