@@ -76,6 +76,18 @@ class StageTwoAveraging(WeightAveraging):
         total = int(trainer.estimated_stepping_batches)
         self._start_step = stage1 + int(self.start * max(total - stage1, 0))
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # Lightning deep-copies the whole module for the average. The optimizer and scheduler
+        # factories LightningCLI puts on it cannot be copied under DDP (they hold a lock) and the
+        # averaged copy never builds an optimizer, so they stay out of the copy.
+        factories = {
+            k: pl_module.__dict__.pop(k) for k in ("optimizer", "lr_scheduler") if k in pl_module.__dict__
+        }
+        try:
+            super().setup(trainer, pl_module, stage)
+        finally:
+            pl_module.__dict__.update(factories)
+
     def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
         return step_idx is not None and self._start_step is not None and step_idx >= self._start_step
 
@@ -157,6 +169,15 @@ class VL2V(DistillationModule):
         self.stage = 1 if stage1_epochs > 0 else 2  # set by the ProgressiveSchedule of configure_callbacks
 
     # ---------------------------------------------------------------- the paper
+    def configure_model(self) -> None:
+        super().configure_model()
+        # Stage 1 freezes the backbone after DDP has wrapped the module, so its parameters get no
+        # gradient then: DDP has to look for unused parameters (as for the turn-based recipes).
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        ddp_kwargs = getattr(strategy, "_ddp_kwargs", None)
+        if isinstance(ddp_kwargs, dict):
+            ddp_kwargs.setdefault("find_unused_parameters", True)
+
     def projected(self, x: Tensor) -> Tensor:
         """Step 2: ``p = normalize(P(g(x)))`` ``(B, D)``."""
         return F.normalize(self.projection(self.student(x)), dim=-1)
