@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 from torch_geometric.data import Data
 
-__all__ = ["draw_graphs"]
+__all__ = ["draw_graphs", "log_graph_set"]
 
 
 def draw_graphs(graphs: Sequence[Data], per_class: int = 4, seed: int = 0) -> np.ndarray:
@@ -64,3 +64,12 @@ def draw_graphs(graphs: Sequence[Data], per_class: int = 4, seed: int = 0) -> np
             ax.set_title(f"class {label}", fontsize=7)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def log_graph_set(logger: object, graphs: Sequence[Data], step: int, key: str = "samples/graph_set") -> bool:
+    """Log :func:`draw_graphs` of ``graphs`` through a logger with ``log_image`` (W&B); whether it did."""
+    log_image = getattr(logger, "log_image", None)
+    if not callable(log_image) or not graphs:
+        return False
+    log_image(key=key, images=[draw_graphs(graphs)], step=step)
+    return True

@@ -72,7 +72,7 @@ from lightning_distill.graphs import (
     graph_logits,
     train_graph_classifier,
 )
-from lightning_distill.graphs.visualize import draw_graphs
+from lightning_distill.graphs.visualize import log_graph_set
 from lightning_distill.module import DistillationModule
 
 __all__ = ["Mirage", "tree_set_graph"]
@@ -100,12 +100,9 @@ def tree_set_graph(trees: Sequence[Data], label: int) -> Data:
     if not trees:
         raise ValueError("`trees` is empty; a tree set needs at least one tree.")
     offsets = torch.tensor([0] + [t.num_nodes for t in trees]).cumsum(0)
-    graph = Data(
-        x=torch.cat([t.x for t in trees]),
-        edge_index=torch.cat([t.edge_index + off for t, off in zip(trees, offsets)], dim=1),
-        root_mask=torch.cat([t.root_mask for t in trees]),
-        y=torch.tensor([label]),
-    )
+    edge_index = torch.cat([t.edge_index + off for t, off in zip(trees, offsets)], dim=1)
+    x, root_mask = torch.cat([t.x for t in trees]), torch.cat([t.root_mask for t in trees])
+    graph = Data(x=x, edge_index=edge_index, root_mask=root_mask, y=torch.tensor([label]))
     if all(t.edge_attr is not None for t in trees):
         graph.edge_attr = torch.cat([t.edge_attr for t in trees])
     return graph
@@ -328,10 +325,8 @@ class Mirage(DistillationModule):
 
     def on_validation_epoch_end(self) -> None:
         self._eval_models = []
-        log_image = getattr(self.logger, "log_image", None)  # WandbLogger: the mined graphs as one picture
-        if callable(log_image) and not self.trainer.sanity_checking and self.graph_set is not None:
-            picture = draw_graphs(self.graph_set.graphs, per_class=4)
-            log_image(key="samples/graph_set", images=[picture], step=self.global_step)
+        if not self.trainer.sanity_checking and self.graph_set is not None:  # W&B: the mined set as a picture
+            log_graph_set(self.logger, self.graph_set.graphs, self.global_step)
 
     def on_test_epoch_end(self) -> None:
         self._eval_models = []

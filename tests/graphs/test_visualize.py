@@ -22,3 +22,19 @@ def test_draw_graphs_is_one_rgb_picture_and_repeatable():
 def test_draw_graphs_refuses_an_empty_set():
     with pytest.raises(ValueError, match="needs graphs"):
         draw_graphs([])
+
+
+def test_log_graph_set_logs_one_picture_only_through_a_logger_that_takes_images():
+    from lightning_distill.graphs.visualize import log_graph_set
+
+    class Recorder:
+        def __init__(self):
+            self.calls = []
+
+        def log_image(self, key, images, step):
+            self.calls.append((key, len(images), step))
+
+    recorder = Recorder()
+    assert log_graph_set(recorder, [_graph(0, 4)], step=3)
+    assert recorder.calls == [("samples/graph_set", 1, 3)]
+    assert not log_graph_set(object(), [_graph(0, 4)], step=3)  # e.g. a CSV logger
