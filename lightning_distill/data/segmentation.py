@@ -21,6 +21,7 @@ the same input distribution and a teacher trained on one serves the others.
 from __future__ import annotations
 
 import zlib
+from abc import ABC, abstractmethod
 from typing import Literal
 
 import lightning.pytorch as L
@@ -147,14 +148,15 @@ class CanvasDataset(Dataset):
         return (*row, index) if self.return_index else row
 
 
-class _CanvasBase(L.LightningDataModule):
+class _CanvasBase(L.LightningDataModule, ABC):
     def __init__(self, batch_size: int, seed: int, num_workers: int) -> None:
         super().__init__()
         self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
         self._splits: dict[str, tuple[Tensor, ...]] | None = None
 
+    @abstractmethod
     def _build(self) -> dict[str, tuple[Tensor, ...]]:
-        raise NotImplementedError
+        """The splits (name -> tensors), generated from the seed."""
 
     def _prepare(self) -> dict[str, tuple[Tensor, ...]]:
         if self._splits is None:
