@@ -338,16 +338,27 @@ def check_checkpoint(slug: str, path: Path, final: dict) -> list[str]:
     loaded = module.state_dict()
     # Compare what the checkpoint holds; teachers and scratch networks re-drawn from a seed are left
     # out on purpose (the recipe's on_save_checkpoint) and rebuilt on load.
-    saved = torch.load(path, map_location="cpu", weights_only=False).get("state_dict", {})
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    saved = checkpoint.get("state_dict", {})
+    # Lightning's WeightAveraging (vl2v) saves the averaged weights as ``state_dict`` (what loads)
+    # and the live ones as ``current_model_state`` (what a resumed fit continues from): the live
+    # weights must be the final ones, and the module must load the averaged ones.
+    live = checkpoint.get("current_model_state")
+    reference = live if live is not None else loaded
     bad = [
         k
         for k in saved
-        if k in final["state"] and k in loaded and _max_diff(final["state"][k], loaded[k].cpu()) != 0.0
+        if k in final["state"] and k in reference and _max_diff(final["state"][k], reference[k].cpu()) != 0.0
     ]
     missing = [k for k in saved if k not in loaded]
     fails = []
     if bad:
-        fails.append(f"checkpoint weights differ from the final weights: {bad[:4]}")
+        what = "the live weights beside the average" if live is not None else "checkpoint weights"
+        fails.append(f"{what} differ from the final weights: {bad[:4]}")
+    if live is not None:
+        unloaded = [k for k in saved if k in loaded and _max_diff(saved[k], loaded[k].cpu()) != 0.0]
+        if unloaded:
+            fails.append(f"the averaged weights of the checkpoint do not load: {unloaded[:4]}")
     if missing:
         fails.append(f"the loaded module lacks {missing[:4]}")
     trainable = [k for k in final["trainable"] if k not in saved]

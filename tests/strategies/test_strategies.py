@@ -93,3 +93,36 @@ def test_base_refuses_sharding_strategies_at_setup(strategy, refused):
     module._trainer = None
     module.configure_model()  # outside a trainer: nothing to refuse
     assert isinstance(module.student.weight, torch.nn.Parameter)
+
+
+def _averaging_checkpoint(tmp_path: Path, live: dict, average: dict) -> Path:
+    """A checkpoint laid out as Lightning's ``WeightAveraging`` saves it (average loads, live resumes)."""
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": average, "current_model_state": live, "averaging_state": {}}, path)
+    return path
+
+
+def test_checkpoint_check_reads_weight_averaging_checkpoints(tmp_path, monkeypatch):
+    """The live weights must be the final ones and the averaged ones must load; either wrong fails."""
+    live = {"w": torch.ones(2)}
+    average = {"w": torch.full((2,), 0.5)}
+
+    class Loaded(nn.Module):
+        def __init__(self, state):
+            super().__init__()
+            self.w = nn.Parameter(state["w"].clone())
+
+    def loader(state):
+        return SimpleNamespace(load_from_checkpoint=lambda path, map_location: Loaded(state))
+
+    final = {"state": {"w": torch.ones(2)}, "trainable": ["w"]}
+    path = _averaging_checkpoint(tmp_path, live, average)
+    monkeypatch.setattr("lightning_distill.recipes.load_recipe", lambda slug: loader(average))
+    assert matrix.check_checkpoint("x", path, final) == []
+    # The averaged weights do not reach the loaded module.
+    monkeypatch.setattr("lightning_distill.recipes.load_recipe", lambda slug: loader(live))
+    assert any("do not load" in f for f in matrix.check_checkpoint("x", path, final))
+    # The live weights beside the average are not the final ones.
+    monkeypatch.setattr("lightning_distill.recipes.load_recipe", lambda slug: loader(average))
+    stale = _averaging_checkpoint(tmp_path, {"w": torch.zeros(2)}, average)
+    assert any("live weights" in f for f in matrix.check_checkpoint("x", stale, final))
