@@ -193,7 +193,45 @@ def _from_file(name: str) -> Callable[[Config], Config]:
     return transform
 
 
+# Hinton et al. (Section 6, "soft targets as regularizers") train on 3% of the data: hard targets
+# overfit, soft targets generalise. The few-image rows keep 3% of the training images (about 4 per
+# class) for the student, the teacher unchanged (trained on all of them), and 30x the epochs (the
+# same number of optimizer steps as the full-data rows: one batch per epoch).
+FEW_FRACTION, FEW_EPOCHS = 0.03, 30
+
+
+def _few_images(transform: Callable[[Config], Config]) -> Callable[[Config], Config]:
+    """``transform``, then the student's data cut to ``FEW_FRACTION`` and the epochs scaled."""
+
+    def few(config: Config) -> Config:
+        config = transform(config)
+        config["data"]["init_args"]["labelled_fraction"] = FEW_FRACTION
+        config["trainer"]["max_epochs"] *= FEW_EPOCHS
+        scheduler = _model_args(config).get("lr_scheduler", {}).get("init_args", {})
+        if "T_max" in scheduler:
+            scheduler["T_max"] *= FEW_EPOCHS
+        return config
+
+    return few
+
+
+def _feature_term(feature_loss: str, feat_weight: float) -> Callable[[Config], Config]:
+    """``fitnets.yaml`` with another feature term on the same tapped layers (AT needs no adapter)."""
+
+    def transform(config: Config) -> Config:
+        config = _from_file("fitnets.yaml")(config)
+        recipe = _model_args(config)
+        recipe["feature_loss"] = feature_loss
+        recipe["loss_weights"] = {"kd": 0.9, "ce": 0.1, "feat": feat_weight}
+        if feature_loss == "at":
+            recipe.pop("adapter")
+        return config
+
+    return transform
+
+
 def kd_rows() -> list[Row]:
+    few = f"{FEW_FRACTION:.0%} of the images"
     return [
         Row("teacher", "100% labels", "`teacher` (trained once, cached)", source="hinton:teacher"),
         Row(
@@ -209,6 +247,42 @@ def kd_rows() -> list[Row]:
             "100% labels",
             "`fitnets.yaml`",
             transform=_from_file("fitnets.yaml"),
+        ),
+        Row(
+            f"student alone (CE), {few}",
+            few,
+            f"model -> `Supervised`; `labelled_fraction: {FEW_FRACTION}`, {FEW_EPOCHS}x epochs",
+            transform=_student_alone(FEW_EPOCHS, labelled_fraction=FEW_FRACTION),
+        ),
+        Row(
+            f"KD, T = 4, {few}",
+            few,
+            f"`labelled_fraction: {FEW_FRACTION}`, {FEW_EPOCHS}x epochs",
+            transform=_few_images(_unchanged),
+        ),
+        Row(
+            f"KD, T = 1, {few}",
+            few,
+            f"`temperature: 1.0`; {FEW_FRACTION}, {FEW_EPOCHS}x epochs",
+            transform=_few_images(_set(temperature=1.0)),
+        ),
+        Row(
+            f"KD + FitNets hint, {few}",
+            few,
+            f"`fitnets.yaml`; {FEW_FRACTION}, {FEW_EPOCHS}x epochs",
+            transform=_few_images(_from_file("fitnets.yaml")),
+        ),
+        Row(
+            f"KD + AT (beta/2 = 500), {few}",
+            few,
+            f"`fitnets.yaml`, `feature_loss: at`, no adapter, `feat: 500`; {FEW_FRACTION}, {FEW_EPOCHS}x epochs",
+            transform=_few_images(_feature_term("at", 500.0)),
+        ),
+        Row(
+            f"KD + CWD (T = 4), {few}",
+            few,
+            f"`fitnets.yaml`, `feature_loss: cwd`, `feat: 1`; {FEW_FRACTION}, {FEW_EPOCHS}x epochs",
+            transform=_few_images(_feature_term("cwd", 1.0)),
         ),
     ]
 
@@ -236,6 +310,11 @@ COMPARISONS = {
         ("KD, T = 4 (config)", "student alone (CE)"),
         ("KD, T = 1", "student alone (CE)"),
         ("KD + FitNets hint (layer2)", "KD, T = 4 (config)"),
+        ("KD, T = 4, 3% of the images", "student alone (CE), 3% of the images"),
+        ("KD, T = 1, 3% of the images", "student alone (CE), 3% of the images"),
+        ("KD + FitNets hint, 3% of the images", "KD, T = 4, 3% of the images"),
+        ("KD + AT (beta/2 = 500), 3% of the images", "KD, T = 4, 3% of the images"),
+        ("KD + CWD (T = 4), 3% of the images", "KD, T = 4, 3% of the images"),
     ],
 }
 

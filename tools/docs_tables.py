@@ -9,6 +9,10 @@ puts them into the pages at build time; ``tests/test_docs.py`` checks them.
 Verdict rule (printed with the table): with mean ± std over seeds for both rows, the claim *holds*
 when ours is better by more than the combined spread sqrt(std_ours² + std_base²), is *reversed*
 when it is worse by more than that, and is *within noise* otherwise.
+
+A claim may carry ``why``: one line, ``"<kind>: <reason>"`` with kind ``implementation``, ``toy scale``
+or ``open`` (see ``WHY_KINDS``), the diagnosis of a claim that does not hold. It is shown in the last
+column of both claim tables and as the kind after the headline's verdict, never for a claim that holds.
 """
 
 from __future__ import annotations
@@ -32,6 +36,11 @@ RULE = (
     "than the combined spread √(std₁² + std₂²), is **reversed** when it is worse by more than that, "
     "and is **within noise** otherwise. Both cells are read from the benchmark's generated table."
 )
+WHY_KINDS = {
+    "implementation": "a bug, or a part that is not faithful to the paper or its code, named",
+    "toy scale": "the implementation is checked and the effect does not show at this budget or size",
+    "open": "not diagnosed yet",
+}
 _CELL = re.compile(r"^\**\s*([-+]?[\d.]+(?:e[-+]?\d+)?)\s*±\s*([\d.]+(?:e[-+]?\d+)?)\s*\**$")
 
 
@@ -45,6 +54,7 @@ class Verdict:
     better: str
     file: str
     cells: tuple[str, str] = ("", "")  # both cells as the result file prints them
+    why: str | None = None  # "<kind>: <reason>", the diagnosis of a claim that does not hold
 
     @property
     def verdict(self) -> str:
@@ -59,6 +69,34 @@ class Verdict:
 
     def cell(self, which: str) -> str:
         return self.cells[0 if which == "ours" else 1].strip("*")
+
+    @property
+    def why_kind(self) -> str | None:
+        """The diagnosis's kind (one of ``WHY_KINDS``); None without ``why`` or when the claim holds."""
+        if self.why is None or self.verdict == "holds":
+            return None
+        return self.why.split(":", 1)[0]
+
+    def diagnosis(self) -> str:
+        """The ``why`` as a table cell: the kind in italics, then the reason; empty when it holds."""
+        if self.why_kind is None:
+            return ""
+        reason = self.why.split(":", 1)[1].strip().replace("|", "\\|")
+        return f"*{self.why_kind}*: {reason}"
+
+
+def _why(entry: dict, where: str) -> str | None:
+    """A claim's ``why``, checked: one line that starts with a known kind and a colon."""
+    why = entry.get("why")
+    if why is None:
+        return None
+    kind, colon, reason = why.partition(":") if isinstance(why, str) else ("", "", "")
+    if "\n" in reason or not colon or kind not in WHY_KINDS or not reason.strip():
+        raise ValueError(
+            f"{where}: why must be one line '<kind>: <reason>' with kind one of "
+            f"{', '.join(repr(k) for k in WHY_KINDS)}; got {why!r}"
+        )
+    return why
 
 
 def _split(line: str) -> list[str]:
@@ -101,8 +139,13 @@ def _row(rows: list[dict[str, str]], select: dict, where: str) -> dict[str, str]
 @cache
 def claims() -> dict[str, list[Verdict]]:
     """Every claim of ``benchmarks/claims.yaml``, its two cells read from the result files."""
+    return read_claims(yaml.safe_load(CLAIMS.read_text()))
+
+
+def read_claims(spec: dict[str, list[dict]]) -> dict[str, list[Verdict]]:
+    """The verdicts of a parsed ``claims.yaml``: slug -> one ``Verdict`` per claim entry."""
     out: dict[str, list[Verdict]] = {}
-    for slug, entries in yaml.safe_load(CLAIMS.read_text()).items():
+    for slug, entries in spec.items():
         if slug not in RECIPES:
             raise ValueError(f"claims.yaml: {slug!r} is not a registered recipe")
         for entry in entries:
@@ -114,9 +157,18 @@ def claims() -> dict[str, list[Verdict]]:
                 raise ValueError(f"{where}: better must be 'higher' or 'lower'")
             cells = tuple(_row(rows, entry[k], where)[entry["column"]] for k in ("ours", "baseline"))
             ours, base = (_value(c, where) for c in cells)
+            why = _why(entry, where)
             out.setdefault(slug, []).append(
                 Verdict(
-                    slug, entry["claim"], entry["column"], ours, base, entry["better"], entry["file"], cells
+                    slug,
+                    entry["claim"],
+                    entry["column"],
+                    ours,
+                    base,
+                    entry["better"],
+                    entry["file"],
+                    cells,
+                    why,
                 )
             )
     return out
@@ -132,7 +184,8 @@ def _headline(slug: str) -> str:
     if not verdicts:
         return "—"
     v = verdicts[0]
-    return f"{v.claim}: {v.column} {v.cell('ours')} vs {v.cell('baseline')} — **{v.verdict}**"
+    kind = f" ({v.why_kind})" if v.why_kind else ""
+    return f"{v.claim}: {v.column} {v.cell('ours')} vs {v.cell('baseline')} — **{v.verdict}**{kind}"
 
 
 def papers_table() -> str:
@@ -156,14 +209,19 @@ def papers_table() -> str:
 
 
 def claims_table() -> str:
-    """One row per claim: recipe, claim, the two cells, the verdict, a link to the detailed table."""
-    lines = [RULE, "", "| recipe | claim | metric | ours | baseline | verdict |", "|---|---|---|---|---|---|"]
+    """One row per claim: recipe, claim, metric, the two cells, the verdict and its diagnosis."""
+    lines = [
+        RULE,
+        "",
+        "| recipe | claim | metric | ours | baseline | verdict | why (diagnosis) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for slug, verdicts in claims().items():
         for v in verdicts:
             better = "↑" if v.better == "higher" else "↓"
             lines.append(
                 f"| {_recipe_link(slug)} | {v.claim} | {v.column} {better} | {v.cell('ours')} | "
-                f"{v.cell('baseline')} | **{v.verdict}** |"
+                f"{v.cell('baseline')} | **{v.verdict}** | {v.diagnosis()} |"
             )
     return "\n".join(lines)
 
@@ -183,13 +241,14 @@ def recipe_header(slug: str) -> str:
     if verdicts:
         lines += [
             "",
-            "    | claim at toy scale | metric | ours | baseline | verdict |",
-            "    |---|---|---|---|---|",
+            "    | claim at toy scale | metric | ours | baseline | verdict | why (diagnosis) |",
+            "    |---|---|---|---|---|---|",
         ]
         for v in verdicts:
             arrow = "↑" if v.better == "higher" else "↓"
             lines.append(
-                f"    | {v.claim} | {v.column} {arrow} | {v.cell('ours')} | {v.cell('baseline')} | **{v.verdict}** |"
+                f"    | {v.claim} | {v.column} {arrow} | {v.cell('ours')} | {v.cell('baseline')} | "
+                f"**{v.verdict}** | {v.diagnosis()} |"
             )
         lines += [
             "",
