@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lightning_distill"
-TOOLKITS = {"diffusion", "dataset_distillation", "lidar", "graphs", "vision_language", "segmentation", "representation"}
+TOOLKITS = {"diffusion", "dataset_distillation", "lidar", "graphs", "vision_language", "segmentation", "representation", "super_resolution"}
 LAYER = {"utils": 0, "losses": 1, "models": 2, "data": 2, **dict.fromkeys(TOOLKITS, 2), "callbacks": 3}
 LAYER |= {"module": 4, "recipes": 5, "cli": 6, "__init__": 7}
 #: Toolkit imports across families that are part of the design, with the reason (none today).

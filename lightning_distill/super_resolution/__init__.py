@@ -1,0 +1,35 @@
+"""Super-resolution toolkit: degradations (bicubic and Real-ESRGAN-style), fidelity and perceptual metrics.
+
+See ``README.md`` in this folder for what each part does and where the SR networks, data and
+pictures live.
+"""
+
+from lightning_distill.super_resolution.degradations import (
+    DegradationSettings,
+    bicubic_downsample,
+    check_scale_fits,
+    jpeg_compress,
+    realistic_degradation,
+)
+from lightning_distill.super_resolution.metrics import (
+    FeatureDistance,
+    SRMetrics,
+    lpips_metric,
+    rgb_to_y,
+    sr_psnr,
+    sr_ssim,
+)
+
+__all__ = [
+    "DegradationSettings",
+    "FeatureDistance",
+    "SRMetrics",
+    "bicubic_downsample",
+    "check_scale_fits",
+    "jpeg_compress",
+    "lpips_metric",
+    "realistic_degradation",
+    "rgb_to_y",
+    "sr_psnr",
+    "sr_ssim",
+]
