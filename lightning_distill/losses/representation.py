@@ -12,6 +12,7 @@ Pure functions of tensors (no Lightning); computed in float32; the target side d
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -131,3 +132,123 @@ def visible_smooth_l1(
     check_reduction(reduction)
     beta = check_positive("beta", beta)
     return F.smooth_l1_loss(prediction.float(), target.detach().float(), beta=beta, reduction=reduction)
+
+
+# ---------------------------------------------------------------- Hybrid Distill (arXiv 2306.15876)
+__all__ += ["nt_xent", "relation_kl", "whitened_feature_smooth_l1"]
+
+
+def relation_kl(
+    student: Tensor, teacher: Tensor, *, eps: float = 1e-8, reduction: Reduction = "mean"
+) -> Tensor:
+    """Token-relation distillation: ``KL(R_T || R_S)`` of each row of two attention maps.
+
+    ``R = softmax(Q K^T / sqrt(d))`` over the same tokens for both; each row is a distribution.
+    ``l_row = sum_j R_T[j] (log R_T[j] - log R_S[j])``.
+
+    Args:
+        student: ``(..., N, N)`` the student's relations (rows sum to 1).
+        teacher: ``(..., N, N)`` the teacher's relations (detached).
+        eps: floor under the probabilities before the log.
+        reduction: ``"mean"`` over every row, ``"sum"`` or ``"none"`` (per-row ``(..., N)``).
+
+    Raises:
+        ValueError: shapes differ or the last two dimensions are not square.
+
+    Example:
+        >>> import torch
+        >>> r = torch.tensor([[0.5, 0.5], [0.9, 0.1]])
+        >>> relation_kl(r, r)
+        tensor(0.)
+    """
+    check_tensor("student", student, min_ndim=2)
+    check_same_shape(
+        "student", student, "teacher", teacher, hint="Compare relations over the same tokens and heads."
+    )
+    check_reduction(reduction)
+    if student.shape[-1] != student.shape[-2]:
+        raise ValueError(
+            f"relations must be square in their last two dimensions, got {tuple(student.shape)}."
+        )
+    t = teacher.detach().float().clamp_min(eps)
+    s = student.float().clamp_min(eps)
+    rows = (t * (t.log() - s.log())).sum(dim=-1)
+    if reduction == "none":
+        return rows
+    return rows.mean() if reduction == "mean" else rows.sum()
+
+
+def whitened_feature_smooth_l1(
+    student: Tensor, teacher: Tensor, *, beta: float = 2.0, eps: float = 1e-6, reduction: Reduction = "mean"
+) -> Tensor:
+    """Feature distillation to a whitened target: smooth L1 between ``h_S`` and ``LN(sg(h_T))``.
+
+    ``LN`` is a layer norm without affine parameters over the feature dimension (the "whitening" of
+    feature distillation, FD, arXiv 2205.14141); ``l(d) = 0.5 d^2 / beta`` if ``|d| < beta`` else
+    ``|d| - 0.5 beta``.
+
+    Args:
+        student: ``(..., D)`` the student's (projected) features.
+        teacher: ``(..., D)`` the teacher's features (detached).
+        beta: the smooth-L1 threshold.
+        eps: the layer norm's epsilon.
+        reduction: ``"mean"`` over every element, ``"sum"`` or ``"none"`` (elementwise).
+
+    Raises:
+        ValueError: shapes differ or ``beta <= 0``.
+
+    Example:
+        >>> import torch
+        >>> whitened_feature_smooth_l1(torch.zeros(1, 2), torch.tensor([[2.0, 4.0]]))  # target (-1, 1)
+        tensor(0.2500)
+    """
+    check_tensor("student", student)
+    check_same_shape(
+        "student",
+        student,
+        "teacher",
+        teacher,
+        hint="Project the student feature to the teacher's width first.",
+    )
+    check_reduction(reduction)
+    beta = check_positive("beta", beta)
+    t = teacher.detach().float()
+    target = F.layer_norm(t, t.shape[-1:], eps=eps)
+    return F.smooth_l1_loss(student.float(), target, beta=beta, reduction=reduction)
+
+
+def nt_xent(
+    first: Tensor, second: Tensor, *, temperature: float = 0.2, reduction: Reduction = "mean"
+) -> Tensor:
+    """SimCLR's NT-Xent: each of the ``2N`` views must pick its partner among the other ``2N - 1``.
+
+    With ``z = normalize([first; second])`` and ``s_ij = z_i . z_j / temperature``,
+    ``l_i = -log(exp(s_{i,p(i)}) / sum_{k != i} exp(s_ik))``, ``p(i)`` the other view of image ``i``.
+
+    Args:
+        first: ``(N, D)`` projections of the first views.
+        second: ``(N, D)`` projections of the second views (row ``i``: the same image).
+        temperature: ``tau`` > 0.
+        reduction: ``"mean"`` over the ``2N`` views, ``"sum"`` or ``"none"`` (``(2N,)``).
+
+    Raises:
+        ValueError: shapes differ, not 2-D, fewer than two images, or ``temperature <= 0``.
+
+    Example:
+        >>> import torch
+        >>> z = torch.eye(4)
+        >>> bool(nt_xent(z, z, temperature=0.1) < nt_xent(z, z.roll(1, 0), temperature=0.1))
+        True
+    """
+    check_tensor("first", first, exact_ndim=2)
+    check_same_shape("first", first, "second", second)
+    check_reduction(reduction)
+    temperature = check_positive("temperature", temperature)
+    n = first.shape[0]
+    if n < 2:
+        raise ValueError(f"NT-Xent needs at least two images (negatives), got {n}.")
+    z = F.normalize(torch.cat([first, second]).float(), dim=1)
+    logits = z @ z.T / temperature
+    logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+    partner = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return F.cross_entropy(logits, partner, reduction=reduction)
