@@ -19,6 +19,15 @@ Usage (from the repository root)::
 
     python benchmarks/calico.py --threads 1        # seeds 0 1 2
     python benchmarks/calico.py --quick            # smoke run: 1 seed, 1 epoch, small data
+    python benchmarks/calico.py --diagnose         # PRC teacher vs random teacher (see below)
+
+``--diagnose`` asks whether the stage-1 teacher carries more class information than a random
+teacher of the same architecture (its own initialisation), which RAD needs if distilling it is to
+beat distilling the random one: a per-point linear probe of the frozen UNet (the protocol above),
+a per-cell probe of its features mean-pooled into the BEV cells (exactly what RAD distils), and
+how alike the teacher's cells are (mean cosine of cell pairs inside one region and across regions:
+near-duplicate cells inside a region are near-duplicate negatives for RAD's cell-level InfoNCE).
+It writes ``benchmarks/results/calico_diagnosis.md`` and leaves the README alone.
 
 Writes ``benchmarks/results/calico.md`` and the block between ``<!-- results:start -->`` and
 ``<!-- results:end -->`` in ``recipes/calico/README.md``; ``--quick`` writes to
@@ -36,13 +45,25 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported
 
 import torch  # noqa: E402
+import yaml  # noqa: E402
 from _harness import bench_parser, recipe_cli, results_dir, timed_fit, update_readme  # noqa: E402
 from _report import generated_header, machine_line, markdown_table, mean_std, paired, write_block  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from lightning_distill.lidar import CLASS_NAMES, collate, linear_probe  # noqa: E402
-from lightning_distill.lidar.bev import bev_cells, bev_linear_probe, scatter_to_bev  # noqa: E402
-from lightning_distill.lidar.networks import sparse_point_features  # noqa: E402
+from lightning_distill.lidar.bev import (  # noqa: E402
+    BEVBackbone,
+    bev_cells,
+    bev_linear_probe,
+    gather_from_bev,
+    scatter_to_bev,
+)
+from lightning_distill.lidar.networks import (
+    PointHead,  # noqa: E402
+    sparse_point_features,  # noqa: E402
+)
+from lightning_distill.lidar.region_contrast import cell_regions  # noqa: E402
+from lightning_distill.recipes.calico import CALICORAD  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PRC, RAD = ROOT / "recipes" / "calico" / "config.yaml", ROOT / "recipes" / "calico" / "rad.yaml"
@@ -136,6 +157,228 @@ def run_seed(seed: int, args: argparse.Namespace, data: list[str], epochs: list[
     return out
 
 
+DIAG_ROWS = {
+    "random_teacher": "random teacher (initialisation of the seed)",
+    "prc_teacher": "PRC-trained teacher",
+}
+
+
+def cell_similarity(net, loader, grid, partition, voxel, feats) -> tuple[float, float]:
+    """Mean cosine of the teacher's centred BEV cell features: pairs in one region, pairs of different regions."""
+    same, other = [], []
+    for batch in loader:
+        points = batch["points"]
+        with torch.no_grad():
+            features = sparse_point_features(net, points, voxel_size=voxel, input_features=feats)
+        where, inside = bev_cells(points, grid)
+        bev = scatter_to_bev(features[inside], where[inside], int(points[:, 0].max()) + 1, grid)
+        cells, region = cell_regions(points, partition(points), grid)
+        rich = region >= 0
+        f = gather_from_bev(bev, cells[rich])
+        f = torch.nn.functional.normalize(f - f.mean(0), dim=1)  # centred: a shared offset is no information
+        cos, r = f @ f.T, region[rich]
+        pair_same = (r[:, None] == r[None, :]) & ~torch.eye(len(r), dtype=torch.bool)
+        same.append(cos[pair_same].mean())
+        other.append(cos[r[:, None] != r[None, :]].mean())
+    return float(torch.stack(same).mean()), float(torch.stack(other).mean())
+
+
+class _LabelTeacherRAD(CALICORAD):
+    """RAD whose teacher BEV map is the one-hot class of the points mean-pooled per cell: an oracle teacher.
+
+    The sanity case of the transfer: a teacher whose features *are* the classes must hand class
+    information to the BEV student if RAD transfers what the teacher knows.
+    """
+
+    def training_step(self, batch, batch_idx):
+        self._labels = batch["labels"]
+        return super().training_step(batch, batch_idx)
+
+    def _evaluation_step(self, batch, stage):
+        self._labels = batch["labels"]
+        return super()._evaluation_step(batch, stage)
+
+    def teacher_bev(self, points, batch_size):
+        if len(self._labels) != len(points):
+            raise ValueError("the labels do not match the points")
+        onehot = torch.nn.functional.one_hot(self._labels, len(CLASS_NAMES)).to(points.dtype)
+        cells, inside = bev_cells(points, self.grid)
+        return scatter_to_bev(onehot[inside], cells[inside], batch_size, self.grid)
+
+
+RAD_ROWS = {
+    "rad_random": "RAD from the random teacher",
+    "rad_prc": "RAD from the PRC-trained teacher",
+    "rad_label": "RAD from a label teacher (one-hot classes per cell; oracle)",
+}
+
+
+def rad_student_probe(teacher, key, seed, data, epochs, probe_train, test, tmp) -> tuple[float, object]:
+    """Fit RAD (rad.yaml) from ``teacher``'s weights; the BEV probe of the student."""
+    path = Path(tmp) / f"{key}.pt"
+    torch.save(teacher.state_dict(), path)
+    rad = recipe_cli(RAD, seed, data + epochs + [f"--model.init_args.teacher.init_args.checkpoint={path}"])
+    if key == "rad_label":
+        rad.model.__class__ = _LabelTeacherRAD
+        rad.model.teacher_head = PointHead(len(CLASS_NAMES), rad.model.hparams.feature_dim)
+    student, grid = rad.model.student, rad.model.grid
+    seconds = timed_fit(rad)[0]
+
+    def bev_of(points):
+        student.eval()
+        with torch.no_grad():
+            return student(points, int(points[:, 0].max()) + 1)
+
+    return seconds, bev_linear_probe(
+        bev_of, probe_train, test, grid=grid, num_classes=len(CLASS_NAMES), seed=seed
+    )
+
+
+def diagnose_seed(seed: int, args: argparse.Namespace, data: list[str], epochs: list[str]) -> dict[str, dict]:
+    """Probes and cell similarities of the random and the PRC-trained teacher of one seed."""
+    prc = recipe_cli(PRC, seed, data + epochs)
+    random_teacher = recipe_cli(PRC, seed, data).model.student  # the same initialisation, never trained
+    dm = prc.datamodule
+    dm.setup("fit")
+    probe_train = DataLoader(dm.scenes("train")[: args.probe_scenes], batch_size=4, collate_fn=collate)
+    test = dm.test_dataloader()
+    voxel, feats, partition = prc.model.voxel_size, prc.model.input_features, prc.model.partition
+    grid = BEVBackbone(**yaml.safe_load(RAD.read_text())["model"]["init_args"]["student"]["init_args"]).grid
+    train_s = timed_fit(prc)[0]
+    out = {}
+    for key, net in (("random_teacher", random_teacher), ("prc_teacher", prc.model.student)):
+        net.eval()
+
+        def teacher_of(points, net=net):
+            with torch.no_grad():
+                features = sparse_point_features(net, points, voxel_size=voxel, input_features=feats)
+            cells, inside = bev_cells(points, grid)
+            return scatter_to_bev(features[inside], cells[inside], int(points[:, 0].max()) + 1, grid)
+
+        point = linear_probe(
+            net,
+            probe_train,
+            test,
+            num_classes=len(CLASS_NAMES),
+            voxel_size=voxel,
+            input_features=feats,
+            seed=seed,
+        )
+        cell = bev_linear_probe(
+            teacher_of, probe_train, test, grid=grid, num_classes=len(CLASS_NAMES), seed=seed
+        )
+        same, other = cell_similarity(net, test, grid, partition, voxel, feats)
+        out[key] = {"point": point, "cell": cell, "same": same, "other": other, "train_s": train_s}
+        print(
+            f"  seed {seed} {key}: point mIoU {point.miou:.3f}, cell mIoU {cell.miou:.3f}, "
+            f"cos same {same:.3f} other {other:.3f}",
+            flush=True,
+        )
+    if args.rad_check:
+        teachers = {"rad_random": random_teacher, "rad_prc": prc.model.student, "rad_label": random_teacher}
+        with tempfile.TemporaryDirectory() as tmp:
+            for key, teacher in teachers.items():
+                seconds, result = rad_student_probe(teacher, key, seed, data, epochs, probe_train, test, tmp)
+                out[key] = {"cell": result, "train_s": seconds}
+                print(
+                    f"  seed {seed} {key}: BEV student cell mIoU {result.miou:.3f} ({seconds:.0f} s)",
+                    flush=True,
+                )
+    return out
+
+
+def diagnosis_report(runs: dict[int, dict], args: argparse.Namespace, command: str, wall: float) -> str:
+    seeds = args.seeds
+    body = []
+    for key, name in DIAG_ROWS.items():
+        r = [runs[s][key] for s in seeds]
+        body.append(
+            [
+                name,
+                mean_std([x["point"].miou for x in r], scale=100, digits=1),
+                mean_std([x["cell"].miou for x in r], scale=100, digits=1),
+                *[
+                    mean_std([float(x["cell"].iou[k]) for x in r], scale=100, digits=1)
+                    for k in range(len(CLASS_NAMES))
+                ],
+                mean_std([x["same"] for x in r], digits=3),
+                mean_std([x["other"] for x in r], digits=3),
+            ]
+        )
+    headers = [
+        "teacher",
+        "point mIoU",
+        "cell mIoU",
+        *[f"cell {c}" for c in CLASS_NAMES],
+        "cos in region",
+        "cos across regions",
+    ]
+
+    def diff(measure: str) -> str:
+        a = [runs[s]["prc_teacher"][measure].miou for s in seeds]
+        b = [runs[s]["random_teacher"][measure].miou for s in seeds]
+        better = sum(x > y for x, y in zip(a, b))
+        return f"{paired(a, b, scale=100, digits=1)} ({better} / {len(seeds) - better} seeds better / worse)"
+
+    lines = [
+        generated_header("benchmarks/calico.py", command, wall),
+        "",
+        machine_line(),
+        "",
+        f"Seeds {', '.join(map(str, seeds))}. Does the stage-1 (PRC) teacher carry more class information than a "
+        f"random teacher of the same architecture (the same seed's initialisation)? Data of `config.yaml`, "
+        f"{args.epochs} epoch(s) of PRC. Linear probes on the labels of {args.probe_scenes} training scenes, "
+        "scored on the test scenes, IoU in %: *point* is the per-point probe of the frozen UNet "
+        "(`benchmarks/slidr.py`'s protocol), *cell* the per-cell probe of its features mean-pooled into the "
+        "RAD student's BEV cells (what RAD distils). *cos* is the mean cosine similarity of the teacher's "
+        "cell features (centred per batch) over pairs of semantic-rich test cells in one region / in different regions.",
+        "",
+        markdown_table(headers, body, align="l" + "r" * (len(headers) - 1)),
+        "",
+        "Paired by seed, PRC teacher minus random teacher (mIoU points):",
+        "",
+        f"- per-point probe: {diff('point')}",
+        f"- per-cell probe: {diff('cell')}",
+    ]
+    if args.rad_check:
+        body = []
+        for key, name in RAD_ROWS.items():
+            r = [runs[s][key]["cell"] for s in seeds]
+            body.append(
+                [
+                    name,
+                    mean_std([x.miou for x in r], scale=100, digits=1),
+                    *[
+                        mean_std([float(x.iou[k]) for x in r], scale=100, digits=1)
+                        for k in range(len(CLASS_NAMES))
+                    ],
+                ]
+            )
+
+        def rad_diff(a: str, b: str) -> str:
+            x = [runs[s][a]["cell"].miou for s in seeds]
+            y = [runs[s][b]["cell"].miou for s in seeds]
+            better = sum(u > v for u, v in zip(x, y))
+            return (
+                f"{paired(x, y, scale=100, digits=1)} ({better} / {len(seeds) - better} seeds better / worse)"
+            )
+
+        lines += [
+            "",
+            f"**Does RAD transfer what the teacher knows?** BEV student of `rad.yaml` ({args.epochs} epoch(s)) "
+            "distilled from each teacher, per-cell linear probe (IoU in %). The label teacher's BEV map is the "
+            "one-hot class of the points mean-pooled per cell (a trainable linear head on top, as for the others).",
+            "",
+            markdown_table(["teacher of RAD", "student cell mIoU", *CLASS_NAMES], body, align="l" + "r" * 7),
+            "",
+            f"- label teacher minus random teacher: {rad_diff('rad_label', 'rad_random')}",
+            f"- PRC teacher minus random teacher: {rad_diff('rad_prc', 'rad_random')}",
+        ]
+    if args.quick:
+        lines.insert(1, "**Quick smoke run (`--quick`): not a result.**")
+    return "\n".join(lines) + "\n"
+
+
 def table(runs: dict[int, dict], seeds: list[int], rows: dict[str, tuple[str, str]]) -> str:
     body = []
     for key, (name, what) in rows.items():
@@ -193,6 +436,16 @@ def build_parser():
     parser = bench_parser(__file__, __doc__, quick="1 seed, 1 epoch, 12 training scenes")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--probe-scenes", type=int, default=16)
+    parser.add_argument(
+        "--rad-check",
+        action="store_true",
+        help="with --diagnose: also distil RAD from the random, the PRC and a label (oracle) teacher",
+    )
+    parser.add_argument(
+        "--diagnose",
+        action="store_true",
+        help="probe the PRC teacher against a random teacher; writes results/calico_diagnosis.md only",
+    )
     return parser
 
 
@@ -216,6 +469,16 @@ def main(argv: list[str] | None = None) -> None:
         f"--model.init_args.lr_scheduler.init_args.T_max={args.epochs}",
     ]
     start = time.perf_counter()
+    if args.diagnose:
+        runs = {seed: diagnose_seed(seed, args, data, epochs) for seed in args.seeds}
+        text = diagnosis_report(runs, args, args.command, time.perf_counter() - start)
+        write_block(
+            results_dir(args) / "calico_diagnosis.md",
+            text,
+            create="# CALICO diagnosis: PRC teacher vs random teacher",
+        )
+        print(text)
+        return
     runs = {seed: run_seed(seed, args, data, epochs) for seed in args.seeds}
     text = report(runs, args, args.command, time.perf_counter() - start)
     write_block(results_dir(args) / "calico.md", text, create="# CALICO benchmark")

@@ -14,6 +14,7 @@ from lightning_distill.lidar.networks import SmallImageBackbone, SparseUNet
 from lightning_distill.lidar.sequence import (
     collate_sequence,
     cross_view_mean,
+    gather_pixel_features,
     pair_points_with_past_pixels,
     relative_pose,
     transform_points,
@@ -300,3 +301,39 @@ def test_a_user_subclass_overriding_the_fusion_equation_is_used(batch):
     torch.manual_seed(1)
     expected = no_memory.contrastive_loss(batch)[0]
     torch.testing.assert_close(got, expected)
+
+
+# ------------------------------------------------------- cross-view pairing (issue 13)
+def _two_view_pairs(pairs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows ``(first, second)`` of the pairs of every point seen by two cameras."""
+    order = torch.argsort(pairs.point, stable=True)
+    p = pairs.point[order]
+    same = p[:-1] == p[1:]
+    return order[:-1][same], order[1:][same]
+
+
+def test_cross_view_pairs_see_the_same_surface_in_both_cameras(batch):
+    # the pairs the recipe builds: a point's pixel shows the point's class, and the two pixels of a
+    # point seen by two cameras show the same class; pixels paired at random agree far less often
+    recipe = make_recipe()
+    pairs = recipe.current_pairs(batch)
+    pixel = batch["pixel_labels"].flatten(0, 1)[pairs.image, pairs.v, pairs.u]
+    point = batch["labels"][pairs.point]
+    shuffled = torch.randperm(len(pixel), generator=torch.Generator().manual_seed(0))
+    assert (pixel == point).float().mean() > 0.9
+    assert (pixel[shuffled] == point).float().mean() < 0.6
+    assert int(torch.bincount(pairs.point).max()) == 2  # adjacent cameras overlap, never three
+    first, second = _two_view_pairs(pairs)
+    assert len(first) > 20  # the 110-degree cameras overlap
+    num_cameras = batch["K"].shape[1]
+    assert torch.equal(pairs.image[first] // num_cameras, pairs.image[second] // num_cameras)  # one cloud
+    assert (pairs.image[first] != pairs.image[second]).all()  # two cameras
+    assert (pixel[first] == pixel[second]).float().mean() > 0.9
+    assert (pixel[first] == pixel[second][torch.randperm(len(second))]).float().mean() < 0.6
+    # and the recipe's unified target of such a point is the mean of exactly those two pixels
+    with torch.no_grad():
+        pixel_features = recipe.pixel_features(batch["images"])
+        unified = recipe.aggregate_views(pixel_features, pairs, len(batch["points"]))
+    own = gather_pixel_features(pixel_features, pairs)
+    torch.testing.assert_close(unified[first], (own[first] + own[second]) / 2)
+    torch.testing.assert_close(unified[second], unified[first])
