@@ -40,6 +40,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from lightning_distill.diffusion.guidance import model_output
+from lightning_distill.diffusion.plumbing import model_null_label
 from lightning_distill.diffusion.schedule import NoiseSchedule
 from lightning_distill.diffusion.timesteps import uniform_timesteps
 from lightning_distill.models.pretrained import cached_training, load_weights
@@ -99,6 +100,7 @@ def _fit_denoiser(
     weight_decay: float,
     warmup: int,
     class_conditional: bool,
+    label_dropout: float = 0.0,
 ) -> list[float]:
     """AdamW on the denoising loss with linear warm-up and cosine decay; returns the per-step losses."""
     data.setup("fit")
@@ -113,6 +115,7 @@ def _fit_denoiser(
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     generator = torch.Generator().manual_seed(int(torch.initial_seed()))
+    null_label = model_null_label(model) if label_dropout > 0 else None
     losses: list[float] = []
     model.train()
 
@@ -128,6 +131,9 @@ def _fit_denoiser(
         cond = None
         if class_conditional:
             cond = batch[1]
+            if null_label is not None:  # classifier-free guidance training: some labels become the null label
+                dropped = torch.rand(cond.shape, generator=generator) < label_dropout
+                cond = torch.where(dropped.to(cond.device), torch.full_like(cond, null_label), cond)
         loss = denoising_batch_loss(model, schedule, x0, generator, cond)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -146,6 +152,7 @@ def trained_denoiser(
     weight_decay: float = 0.0,
     warmup: int = 100,
     class_conditional: bool = False,
+    label_dropout: float = 0.0,
     seed: int = 0,
     checkpoint: str | None = None,
     cache_dir: str | None = None,
@@ -174,6 +181,10 @@ def trained_denoiser(
         weight_decay: AdamW weight decay.
         warmup: linear warm-up steps.
         class_conditional: feed the batch labels as ``class_labels`` (a class-conditional model).
+        label_dropout: with ``class_conditional``, the probability that a label is replaced by the
+            model's null label (:func:`~lightning_distill.diffusion.plumbing.model_null_label`), so that
+            the teacher also learns the unconditional prediction of classifier-free guidance (Ho &
+            Salimans use 0.1-0.2); 0 trains no null label.
         seed: seed of the initialisation, the data order and the training noise.
         checkpoint: path of the user's trained weights (a ``state_dict`` or a Lightning checkpoint).
         cache_dir: where cached teachers live (default :func:`~lightning_distill.models.default_cache_dir`).
@@ -181,8 +192,8 @@ def trained_denoiser(
 
     Raises:
         FileNotFoundError: ``checkpoint`` does not exist.
-        ValueError: neither ``checkpoint`` nor ``data`` is given, ``steps`` < 1, ``warmup`` < 0 or
-            ``lr`` <= 0.
+        ValueError: neither ``checkpoint`` nor ``data`` is given, ``steps`` < 1, ``warmup`` < 0,
+            ``lr`` <= 0, or ``label_dropout`` outside [0, 1) or set for a model without a null label.
         TypeError: ``schedule`` is not a ``NoiseSchedule``.
     """
     if checkpoint is not None:
@@ -204,6 +215,13 @@ def trained_denoiser(
         raise ValueError(f"`warmup` must be an integer >= 0, got {warmup!r}.")
     if not lr > 0:
         raise ValueError(f"`lr` must be > 0, got {lr!r}.")
+    if not 0.0 <= label_dropout < 1.0:
+        raise ValueError(f"`label_dropout` must be in [0, 1), got {label_dropout!r}.")
+    if label_dropout > 0 and (not class_conditional or model_null_label(model) is None):
+        raise ValueError(
+            "`label_dropout` > 0 needs `class_conditional: true` and a model with a null label (a UNet2DModel "
+            f"with `num_class_embeds` = classes + 1, or a class-conditional MLPDenoiser); got {type(model).__name__}."
+        )
     settings: dict[str, Any] = {
         "kind": "denoiser",
         "schedule": _schedule_spec(schedule),
@@ -214,6 +232,8 @@ def trained_denoiser(
         "class_conditional": class_conditional,
         "seed": seed,
     }
+    if label_dropout > 0:  # only then, so that the cache keys of existing teachers stay as they were
+        settings["label_dropout"] = label_dropout
 
     def fit() -> dict[str, Any]:
         losses = _fit_denoiser(
@@ -225,6 +245,7 @@ def trained_denoiser(
             weight_decay=weight_decay,
             warmup=warmup,
             class_conditional=class_conditional,
+            label_dropout=label_dropout,
         )
         window = max(1, min(50, steps // 10))
         first, last = sum(losses[:window]) / window, sum(losses[-window:]) / window

@@ -24,6 +24,7 @@ NO_README = {"dataset_pictures", "ema_speed", "gmm_bench_floor", "hooks_overhead
 #: ``--n`` (samples per model and seed) of the diffusion benches.
 SAMPLES = dict.fromkeys(["decoupled_dmd", "dmd2", "flash_dmd", "gmm_bench_floor", "msd", "swiftbrush"], 2000)
 SAMPLES["dmd2_digits"] = 1000
+SAMPLES["consistency_digits"] = 500
 COMMAND = re.compile(r"python benchmarks/([a-z_0-9]+)\.py([^`\n#]*)")
 
 
