@@ -30,6 +30,7 @@ from lightning_distill.data.images import (
     TensorImageDataset,
 )
 from lightning_distill.utils.checks import check_int, check_positive
+from lightning_distill.utils.random import stable_seed
 
 __all__ = ["SKIMAGE_IMAGES", "FlipShiftDataset", "NaturalPatchesDataModule"]
 
@@ -54,7 +55,7 @@ class FlipShiftDataset(TensorImageDataset):
     def __getitem__(self, item):
         out = super().__getitem__(item)
         epoch, index = item if isinstance(item, tuple) else (0, item)
-        gen = torch.Generator().manual_seed(hash((self.seed, epoch, index, "flip")) & 0x7FFF_FFFF_FFFF)
+        gen = torch.Generator().manual_seed(stable_seed(self.seed, epoch, index, "flip"))
         if bool(torch.rand((), generator=gen) < 0.5):
             out = (out[0].flip(-1), *out[1:])
         return out

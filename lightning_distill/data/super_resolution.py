@@ -42,6 +42,7 @@ from lightning_distill.super_resolution.degradations import (
     realistic_degradation,
 )
 from lightning_distill.utils.checks import check_choice, check_int, check_positive
+from lightning_distill.utils.random import stable_seed
 
 __all__ = ["HELD_OUT_IMAGES", "TRAIN_IMAGES", "PairedSRDataset", "SuperResolutionDataModule"]
 
@@ -66,7 +67,7 @@ Degradation = Literal["bicubic", "realistic"]
 
 
 def _seed(*parts: int | str) -> int:
-    return hash(parts) & 0x7FFF_FFFF_FFFF
+    return stable_seed(*parts)  # not hash(): a string's hash differs between processes (DDP ranks)
 
 
 @functools.lru_cache(maxsize=32)
