@@ -154,6 +154,18 @@ RECIPES: dict[str, RecipeInfo] = {
         "Disjoint Masking with Joint Distillation for Efficient Masked Image Modeling",
         "2301.00230",
     ),
+    "hybrid_distill": RecipeInfo(
+        "representation",
+        "lightning_distill.recipes.hybrid_distill.HybridDistill",
+        "Hybrid Distillation: Connecting Masked Autoencoders with Contrastive Learners",
+        "2306.15876",
+    ),
+    "diffusion_features": RecipeInfo(
+        "representation",
+        "lightning_distill.recipes.diffusion_features.DiffusionFeatures",
+        "Distillation of Diffusion Features for Semantic Correspondence",
+        "2412.03512",
+    ),
     "vlm_ood": RecipeInfo(
         "classification",
         "lightning_distill.recipes.vlm_ood.VLMOOD",
@@ -178,6 +190,12 @@ RECIPES: dict[str, RecipeInfo] = {
         "DistillFSS: Synthesizing Few-Shot Knowledge into a Lightweight Segmentation Model",
         "2512.05613",
     ),
+    "phg_mae": RecipeInfo(
+        "segmentation",
+        "lightning_distill.recipes.phg_mae.PHGMAE",
+        "Probabilistic Hyper-Graphs using Multiple Randomly Masked Autoencoders for Semi-supervised Multi-modal Multi-task Learning",
+        "2510.10068",
+    ),
     "vl2v": RecipeInfo(
         "classification",
         "lightning_distill.recipes.vl2v.VL2V",
@@ -189,6 +207,24 @@ RECIPES: dict[str, RecipeInfo] = {
         "lightning_distill.recipes.boot.BOOT",
         "BOOT: Data-free Distillation of Denoising Diffusion Models with Bootstrapping",
         "2306.05544",
+    ),
+    "distill_nearest": RecipeInfo(
+        "classification",
+        "lightning_distill.recipes.distill_nearest.DistillNearest",
+        "Distilling from Similar Tasks for Transfer Learning on a Budget",
+        "2304.12314",
+    ),
+    "stable_materials": RecipeInfo(
+        "diffusion",
+        "lightning_distill.recipes.stable_materials.StableMaterials",
+        "StableMaterials: Enhancing Diversity in Material Generation via Semi-Supervised Learning",
+        "2406.09293",
+    ),
+    "imdn": RecipeInfo(
+        "super_resolution",
+        "lightning_distill.recipes.imdn.IMDNRecipe",
+        "Lightweight Image Super-Resolution with Information Multi-distillation Network (+ KD from a larger SR network)",
+        "1909.11856",
     ),
 }
 
