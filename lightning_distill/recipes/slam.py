@@ -12,8 +12,11 @@ Algorithm (one training step, latent-consistency style, a skipping-step DDIM gri
    parameterisation ``c_skip x + c_out x̂₀``.
 4. Sub-path linear approximation: ``γ ~ U(0, 1)``; the student sees
    ``z_γ = γ z + (1 − γ) x̂_{t_n} α_{t_{n+k}} / α_{t_n}`` at ``t_{n+k}`` with γ in the extra time
-   slot (LCM's w-embedding slot, value ``10 (1 − γ)``), and reads its ε̂ with the interpolated noise
-   level ``σ_γ² = (σ_{t_n} α_{t_{n+k}} / α_{t_n})² + γ² (1 − (α_{t_{n+k}} / α_{t_n})²)``:
+   slot (LCM's w-embedding slot, value ``10 (1 − γ)``), and reads its ε̂ with the noise level of ``z_γ``,
+   ``σ_γ = γ σ_{t_{n+k}} + (1 − γ) σ_{t_n} α_{t_{n+k}} / α_{t_n}`` (the DDIM step keeps the noise
+   direction of ``z``, so the two noises add linearly; the official code uses the quadrature
+   ``σ_γ² = (σ_{t_n} α_{t_{n+k}} / α_{t_n})² + γ² (1 − (α_{t_{n+k}} / α_{t_n})²)``, which holds only for
+   independent noises: ``sub_path_noise: quadrature``):
    ``x̂₀ = (z_γ − σ_γ ε̂) / α_{t_{n+k}}``; output ``c_skip(t_{n+k}) z_γ + c_out(t_{n+k}) x̂₀``.
 5. Pseudo-Huber loss (c = 0.001) between student and target; AdamW step; EMA update (0.95).
 
@@ -39,6 +42,7 @@ boundary ``σ_data``, ``t / 0.1``     ``sigma_data``, ``timestep_scaling``  0.5,
 AdamW lr 8e-6, wd 0 (launch)        ``optimizer``                    ``slam_adamw``
 4-step LCM sampling                 ``num_inference_steps``          4
 γ ~ U(0, 1) (False: LCM, γ = 1)     ``sub_path``                     True
+σ_γ (official: quadrature)          ``sub_path_noise``               ``linear``
 student starts as the teacher       ``student_init``                 ``teacher``
 =================================  ===============================  =======================
 """
@@ -101,6 +105,9 @@ class SLAM(DiffusionDistillationModule):
         num_inference_steps: steps of the LCM sampler used by ``sample``.
         sub_path: ``True``: γ ~ U(0, 1) (SLAM); ``False``: γ = 1 always, which is plain latent consistency
             distillation (LCM with a fixed ``w``), the baseline SLAM improves on.
+        sub_path_noise: the student's noise level σ_γ at ``z_γ``: ``"linear"`` (the noise of ``z_γ``, since the
+            teacher's DDIM step keeps the noise direction of ``z``) or ``"quadrature"`` (the official code's
+            ``predicted_origin_splam``, exact only if the two end points had independent noises).
         student_init: ``"teacher"`` copies the teacher's weights into the student (the paper);
             ``"random"`` keeps it as built (a teacher without weights).
         null_label: the null class label of guidance (``None``: the teacher's).
@@ -137,6 +144,7 @@ class SLAM(DiffusionDistillationModule):
         timestep_scaling: float = 10.0,
         num_inference_steps: int = 4,
         sub_path: bool = True,
+        sub_path_noise: Literal["linear", "quadrature"] = "linear",
         student_init: Literal["teacher", "random"] = "teacher",
         null_label: int | None = None,
         sample_shape: Sequence[int] | None = None,
@@ -193,6 +201,12 @@ class SLAM(DiffusionDistillationModule):
             "an integer in [1, num_solver_steps]",
         )
         check_option(
+            sub_path_noise in ("linear", "quadrature"),
+            "sub_path_noise",
+            sub_path_noise,
+            "'linear' or 'quadrature'",
+        )
+        check_option(
             student_init in ("teacher", "random"), "student_init", student_init, "'teacher' or 'random'"
         )
         if student_init == "teacher":
@@ -203,7 +217,7 @@ class SLAM(DiffusionDistillationModule):
         self.gamma_slot_scale = float(gamma_slot_scale)
         self.sigma_data, self.timestep_scaling = float(sigma_data), float(timestep_scaling)
         self.max_grad_norm = max_grad_norm
-        self.sub_path = bool(sub_path)
+        self.sub_path, self.sub_path_noise = bool(sub_path), sub_path_noise
         self.grid = skipping_timesteps(T, num_solver_steps)
         # 3. the target network: an EMA of the student (EMATeacher averages it after every step)
         self.register_frozen("target_student", copy.deepcopy(self.student))
@@ -231,13 +245,16 @@ class SLAM(DiffusionDistillationModule):
     def student_x0(
         self, out: Tensor, z_gamma: Tensor, t_start: Tensor, t_end: Tensor, gamma: Tensor
     ) -> Tensor:
-        """Step 4: ``x̂₀ = (z_γ − σ_γ ε̂) / α_{t_{n+k}}`` with SLAM's interpolated noise level σ_γ."""
+        """Step 4: ``x̂₀ = (z_γ − σ_γ ε̂) / α_{t_{n+k}}`` with the interpolated noise level σ_γ (``sub_path_noise``)."""
         if self.schedule.prediction_type == "sample":
             return out.float()
-        a_start = self.schedule.alpha_sigma(t_start)[0]
+        a_start, s_start = self.schedule.alpha_sigma(t_start)
         a_end, s_end = self.schedule.alpha_sigma(t_end)
         ratio = a_start / a_end
-        sigma_gamma = ((s_end * ratio) ** 2 + gamma**2 * (1 - ratio**2)).sqrt()
+        if self.sub_path_noise == "linear":
+            sigma_gamma = gamma * s_start + (1 - gamma) * s_end * ratio
+        else:
+            sigma_gamma = ((s_end * ratio) ** 2 + gamma**2 * (1 - ratio**2)).sqrt()
         return (z_gamma.float() - broadcast_to(sigma_gamma, out) * out.float()) / broadcast_to(a_start, out)
 
     def consistency_loss(self, x0_data: Tensor, cond: Cond, generator: torch.Generator) -> Tensor:

@@ -94,7 +94,7 @@ def test_consistency_loss_matches_an_independent_computation_of_the_official_ste
     r = a_s / a_e
     z_g = gamma.double()[:, None] * z + (1 - gamma.double()[:, None]) * x_prev * r
     eps_s = recipe.student(z_g.float(), start, y, guidance=10 * (1 - gamma)).double()
-    sigma_g = ((s_e * r) ** 2 + gamma.double()[:, None] ** 2 * (1 - r**2)).sqrt()
+    sigma_g = gamma.double()[:, None] * s_s + (1 - gamma.double()[:, None]) * s_e * r  # the noise of z_g
     cs, co = scalings(start)
     prediction = cs * z_g + co * (z_g - sigma_g * eps_s) / a_s
     expected = ((prediction - target) ** 2 + 1e-6).sqrt().mean() - 1e-3
@@ -239,3 +239,59 @@ def test_without_the_sub_path_the_loss_is_latent_consistency_distillation():
     x_prev = lcm.teacher_step(z, start, end, y)
     expected = pseudo_huber_loss(lcm.consistency_function(z, start, y), lcm.target(x_prev, end, y), c=1e-3)
     torch.testing.assert_close(loss, expected)
+
+
+class _PointMassTeacher(torch.nn.Module):
+    """The exact ε-predictor of data concentrated at one point ``x0``: ``ε̂(x, t) = (x − α_t x0) / σ_t``."""
+
+    def __init__(self, x0: torch.Tensor, schedule: NoiseSchedule) -> None:
+        super().__init__()
+        self.register_buffer("x0", x0)
+        self.schedule = schedule
+
+    def forward(self, sample, timestep, class_labels=None):
+        alpha, sigma = self.schedule.alpha_sigma(timestep)
+        return (sample - alpha[:, None] * self.x0) / sigma[:, None]
+
+
+@pytest.mark.parametrize("t_start", [999, 519, 39])
+def test_a_perfect_noise_prediction_gives_the_data_back_at_every_gamma(t_start):
+    """Closed form: for point-mass data the teacher's DDIM step is exact, ``x̂_{t_n} = α_n x0 + σ_n ε`` with the
+    noise ``ε`` of ``z``, so ``z_γ = α_{n+k} x0 + (γ σ_{n+k} + (1 − γ) σ_n α_{n+k}/α_n) ε``: a student that predicts
+    that ``ε`` must get ``x0`` back for every γ (the official quadrature σ_γ does not, except at γ = 0 and 1)."""
+    schedule = NoiseSchedule.ddpm()
+    x0 = torch.tensor([[1.5, -0.5]]).repeat(5, 1)
+    recipe = bench_recipe(teacher=_PointMassTeacher(x0[:1], schedule), schedule=schedule)
+    start = torch.full((5,), t_start)
+    end = start - 20
+    eps = torch.randn(5, 2, generator=torch.Generator().manual_seed(0))
+    gamma = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0])
+    z = schedule.add_noise(x0, eps, start)
+    x_prev = recipe.teacher_step(z, start, end, None)
+    z_gamma = recipe.interpolate(z, x_prev, start, end, gamma)
+    torch.testing.assert_close(recipe.student_x0(eps, z_gamma, start, end, gamma), x0, atol=1e-4, rtol=1e-4)
+    official = bench_recipe(sub_path_noise="quadrature")
+    error = (official.student_x0(eps, z_gamma, start, end, gamma) - x0).norm(dim=1)
+    assert error[[0, 4]].max() < 1e-4 and error[1:4].min() > 1e-3  # wrong strictly inside the sub-path
+
+
+def test_the_teachers_own_noise_prediction_gives_its_x0_back_at_every_gamma():
+    """The exact guided teacher of the ring: ``z`` and ``x̂_{t_n}`` share the teacher's ``(x̂₀, ε̂)`` at ``z``, so
+    the student reading ``ε̂`` at ``z_γ`` must give the teacher's ``x̂₀`` for every γ (a consistent σ_γ)."""
+    recipe = bench_recipe()
+    schedule = recipe.schedule
+    x0 = recipe.teacher.gmm.sample(6, torch.Generator().manual_seed(2)).float()
+    y = torch.tensor([0, 1, 2, 3, 0, 1])
+    start = torch.tensor([999, 979, 759, 499, 259, 39])
+    end = start - 20
+    z = schedule.add_noise(x0, torch.randn(6, 2, generator=torch.Generator().manual_seed(3)), start)
+    x_prev = recipe.teacher_step(z, start, end, y)
+    with torch.no_grad():  # the guided ε̂ of the solver step, (1 + w) ε_c − w ε_∅ with w = 2
+        eps_hat = 3 * recipe.teacher(z, start, y) - 2 * recipe.teacher(z, start, recipe.null_condition(y))
+    x0_hat = schedule.to_x0(eps_hat, z, start)
+    for value in (0.1, 0.5, 0.9):
+        gamma = torch.full((6,), value)
+        z_gamma = recipe.interpolate(z, x_prev, start, end, gamma)
+        torch.testing.assert_close(
+            recipe.student_x0(eps_hat, z_gamma, start, end, gamma), x0_hat, atol=2e-3, rtol=1e-3
+        )
