@@ -40,9 +40,11 @@ from torch import Tensor, nn
 from lightning_distill.diffusion.guidance import Cond, guided_output
 from lightning_distill.diffusion.sampling import randn_like
 from lightning_distill.diffusion.schedule import NoiseSchedule, broadcast_to, scheduler_from_config
+from lightning_distill.utils.checks import check_option
 
 __all__ = [
     "GuidanceConditioned",
+    "check_consistency_options",
     "consistency_output",
     "consistency_sample",
     "consistency_scalings",
@@ -55,6 +57,27 @@ __all__ = [
 ]
 
 Solver = Literal["ddim", "heun"]
+
+
+# ---------------------------------------------------------------------------------- options
+def check_consistency_options(
+    T: int, *, guidance, num_solver_steps, skip, loss_type, huber_c, ema_decay, num_inference_steps
+) -> None:
+    """The argument checks of the latent-consistency recipes (``T``: the schedule's training timesteps).
+
+    Raises:
+        ValueError: naming the argument (:func:`~lightning_distill.utils.checks.check_option`).
+    """
+    n, k = num_solver_steps, num_inference_steps
+    check_option(guidance >= 0, "guidance", guidance, ">= 0")
+    check_option(isinstance(n, int) and 1 <= n <= T, "num_solver_steps", n, f"an integer in [1, {T}]")
+    check_option(isinstance(skip, int) and 1 <= skip <= n, "skip", skip, "an integer in [1, N]")
+    check_option(loss_type in ("huber", "l2"), "loss_type", loss_type, "'huber' or 'l2'")
+    check_option(huber_c >= 0, "huber_c", huber_c, ">= 0")
+    check_option(0.0 <= ema_decay <= 1.0, "ema_decay", ema_decay, "in [0, 1]")
+    check_option(
+        isinstance(k, int) and 1 <= k <= n, "num_inference_steps", k, "an integer in [1, num_solver_steps]"
+    )
 
 
 # ---------------------------------------------------------------------------------- grids

@@ -61,6 +61,7 @@ from torch import Tensor, nn
 from lightning_distill.callbacks import EMATeacher
 from lightning_distill.diffusion.consistency import (
     GuidanceConditioned,
+    check_consistency_options,
     consistency_output,
     consistency_sample,
     draw_timestep_pairs,
@@ -180,26 +181,17 @@ class SLAM(DiffusionDistillationModule):
             self.schedule.prediction_type,
             "a schedule whose models predict 'epsilon' (official) or 'sample'",
         )
-        check_option(guidance >= 0, "guidance", guidance, ">= 0")
-        check_option(
-            isinstance(num_solver_steps, int) and 1 <= num_solver_steps <= T,
-            "num_solver_steps",
-            num_solver_steps,
-            f"an integer in [1, {T}]",
+        check_consistency_options(
+            T,
+            guidance=guidance,
+            num_solver_steps=num_solver_steps,
+            skip=skip,
+            loss_type=loss_type,
+            huber_c=huber_c,
+            ema_decay=ema_decay,
+            num_inference_steps=num_inference_steps,
         )
-        check_option(
-            isinstance(skip, int) and 1 <= skip <= num_solver_steps, "skip", skip, "an integer in [1, N]"
-        )
-        check_option(loss_type in ("huber", "l2"), "loss_type", loss_type, "'huber' or 'l2'")
-        check_option(huber_c >= 0, "huber_c", huber_c, ">= 0")
-        check_option(0.0 <= ema_decay <= 1.0, "ema_decay", ema_decay, "in [0, 1]")
         check_option(gamma_slot_scale > 0, "gamma_slot_scale", gamma_slot_scale, "> 0")
-        check_option(
-            isinstance(num_inference_steps, int) and 1 <= num_inference_steps <= num_solver_steps,
-            "num_inference_steps",
-            num_inference_steps,
-            "an integer in [1, num_solver_steps]",
-        )
         check_option(
             sub_path_noise in ("linear", "quadrature"),
             "sub_path_noise",
