@@ -11,6 +11,7 @@ from lightning_distill.super_resolution.degradations import (
     jpeg_compress,
     realistic_degradation,
 )
+from lightning_distill.super_resolution.denoisers import LRConditionedUNet, upsample_to
 from lightning_distill.super_resolution.metrics import (
     FeatureDistance,
     SRMetrics,
@@ -23,6 +24,7 @@ from lightning_distill.super_resolution.metrics import (
 __all__ = [
     "DegradationSettings",
     "FeatureDistance",
+    "LRConditionedUNet",
     "SRMetrics",
     "bicubic_downsample",
     "check_scale_fits",
@@ -32,4 +34,5 @@ __all__ = [
     "rgb_to_y",
     "sr_psnr",
     "sr_ssim",
+    "upsample_to",
 ]
