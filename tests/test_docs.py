@@ -60,7 +60,7 @@ def test_every_claim_that_does_not_hold_says_why_with_a_known_kind():
     missing = []
     for slug, verdicts in docs_tables.claims().items():
         for v in verdicts:
-            if v.verdict not in ("reversed", "within noise"):
+            if v.verdict not in docs_tables.NOT_HOLDING:
                 continue
             if v.why is None:
                 if slug not in PENDING_WHY:
@@ -113,6 +113,28 @@ def test_a_why_is_read_and_shown_only_while_the_claim_does_not_hold():
 )
 def test_verdict_rule(ours, base, better, verdict):
     assert docs_tables.Verdict("x", "c", "m", ours, base, better, "f").verdict == verdict
+
+
+@pytest.mark.parametrize(
+    ("ours", "base", "better", "verdict"),
+    [
+        ((10.0, 1.0), (5.0, 1.0), "higher", "matches"),  # better is as good
+        ((5.0, 3.0), (10.0, 4.0), "higher", "matches"),  # worse by 5 = spread 5
+        ((4.0, 3.0), (10.0, 4.0), "higher", "falls short"),
+        ((2.0, 0.1), (1.0, 0.1), "lower", "falls short"),
+        ((1.05, 0.1), (1.0, 0.0), "lower", "matches"),
+    ],
+)
+def test_parity_claims_match_unless_worse_by_more_than_the_spread(ours, base, better, verdict):
+    v = docs_tables.Verdict("x", "c", "m", ours, base, better, "f", why="open: x", kind="matches")
+    assert v.verdict == verdict
+    assert (v.why_kind is None) == (verdict == "matches")
+
+
+def test_an_unknown_claim_kind_is_refused_naming_the_claim():
+    entry = _dmd2_entry(kind="ties")
+    with pytest.raises(ValueError, match="kind must be one of"):
+        docs_tables.read_claims({"dmd2": [entry]})
 
 
 def test_tables_parse_escaped_pipes_and_pick_exactly_one_row():

@@ -8,7 +8,9 @@ puts them into the pages at build time; ``tests/test_docs.py`` checks them.
 
 Verdict rule (printed with the table): with mean ± std over seeds for both rows, the claim *holds*
 when ours is better by more than the combined spread sqrt(std_ours² + std_base²), is *reversed*
-when it is worse by more than that, and is *within noise* otherwise.
+when it is worse by more than that, and is *within noise* otherwise. A parity claim (``kind: matches``:
+"as good as", "as close as") *matches* when ours is not worse by more than that spread and *falls short*
+otherwise.
 
 A claim may carry ``why``: one line, ``"<kind>: <reason>"`` with kind ``implementation``, ``toy scale``
 or ``open`` (see ``WHY_KINDS``), the diagnosis of a claim that does not hold. It is shown in the last
@@ -34,8 +36,11 @@ CLAIMS = ROOT / "benchmarks" / "claims.yaml"
 RULE = (
     "Verdict: with mean ± std over seeds in both rows, a claim **holds** when our row is better by more "
     "than the combined spread √(std₁² + std₂²), is **reversed** when it is worse by more than that, "
-    "and is **within noise** otherwise. Both cells are read from the benchmark's generated table."
+    'and is **within noise** otherwise. A parity claim ("as good as") **matches** when our row is not worse by '
+    "more than that spread and **falls short** otherwise. Both cells are read from the benchmark's generated table."
 )
+CLAIM_KINDS = ("beats", "matches")
+NOT_HOLDING = ("reversed", "within noise", "falls short")
 WHY_KINDS = {
     "implementation": "a bug, or a part that is not faithful to the paper or its code, named",
     "toy scale": "the implementation is checked and the effect does not show at this budget or size",
@@ -55,12 +60,15 @@ class Verdict:
     file: str
     cells: tuple[str, str] = ("", "")  # both cells as the result file prints them
     why: str | None = None  # "<kind>: <reason>", the diagnosis of a claim that does not hold
+    kind: str = "beats"  # "beats" (ours is better) or "matches" (ours is as good: a parity claim)
 
     @property
     def verdict(self) -> str:
         (m1, s1), (m0, s0) = self.ours, self.baseline
         gain = (m1 - m0) if self.better == "higher" else (m0 - m1)
         spread = math.hypot(s1, s0)
+        if self.kind == "matches":
+            return "matches" if gain >= -spread else "falls short"
         if gain > spread:
             return "holds"
         if gain < -spread:
@@ -73,7 +81,7 @@ class Verdict:
     @property
     def why_kind(self) -> str | None:
         """The diagnosis's kind (one of ``WHY_KINDS``); None without ``why`` or when the claim holds."""
-        if self.why is None or self.verdict == "holds":
+        if self.why is None or self.verdict not in NOT_HOLDING:
             return None
         return self.why.split(":", 1)[0]
 
@@ -155,6 +163,9 @@ def read_claims(spec: dict[str, list[dict]]) -> dict[str, list[Verdict]]:
             ]
             if entry["better"] not in ("higher", "lower"):
                 raise ValueError(f"{where}: better must be 'higher' or 'lower'")
+            kind = entry.get("kind", "beats")
+            if kind not in CLAIM_KINDS:
+                raise ValueError(f"{where}: kind must be one of {CLAIM_KINDS}, got {kind!r}")
             cells = tuple(_row(rows, entry[k], where)[entry["column"]] for k in ("ours", "baseline"))
             ours, base = (_value(c, where) for c in cells)
             why = _why(entry, where)
@@ -169,6 +180,7 @@ def read_claims(spec: dict[str, list[dict]]) -> dict[str, list[Verdict]]:
                     entry["file"],
                     cells,
                     why,
+                    kind,
                 )
             )
     return out
