@@ -228,6 +228,11 @@ class SLAM(DiffusionDistillationModule):
         x0 = self.schedule.to_x0(out, x_prev, t_end)
         return self._boundary(x_prev, x0, t_end)
 
+    def draw_gamma(self, batch: int, generator: torch.Generator) -> Tensor:
+        """Step 4: ``γ ~ U(0, 1)`` per sample ``(B,)``; all ones without ``sub_path`` (LCM: z at its own level)."""
+        gamma = torch.rand(batch, generator=generator, device=generator.device)
+        return gamma if self.sub_path else torch.ones_like(gamma)
+
     def interpolate(self, z: Tensor, x_prev: Tensor, t_start: Tensor, t_end: Tensor, gamma: Tensor) -> Tensor:
         """Step 4: ``z_γ = γ z + (1 − γ) x̂_{t_n} α_{t_{n+k}} / α_{t_n}`` ``(B, ...)``."""
         ratio = self.schedule.alpha_sigma(t_start)[0] / self.schedule.alpha_sigma(t_end)[0]
@@ -261,9 +266,7 @@ class SLAM(DiffusionDistillationModule):
         x_prev = self.teacher_step(z, t_start, t_end, cond)
         target = self.target(x_prev, t_end, cond)
         # 4. the sub-path input and the student's prediction
-        gamma = torch.rand(batch, generator=generator, device=generator.device).to(x0_data.device)
-        if not self.sub_path:
-            gamma = torch.ones_like(gamma)  # LCM: the student sees z at its own noise level
+        gamma = self.draw_gamma(batch, generator).to(x0_data.device)
         z_gamma = self.interpolate(z, x_prev, t_start, t_end, gamma).to(x0_data.dtype)
         out = self.student(z_gamma, t_start, cond, guidance=self.gamma_slot_scale * (1 - gamma))
         prediction = self._boundary(z_gamma, self.student_x0(out, z_gamma, t_start, t_end, gamma), t_start)
