@@ -66,6 +66,10 @@ def sr_picture(lr: Tensor, hr: Tensor, outputs: dict[str, Tensor], gap: int = 2)
 class SuperResolutionPictures(Callback):
     """Each validation, LR / bicubic / student SR / teacher SR / HR of a few validation images, as ``val/<key>``.
 
+    The SR columns come from ``pl_module.sr_outputs(lr) -> {name: (N, C, H, W)}`` when the module defines
+    it (a diffusion or flow recipe, whose student is a denoiser rather than an ``lr -> sr`` network);
+    otherwise from ``pl_module.student(lr)`` and each of ``pl_module.teachers`` (computed once per run).
+
     Args:
         key: the picture's name (``val/<key>``).
         num_images: rows (images of the first validation batch).
@@ -108,14 +112,19 @@ class SuperResolutionPictures(Callback):
         if not self._active or trainer.sanity_checking or self._batch is None or not trainer.is_global_zero:
             return
         lr, hr = self._batch
-        student = getattr(pl_module, "student", pl_module)
-        outputs = {"student": student(lr)}
-        if self.teacher_outputs is None:
-            teachers = list(getattr(pl_module, "teachers", []) or [])
-            self.teacher_outputs = {
-                ("teacher" if len(teachers) == 1 else f"teacher{k}"): t(lr) for k, t in enumerate(teachers)
-            }
-        outputs.update(self.teacher_outputs)
+        sr_outputs = getattr(pl_module, "sr_outputs", None)
+        if callable(sr_outputs):  # samplers (diffusion, flow) say themselves what to show
+            outputs = dict(sr_outputs(lr))
+        else:
+            student = getattr(pl_module, "student", pl_module)
+            outputs = {"student": student(lr)}
+            if self.teacher_outputs is None:
+                teachers = list(getattr(pl_module, "teachers", []) or [])
+                self.teacher_outputs = {
+                    ("teacher" if len(teachers) == 1 else f"teacher{k}"): t(lr)
+                    for k, t in enumerate(teachers)
+                }
+            outputs.update(self.teacher_outputs)
         picture = sr_picture(lr, hr, outputs)
         self.last_picture = picture
         tag = f"val/{self.key}"

@@ -47,3 +47,28 @@ def test_pictures_are_logged_at_each_validation(tmp_path):
     L.Trainer(**kwargs).fit(recipe, datamodule=dm)
     assert [key for key, _, _ in logger.images] == ["val/sr", "val/sr"]
     assert logger.images[0][1] == (2 * 16 + 2, 5 * 16 + 8, 3)
+
+
+def test_a_module_with_sr_outputs_chooses_the_columns(tmp_path):
+    torch.manual_seed(0)
+
+    class Sampled(IMDNRecipe):
+        def sr_outputs(self, lr):
+            up = torch.nn.functional.interpolate(lr, scale_factor=2, mode="nearest")
+            return {"one step": up, "teacher, 8 steps": up.flip(-1)}
+
+    recipe = Sampled(student=IMDN(2, channels=8, num_blocks=1), teacher=ResidualSRNet(2, 8, 1))
+    logger = _ImageLogger(tmp_path)
+    callback = SuperResolutionPictures(num_images=2)
+    kwargs = quiet_trainer_kwargs(
+        max_epochs=1, limit_train_batches=1, limit_val_batches=1, callbacks=[callback]
+    )
+    kwargs["logger"] = logger
+    dm = SuperResolutionDataModule(scale=2, hr_size=16, patches_per_image=2, test_size=32, batch_size=4)
+    L.Trainer(**kwargs).fit(recipe, datamodule=dm)
+    # LR, bicubic, the two named outputs, HR: four columns of 16 + the LR column
+    assert logger.images[0][1] == (2 * 16 + 2, 5 * 16 + 8, 3)
+    lr, hr = callback._batch
+    up = torch.nn.functional.interpolate(lr, scale_factor=2, mode="nearest")
+    expected = sr_picture(lr, hr, {"one step": up, "teacher, 8 steps": up.flip(-1)})
+    assert (callback.last_picture == expected).all()
