@@ -250,10 +250,22 @@ class OFTSR(DistillationModule):
         if isinstance(batch, (list, tuple)) and len(batch) > 1:
             return self.super_resolve(batch[0], tuple(batch[1].shape[-2:]))
         low = batch[0] if isinstance(batch, (list, tuple)) else batch
+        return self.super_resolve(low, self._hr_size(low))
+
+    @torch.no_grad()
+    def sr_outputs(self, low: Tensor) -> dict[str, Tensor]:
+        """The columns of ``SuperResolutionPictures``: the student's one step and the teacher's sampler."""
+        size = self._hr_size(low)
+        return {
+            "student, 1 step": self.super_resolve(low, size),
+            "teacher": self.teacher_super_resolve(low, size),
+        }
+
+    def _hr_size(self, low: Tensor) -> tuple[int, int]:
         scale = getattr(getattr(self.trainer, "datamodule", None), "scale", None)
         if scale is None:
-            raise ValueError("`predict` on LR images alone needs a datamodule with a `scale` attribute.")
-        return self.super_resolve(low, (low.shape[-2] * scale, low.shape[-1] * scale))
+            raise ValueError("SR of LR images alone needs a datamodule with a `scale` attribute.")
+        return (low.shape[-2] * scale, low.shape[-1] * scale)
 
     # ----------------------------------------------------------------- helpers
     def _generator(self, step: int, device: torch.device | None = None) -> torch.Generator:

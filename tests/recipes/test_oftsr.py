@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_distill.callbacks.super_resolution_pictures import SuperResolutionPictures
 from lightning_distill.data.super_resolution import SuperResolutionDataModule
 from lightning_distill.recipes.oftsr import OFTSR
 from lightning_distill.super_resolution.denoisers import LRConditionedUNet
@@ -192,3 +193,18 @@ def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path):
     resumed = run(4, str(tmp_path / "two.ckpt"))
     for a, b in zip(straight.student.parameters(), resumed.student.parameters()):
         torch.testing.assert_close(a, b)
+
+
+def test_pictures_show_the_one_step_student_and_the_teacher(tmp_path):
+    torch.manual_seed(0)
+    teacher = LRConditionedUNet.tiny(sample_size=16, image_channels=3, block_out_channels=(8, 16))
+    student = LRConditionedUNet.tiny(sample_size=16, image_channels=3, block_out_channels=(8, 16))
+    recipe = OFTSR(student=student, teacher=teacher, border=2)
+    callback = SuperResolutionPictures(num_images=2)
+    callback.setup = lambda *a, **k: setattr(callback, "_active", True)  # no image logger in the test
+    kwargs = quiet_trainer_kwargs(
+        max_epochs=1, limit_train_batches=1, limit_val_batches=1, callbacks=[callback]
+    )
+    dm = SuperResolutionDataModule(scale=4, hr_size=16, source="digits", patches_per_image=2, batch_size=4)
+    L.Trainer(**kwargs).fit(recipe, datamodule=dm)
+    assert callback.last_picture is not None and callback.last_picture.shape == (2 * 16 + 2, 5 * 16 + 8, 3)
