@@ -119,6 +119,10 @@ class DistillationModule(L.LightningModule):
     default_loss_weights: ClassVar[dict[str, float]] = {}
     #: Whether the recipe needs at least one teacher.
     requires_teacher: ClassVar[bool] = True
+    #: Whether some trainable parameters get no gradient in some steps (a stage that freezes a part, or a
+    #: part trained only in a later stage): DDP must then look for unused parameters. Manual optimization
+    #: (turns) implies it.
+    trains_parameters_by_stage: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -496,7 +500,8 @@ class DistillationModule(L.LightningModule):
         which wraps the whole module), is refused. Under DDP, a recipe with manual optimization (a
         fake score, a discriminator and a generator stepped in turns) leaves some parameters without
         a gradient in each backward, which DDP refuses unless it looks for unused parameters: that
-        is switched on here unless the strategy names ``find_unused_parameters``.
+        is switched on here unless the strategy names ``find_unused_parameters``; so it is for a recipe
+        with :attr:`trains_parameters_by_stage` (a part frozen, or trained only, in some stages).
 
         Raises:
             RuntimeError: under ``FSDPStrategy`` or ``ModelParallelStrategy``, naming the strategy and
@@ -520,7 +525,8 @@ class DistillationModule(L.LightningModule):
                 )
             raise RuntimeError(f"{type(self).__name__} cannot run under {name}: {reason}.")
         ddp_kwargs = getattr(strategy, "_ddp_kwargs", None)  # DDPStrategy keeps the DDP arguments there
-        if not self.automatic_optimization and isinstance(ddp_kwargs, dict):
+        by_turn_or_stage = not self.automatic_optimization or self.trains_parameters_by_stage
+        if by_turn_or_stage and isinstance(ddp_kwargs, dict):
             ddp_kwargs.setdefault("find_unused_parameters", True)
 
     def on_fit_start(self) -> None:

@@ -121,6 +121,8 @@ class VL2V(DistillationModule):
 
     loss_terms: ClassVar[tuple[str, ...]] = ("image", "text")
     default_loss_weights: ClassVar[dict[str, float]] = {"image": 0.5, "text": 0.5}
+    # stage 1 freezes the backbone after DDP has wrapped the module: DDP looks for unused parameters
+    trains_parameters_by_stage: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -169,15 +171,6 @@ class VL2V(DistillationModule):
         self.stage = 1 if stage1_epochs > 0 else 2  # set by the ProgressiveSchedule of configure_callbacks
 
     # ---------------------------------------------------------------- the paper
-    def configure_model(self) -> None:
-        super().configure_model()
-        # Stage 1 freezes the backbone after DDP has wrapped the module, so its parameters get no
-        # gradient then: DDP has to look for unused parameters (as for the turn-based recipes).
-        strategy = self._trainer.strategy if self._trainer is not None else None
-        ddp_kwargs = getattr(strategy, "_ddp_kwargs", None)
-        if isinstance(ddp_kwargs, dict):
-            ddp_kwargs.setdefault("find_unused_parameters", True)
-
     def projected(self, x: Tensor) -> Tensor:
         """Step 2: ``p = normalize(P(g(x)))`` ``(B, D)``."""
         return F.normalize(self.projection(self.student(x)), dim=-1)

@@ -105,6 +105,8 @@ class YONOSSR(DistillationModule):
 
     loss_terms: ClassVar[tuple[str, ...]] = ("distill", "direct", "decoder")
     default_loss_weights: ClassVar[dict[str, float]] = {"distill": 1.0, "direct": 1.0, "decoder": 1.0}
+    # the decoder trains only in the last stage, the denoiser in all but that one
+    trains_parameters_by_stage: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -126,3 +126,21 @@ def test_checkpoint_check_reads_weight_averaging_checkpoints(tmp_path, monkeypat
     monkeypatch.setattr("lightning_distill.recipes.load_recipe", lambda slug: loader(average))
     stale = _averaging_checkpoint(tmp_path, {"w": torch.zeros(2)}, average)
     assert any("live weights" in f for f in matrix.check_checkpoint("x", stale, final))
+
+
+@pytest.mark.parametrize(
+    "staged, manual, expected", [(False, False, None), (True, False, True), (False, True, True)]
+)
+def test_ddp_looks_for_unused_parameters_for_turns_and_stages(staged, manual, expected):
+    class Module(_Tiny):
+        trains_parameters_by_stage = staged
+
+    module = Module(student=nn.Linear(2, 2))
+    module.automatic_optimization = not manual
+    ddp_kwargs: dict = {}
+    module._trainer = SimpleNamespace(strategy=type("DDPStrategy", (), {"_ddp_kwargs": ddp_kwargs})())
+    module.configure_model()
+    assert ddp_kwargs.get("find_unused_parameters") is expected
+    ddp_kwargs["find_unused_parameters"] = False  # a strategy that names it wins
+    module.configure_model()
+    assert ddp_kwargs["find_unused_parameters"] is False
