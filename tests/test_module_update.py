@@ -83,7 +83,9 @@ def test_update_gradient_is_the_weighted_sum_and_never_reaches_the_other_optimiz
         def training_step(self, batch, batch_idx):
             opt_gen, _ = self.optimizers()
             out = self.student(batch[0])
-            self.update(opt_gen, {"fit": out.square().mean(), "reg": self.critic(out).mean()}, turn="generator")
+            self.update(
+                opt_gen, {"fit": out.square().mean(), "reg": self.critic(out).mean()}, turn="generator"
+            )
             self.critic_grads = [p.grad for p in self.critic.parameters()]
             self.student_grads = [p.grad.clone() for p in self.student.parameters()]
 
@@ -108,14 +110,18 @@ def test_update_steps_only_its_own_scheduler():
 def test_update_clips_the_gradient_norm():
     module = TwoTurns(max_grad_norm=1e-3)
     _fit(module, steps=2)
-    norms = [torch.linalg.vector_norm(torch.stack([g.norm() for g in grads.values()])) for grads in module.recorded]
+    norms = [
+        torch.linalg.vector_norm(torch.stack([g.norm() for g in grads.values()])) for grads in module.recorded
+    ]
     assert all(n <= 1e-3 * (1 + 1e-5) for n in norms), norms
 
 
 def test_a_non_finite_term_stops_the_run_naming_the_term_and_step_before_any_update():
     module = TwoTurns()
     module.corrupt_at = 2
-    with pytest.raises(FloatingPointError, match=r"`loss_generator` is not finite at global step 4.*\['fit'\]"):
+    with pytest.raises(
+        FloatingPointError, match=r"`loss_generator` is not finite at global step 4.*\['fit'\]"
+    ):
         _fit(module)
     assert all(torch.isfinite(p).all() for p in module.parameters())
 

@@ -164,8 +164,7 @@ class HeLlO(SyntheticSetModule):
             )
         if not student_beta >= 0:
             raise ValueError(
-                f"`student_beta` must be >= 0, got {student_beta}; set "
-                "`model.init_args.student_beta`."
+                f"`student_beta` must be >= 0, got {student_beta}; set `model.init_args.student_beta`."
             )
         self.save_hyperparameters(
             ignore=["student", "teacher", "synthetic", "optimizer", "image_optimizer", "lr_scheduler"]

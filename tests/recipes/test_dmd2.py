@@ -391,7 +391,9 @@ def test_resume_with_two_optimizers_equals_the_uninterrupted_run(tmp_path):
 
 def test_validation_logs_sample_metrics_with_the_floor_and_the_teacher_once():
     recipe = make_recipe(eval_teacher_steps=5)
-    trainer = L.Trainer(**quiet_trainer_kwargs(max_epochs=2, limit_train_batches=2, callbacks=[MixtureMetrics()]))
+    trainer = L.Trainer(
+        **quiet_trainer_kwargs(max_epochs=2, limit_train_batches=2, callbacks=[MixtureMetrics()])
+    )
     seen = []
 
     class Spy(Callback):
@@ -459,4 +461,7 @@ def test_a_subclass_overriding_one_equation_method_is_what_trains():
     trainer = L.Trainer(**quiet_trainer_kwargs(max_epochs=1, limit_train_batches=3))
     trainer.fit(mine, datamodule=tiny_gmm_data())
     assert MyDMD2.calls == 2  # generator turns at iterations 0 and 2
-    assert torch.isfinite(trainer.logged_metrics["train/dm"]) and "train/loss_generator" in trainer.logged_metrics
+    assert (
+        torch.isfinite(trainer.logged_metrics["train/dm"])
+        and "train/loss_generator" in trainer.logged_metrics
+    )

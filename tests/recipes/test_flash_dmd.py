@@ -125,7 +125,9 @@ def test_without_a_split_both_terms_equal_dmd2s_losses_on_every_sample():
     gen = torch.Generator().manual_seed(3)
     dm = pseudo_target_loss(x0, recipe.distribution_matching_gradient(x0, None, None, gen))  # DMD2's L_DM
     torch.testing.assert_close(terms["dm"], dm)
-    torch.testing.assert_close(terms["gen_cls"], gan_generator_loss(recipe.discriminator_logits(x0, None, gen)))
+    torch.testing.assert_close(
+        terms["gen_cls"], gan_generator_loss(recipe.discriminator_logits(x0, None, gen))
+    )
 
 
 def test_dm_term_has_no_gradient_when_the_fake_score_equals_the_teacher():
@@ -260,7 +262,9 @@ def test_unet2d_models_run_the_split_and_the_reward_through_the_same_code_path()
 
 def test_validation_logs_the_reward_next_to_the_sample_metrics():
     recipe = make_recipe(eval_teacher_steps=5)
-    trainer = L.Trainer(**quiet_trainer_kwargs(max_epochs=1, limit_train_batches=2, callbacks=[MixtureMetrics()]))
+    trainer = L.Trainer(
+        **quiet_trainer_kwargs(max_epochs=1, limit_train_batches=2, callbacks=[MixtureMetrics()])
+    )
     trainer.fit(recipe, datamodule=tiny_gmm_data())
     metrics = trainer.callback_metrics
     assert {"val/reward", "val/swd", "val/mode_coverage", "val/teacher_swd", "val/swd_floor"} <= set(metrics)
