@@ -123,6 +123,10 @@ class DistillationModule(L.LightningModule):
     #: part trained only in a later stage): DDP must then look for unused parameters. Manual optimization
     #: (turns) implies it.
     trains_parameters_by_stage: ClassVar[bool] = False
+    #: Prefixes of module state that holds every rank's samples (a queue or memory bank filled with the
+    #: all-gathered batch): equal on all ranks, but not what one process holds when every rank sees the
+    #: same data, so the strategy matrix's same-data comparison with one process leaves it out.
+    global_batch_state: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,

@@ -39,7 +39,7 @@ from lightning_distill.detection.heads import (
     decode_detections,
     gather_codes,
 )
-from lightning_distill.lidar.spconv_cpu import import_spconv
+from lightning_distill.lidar.spconv_cpu import import_spconv, sparse_in_fp32
 from lightning_distill.losses.detection import box_regression_l1, heatmap_focal_loss
 
 __all__ = ["DetectorOutput", "DetectorVoxels", "VoxelDetector", "batch_targets", "voxelize_points"]
@@ -289,7 +289,7 @@ class VoxelDetector(nn.Module):
         coords, features, counts = [], [], []
         count = voxels.num_points
         for level, block in enumerate(self.levels):
-            x = block(x)
+            x = sparse_in_fp32(block, x)  # spconv has no bf16 kernels
             if level:
                 count = _pool_counts(coords[-1], count, x.indices)
             coords.append(x.indices)

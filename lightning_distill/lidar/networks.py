@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_distill.lidar.spconv_cpu import import_spconv
+from lightning_distill.lidar.spconv_cpu import import_spconv, sparse_in_fp32
 
 __all__ = [
     "ImageHead",
@@ -129,12 +129,7 @@ class SparseUNet(nn.Module):
                 f"SparseUNet was built with `in_channels`={self.in_channels}, got features of width "
                 f"{x.features.shape[1]}; set `in_channels` to match the point features."
             )
-        device = x.features.device.type
-        if torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16:
-            # spconv has no bf16 kernels (and its CPU path is torch.mm, which autocast makes bf16): fp32 inside.
-            with torch.autocast(device, enabled=False):
-                return self._forward(x.replace_feature(x.features.float()))
-        return self._forward(x)
+        return sparse_in_fp32(self._forward, x)
 
     def _forward(self, x: Any) -> Any:
         x = self.stem(x)

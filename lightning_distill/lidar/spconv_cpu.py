@@ -8,15 +8,19 @@ is enough. The fix is applied once, only when CUDA is unavailable; with CUDA (``
 nothing is changed.
 
 Every module of :mod:`lightning_distill.lidar` that needs spconv gets it from :func:`import_spconv`.
+spconv has no bf16 kernels (and its CPU path is ``torch.mm``, which autocast turns bf16), so sparse
+networks run through :func:`sparse_in_fp32` under bf16-mixed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import ModuleType
+from typing import Any
 
 import torch
 
-__all__ = ["apply_cpu_backward_fix", "import_spconv"]
+__all__ = ["apply_cpu_backward_fix", "import_spconv", "sparse_in_fp32"]
 
 _MARK = "_lightning_distill_cpu_stream"
 
@@ -71,3 +75,16 @@ def _import_ops() -> ModuleType:
             "(CUDA 12)."
         ) from err
     return ops
+
+
+def sparse_in_fp32(forward: Callable[[Any], Any], x: Any) -> Any:
+    """``forward(x)`` for a ``SparseConvTensor`` ``x``; under bf16 autocast, with autocast off and fp32 features.
+
+    spconv has no bf16 kernels, so a sparse network inside ``precision="bf16-mixed"`` runs in fp32 (its
+    output features are fp32; the dense layers after it autocast again).
+    """
+    device = x.features.device.type
+    if torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16:
+        with torch.autocast(device, enabled=False):
+            return forward(x.replace_feature(x.features.float()))
+    return forward(x)

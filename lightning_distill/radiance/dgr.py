@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from typing import Any
 
 import torch
@@ -99,8 +101,13 @@ def band_contrastive_loss(
     channel_ratio: float = 0.5,
     band: tuple[float, float] = (0.1, 0.6),
     temperature: float = 0.07,
+    gather: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """GloReDi's band-pass supervised contrastive loss; pushes the student's embeddings into ``memory``.
+
+    ``gather`` maps this process's embeddings ``(B, D)`` to every process's ``(world · B, D)`` (in rank
+    order) before the push, so that under DDP every rank holds the same bank, the one a single process
+    with the global batch would hold.
 
     Embeddings of :func:`band_embeddings`; labels: student ``i`` and teacher ``i`` share label
     ``i + 1``, every memory entry has label 0; SupCon over all ``2B + length`` anchors. While the
@@ -109,14 +116,15 @@ def band_contrastive_loss(
     """
     s = band_embeddings(student_latent, channel_ratio=channel_ratio, band=band)
     t = band_embeddings(teacher_latent.detach(), channel_ratio=channel_ratio, band=band)
+    pushed = s.detach() if gather is None else gather(s.detach())
     if not memory.is_full:
-        memory.push(s)
+        memory.push(pushed)
         return s.sum() * 0.0
     b = s.shape[0]
     ids = torch.arange(1, b + 1, device=s.device)
     labels = torch.cat([ids, ids, torch.zeros(memory.length, dtype=torch.long, device=s.device)])
     loss = supervised_contrastive_loss(torch.cat([s, t, memory.bank.to(s)]), labels, temperature=temperature)
-    memory.push(s)
+    memory.push(pushed)
     return loss
 
 

@@ -114,6 +114,8 @@ class DGR(DistillationModule):
         "teacher_freq": 1.0,
     }
     requires_teacher: ClassVar[bool] = False
+    # the contrastive memory bank is filled with every rank's embeddings (one bank on all ranks)
+    global_batch_state: ClassVar[tuple[str, ...]] = ("memory",)
 
     def __init__(
         self,
@@ -191,8 +193,14 @@ class DGR(DistillationModule):
         """Band-pass SupCon between student and teacher latents, against the memory bank of student latents."""
         return band_contrastive_loss(
             student_latent, teacher_latent, self.memory, channel_ratio=self.channel_ratio,
-            band=self.contrastive_band, temperature=self.temperature,
+            band=self.contrastive_band, temperature=self.temperature, gather=self._gather,
         )  # fmt: skip
+
+    def _gather(self, embeddings: Tensor) -> Tensor:
+        """Every rank's embeddings in rank order ``(world · B, D)``: one memory bank on all ranks under DDP."""
+        if self._trainer is None or self._trainer.world_size == 1:
+            return embeddings
+        return self.all_gather(embeddings).flatten(0, 1)
 
     @torch.no_grad()
     def update_teacher_decoder(self) -> None:

@@ -202,3 +202,16 @@ def test_global_skip_network_starts_as_the_identity_and_both_paths_add_their_inp
     torch.testing.assert_close(pred, sparse)  # the last layer starts at zero: the output is the FBP input
     torch.testing.assert_close(pred, recipe.student(sparse))
     torch.testing.assert_close(recipe.teacher_forward(dense)[0], dense)
+
+
+def test_the_memory_bank_takes_every_ranks_embeddings_through_gather():
+    from lightning_distill.radiance.dgr import LatentMemoryBank, band_contrastive_loss, band_embeddings
+
+    torch.manual_seed(0)
+    s, t = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    own = band_embeddings(s)
+    other = torch.randn_like(own)  # "rank 1"'s embeddings
+    memory = LatentMemoryBank(8)
+    band_contrastive_loss(s, t, memory, gather=lambda e: torch.cat([e, other]))
+    assert int(memory.filled) == 4
+    torch.testing.assert_close(memory.bank[:4], torch.cat([own, other]))
