@@ -226,6 +226,48 @@ RECIPES: dict[str, RecipeInfo] = {
         "Lightweight Image Super-Resolution with Information Multi-distillation Network (+ KD from a larger SR network)",
         "1909.11856",
     ),
+    "tad_sr": RecipeInfo(
+        "super_resolution",
+        "lightning_distill.recipes.tad_sr.TADSR",
+        "One Step Diffusion-based Super-Resolution with Time-Aware Distillation (TAD-SR)",
+        "2408.07476",
+    ),
+    "ctmsr": RecipeInfo(
+        "super_resolution",
+        "lightning_distill.recipes.ctmsr.CTMSR",
+        "Consistency Trajectory Matching for One-Step Generative Super-Resolution",
+        "2503.20349",
+    ),
+    "oftsr": RecipeInfo(
+        "super_resolution",
+        "lightning_distill.recipes.oftsr.OFTSR",
+        "OFTSR: One-Step Flow for Image Super-Resolution with Tunable Fidelity-Realism Trade-offs",
+        "2412.09465",
+    ),
+    "pointdistiller": RecipeInfo(
+        "detection3d",
+        "lightning_distill.recipes.pointdistiller.PointDistiller",
+        "PointDistiller: Structured Knowledge Distillation Towards Efficient and Compact 3D Detection",
+        "2205.11098",
+    ),
+    "dgr_ct": RecipeInfo(
+        "radiance",
+        "lightning_distill.recipes.dgr_ct.DGR",
+        "Learning to Distill Global Representation for Sparse-View CT (GloReDi)",
+        "2308.08463",
+    ),
+    "yonos_sr": RecipeInfo(
+        "super_resolution",
+        "lightning_distill.recipes.yonos_sr.YONOSSR",
+        "You Only Need One Step: Fast Super-Resolution with Stable Diffusion via Scale Distillation (YONOS-SR)",
+        "2401.17258",
+    ),
+    "mcm": RecipeInfo(
+        "video_diffusion",
+        "lightning_distill.recipes.mcm.MCM",
+        "Motion Consistency Model: Accelerating Video Diffusion with Disentangled Motion-Appearance Distillation",
+        "2406.06890",
+    ),
 }
 
 
