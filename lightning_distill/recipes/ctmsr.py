@@ -67,6 +67,7 @@ from lightning_distill.losses.super_resolution import (
     inverse_l1_weight,
 )
 from lightning_distill.module import DistillationModule
+from lightning_distill.super_resolution.degradations import pair_scale
 from lightning_distill.super_resolution.denoisers import upsample_to
 from lightning_distill.super_resolution.edm_sr import (
     EDMSRProcess,
@@ -247,7 +248,7 @@ class CTMSR(DistillationModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         lr_img, hr_img = batch[0], batch[1]
-        _check_pair(lr_img, hr_img)
+        pair_scale(lr_img, hr_img)
         hr, lq = to_model_space(hr_img.float()), to_model_space(lr_img.float())
         lr_up = upsample_to(lq, tuple(hr.shape[-2:]))
         generator = torch.Generator().manual_seed(self.noise_seed + self.global_step)
@@ -301,7 +302,7 @@ class CTMSR(DistillationModule):
     def evaluate(self, model: nn.Module, batch: Any) -> dict[str, Tensor]:
         """PSNR/SSIM (Y, border = scale), RGB PSNR and the perceptual distance of one-step samples."""
         lr_img, hr_img = batch[0], batch[1]
-        scale = _check_pair(lr_img, hr_img)
+        scale = pair_scale(lr_img, hr_img)
         generator = torch.Generator().manual_seed(self.noise_seed)
         sr = self.super_resolve(model, lr_img, scale, generator=generator)
         metrics = self.metrics(sr, hr_img, scale=scale)
@@ -350,19 +351,3 @@ class CTMSR(DistillationModule):
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_pair(lr: Tensor, hr: Tensor) -> int:
-    """The scale of an ``(lr, hr)`` batch; ``ValueError`` when HR is not an integer multiple of LR."""
-    if lr.ndim != 4 or hr.ndim != 4 or lr.shape[:2] != hr.shape[:2]:
-        raise ValueError(
-            f"Batches must be (lr (B, C, h, w), hr (B, C, H, W)) with one B and C, got {tuple(lr.shape)} and "
-            f"{tuple(hr.shape)}."
-        )
-    (h, w), (big_h, big_w) = lr.shape[-2:], hr.shape[-2:]
-    if big_h % h or big_w % w or big_h // h != big_w // w:
-        raise ValueError(
-            f"The HR size {big_h}x{big_w} is not the LR size {h}x{w} times one integer scale; make `hr_size` "
-            "divisible by `scale` in `data.init_args`."
-        )
-    return big_h // h

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from lightning_distill.losses.super_resolution import pixel_l1_loss, teacher_sr_l1_loss
 from lightning_distill.module import DistillationModule
+from lightning_distill.super_resolution.degradations import pair_scale
 from lightning_distill.super_resolution.metrics import SRMetrics
 
 __all__ = ["IMDNRecipe", "imdn_adam", "imdn_step_lr"]
@@ -53,22 +54,6 @@ def imdn_adam(params: Any) -> torch.optim.Optimizer:
 def imdn_step_lr(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
     """The learning rate halved every 200 epochs (``train_IMDN.py``: step 200, gamma 0.5)."""
     return torch.optim.lr_scheduler.StepLR(optimizer, step_size=200, gamma=0.5)
-
-
-def _check_pair(lr: Tensor, hr: Tensor) -> int:
-    """The scale of an ``(lr, hr)`` batch; ``ValueError`` when HR is not an integer multiple of LR."""
-    if lr.ndim != 4 or hr.ndim != 4 or lr.shape[:2] != hr.shape[:2]:
-        raise ValueError(
-            f"Batches must be (lr (B, C, h, w), hr (B, C, H, W)) with the same B and C, got {tuple(lr.shape)} "
-            f"and {tuple(hr.shape)}."
-        )
-    (h, w), (big_h, big_w) = lr.shape[-2:], hr.shape[-2:]
-    if big_h % h or big_w % w or big_h // h != big_w // w:
-        raise ValueError(
-            f"The HR size {big_h}x{big_w} is not the LR size {h}x{w} times one integer scale; make `hr_size` "
-            "divisible by `scale` in `data.init_args`."
-        )
-    return big_h // h
 
 
 class IMDNRecipe(DistillationModule):
@@ -131,7 +116,7 @@ class IMDNRecipe(DistillationModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         lr, hr = batch[0], batch[1]
-        _check_pair(lr, hr)
+        pair_scale(lr, hr)
         # 1. Super-resolve with the student.
         sr = self.student(lr)
         # 2. L1 to the ground truth.
@@ -147,7 +132,7 @@ class IMDNRecipe(DistillationModule):
     def evaluate(self, model: nn.Module, batch: Any) -> dict[str, Tensor]:
         """PSNR/SSIM on Y with the border shaved, and RGB PSNR, of ``model`` on an ``(lr, hr)`` batch."""
         lr, hr = batch[0], batch[1]
-        scale = _check_pair(lr, hr)
+        scale = pair_scale(lr, hr)
         sr = model(lr)
         if sr.shape != hr.shape:
             raise ValueError(

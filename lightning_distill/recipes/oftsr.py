@@ -44,6 +44,7 @@ from torch import Tensor, nn
 
 from lightning_distill.losses.super_resolution import flow_velocity_l1_loss
 from lightning_distill.module import DistillationModule
+from lightning_distill.super_resolution.degradations import pair_scale
 from lightning_distill.super_resolution.flow_sr import (
     FLOW_EPS,
     bootstrap_velocity_target,
@@ -64,22 +65,6 @@ __all__ = ["OFTSR", "oftsr_adam"]
 def oftsr_adam(params: Any) -> torch.optim.Optimizer:
     """Adam with lr 1e-5 (β 0.9/0.999), the official distillation setting."""
     return torch.optim.Adam(params, lr=1e-5)
-
-
-def _scale_of(lr: Tensor, hr: Tensor) -> int:
-    """The integer scale of an ``(lr, hr)`` batch; ``ValueError`` otherwise."""
-    if lr.ndim != 4 or hr.ndim != 4 or lr.shape[:2] != hr.shape[:2]:
-        raise ValueError(
-            f"Batches must be (lr (B, C, h, w), hr (B, C, H, W)) with the same B and C, got {tuple(lr.shape)} "
-            f"and {tuple(hr.shape)}."
-        )
-    (h, w), (big_h, big_w) = lr.shape[-2:], hr.shape[-2:]
-    if big_h % h or big_w % w or big_h // h != big_w // w:
-        raise ValueError(
-            f"The HR size {big_h}x{big_w} is not the LR size {h}x{w} times one integer scale; make `hr_size` "
-            "divisible by `scale` in `data.init_args`."
-        )
-    return big_h // h
 
 
 class OFTSR(DistillationModule):
@@ -194,7 +179,7 @@ class OFTSR(DistillationModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         low, high = batch[0], batch[1]
-        _scale_of(low, high)
+        pair_scale(low, high)
         gen = self._generator(self.global_step)
         # 1. The start point and the times.
         lr = to_signed(low)
@@ -239,7 +224,7 @@ class OFTSR(DistillationModule):
     def evaluate(self, model: nn.Module, batch: Any) -> dict[str, Tensor]:
         """PSNR/SSIM (Y, border shaved) and RGB PSNR: the student's one step, the teacher's sampler."""
         low, high = batch[0], batch[1]
-        scale = _scale_of(low, high)
+        scale = pair_scale(low, high)
         size = tuple(high.shape[-2:])
         sr = self.super_resolve(low, size) if model is self.student else self.teacher_super_resolve(low, size)
         return self.metrics(sr, high, scale=scale)

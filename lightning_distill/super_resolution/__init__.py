@@ -9,6 +9,7 @@ from lightning_distill.super_resolution.degradations import (
     bicubic_downsample,
     check_scale_fits,
     jpeg_compress,
+    pair_scale,
     realistic_degradation,
 )
 from lightning_distill.super_resolution.denoisers import LRConditionedUNet, upsample_to
@@ -30,6 +31,7 @@ __all__ = [
     "check_scale_fits",
     "jpeg_compress",
     "lpips_metric",
+    "pair_scale",
     "realistic_degradation",
     "rgb_to_y",
     "sr_psnr",

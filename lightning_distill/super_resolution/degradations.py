@@ -30,8 +30,34 @@ __all__ = [
     "bicubic_downsample",
     "check_scale_fits",
     "jpeg_compress",
+    "pair_scale",
     "realistic_degradation",
 ]
+
+
+def pair_scale(lr: Tensor, hr: Tensor) -> int:
+    """The integer SR scale of an ``(lr, hr)`` batch.
+
+    Raises:
+        ValueError: batches that are not ``(B, C, h, w)`` and ``(B, C, H, W)`` with one ``B`` and ``C``, or
+            an HR size that is not the LR size times one integer.
+
+    Example:
+        >>> pair_scale(torch.zeros(2, 3, 4, 4), torch.zeros(2, 3, 8, 8))
+        2
+    """
+    if lr.ndim != 4 or hr.ndim != 4 or lr.shape[:2] != hr.shape[:2]:
+        raise ValueError(
+            f"Batches must be (lr (B, C, h, w), hr (B, C, H, W)) with the same B and C, got {tuple(lr.shape)} "
+            f"and {tuple(hr.shape)}."
+        )
+    (h, w), (big_h, big_w) = lr.shape[-2:], hr.shape[-2:]
+    if big_h % h or big_w % w or big_h // h != big_w // w:
+        raise ValueError(
+            f"The HR size {big_h}x{big_w} is not the LR size {h}x{w} times one integer scale; make `hr_size` "
+            "divisible by `scale` in `data.init_args`."
+        )
+    return big_h // h
 
 
 def check_scale_fits(hr_size: int, scale: int, *, key: str = "hr_size") -> None:
