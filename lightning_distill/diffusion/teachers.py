@@ -36,14 +36,13 @@ from typing import Any
 
 import lightning.pytorch as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from lightning_distill.diffusion.guidance import model_output
 from lightning_distill.diffusion.plumbing import model_null_label
 from lightning_distill.diffusion.schedule import NoiseSchedule
 from lightning_distill.diffusion.timesteps import uniform_timesteps
-from lightning_distill.models.pretrained import cached_training, load_weights
+from lightning_distill.models.first_use_cache import cached_training, load_weights, loss_summary
 from lightning_distill.utils.fingerprint import file_sha256
 
 __all__ = ["denoising_batch_loss", "trained_denoiser"]
@@ -247,10 +246,7 @@ def trained_denoiser(
             class_conditional=class_conditional,
             label_dropout=label_dropout,
         )
-        window = max(1, min(50, steps // 10))
-        first, last = sum(losses[:window]) / window, sum(losses[-window:]) / window
-        rank_zero_info(f"Denoiser trained: loss {first:.4f} -> {last:.4f}")
-        return {"first_loss": first, "last_loss": last}
+        return loss_summary(losses, "Denoiser trained: loss")
 
     weights, info = cached_training(
         model,

@@ -34,6 +34,7 @@ __all__ = [
     "default_cache_dir",
     "file_lock",
     "load_weights",
+    "loss_summary",
     "reinitialize",
 ]
 
@@ -370,3 +371,18 @@ def _atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def loss_summary(losses: list[float], what: str) -> dict[str, float]:
+    """The mean loss of the first and last ``min(50, len / 10)`` steps of a fit, logged as ``"<what>: a -> b"``.
+
+    What a ``fit`` passed to :func:`cached_training` returns, so that the cache records how training went.
+
+    Example:
+        >>> loss_summary([4.0, 3.0, 2.0, 1.0], "toy")
+        {'first_loss': 4.0, 'last_loss': 1.0}
+    """
+    window = max(1, min(50, len(losses) // 10))
+    first, last = sum(losses[:window]) / window, sum(losses[-window:]) / window
+    rank_zero_info(f"{what}: {first:.4f} -> {last:.4f}")
+    return {"first_loss": first, "last_loss": last}

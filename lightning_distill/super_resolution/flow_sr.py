@@ -28,11 +28,10 @@ from typing import Any, Literal
 
 import lightning.pytorch as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from lightning_distill.losses.super_resolution import flow_velocity_l1_loss
-from lightning_distill.models.first_use_cache import cached_training, load_weights
+from lightning_distill.models.first_use_cache import cached_training, load_weights, loss_summary
 from lightning_distill.super_resolution.denoisers import upsample_to
 from lightning_distill.utils.checks import check_choice, check_int, check_non_negative, check_positive
 from lightning_distill.utils.ema import EMAUpdater
@@ -409,10 +408,7 @@ def trained_flow_sr(
             ema_decay=ema_decay,
             max_grad_norm=max_grad_norm,
         )
-        window = max(1, min(50, steps // 10))
-        first, last = sum(losses[:window]) / window, sum(losses[-window:]) / window
-        rank_zero_info(f"Flow SR teacher trained: L1 velocity loss {first:.4f} -> {last:.4f}")
-        return {"first_loss": first, "last_loss": last}
+        return loss_summary(losses, "Flow SR teacher trained: L1 velocity loss")
 
     weights, info = cached_training(
         model,

@@ -27,10 +27,9 @@ from typing import Any
 import lightning.pytorch as L
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
-from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from lightning_distill.models.first_use_cache import cached_training, load_weights
+from lightning_distill.models.first_use_cache import cached_training, load_weights, loss_summary
 from lightning_distill.super_resolution.degradations import bicubic_downsample
 from lightning_distill.utils.checks import check_int, check_positive
 from lightning_distill.utils.fingerprint import file_sha256
@@ -285,10 +284,7 @@ def trained_sr_denoiser(
 
     def fit() -> dict[str, Any]:
         losses = _fit(model, data, scale, steps, lr)
-        window = max(1, min(50, steps // 10))
-        first, last = sum(losses[:window]) / window, sum(losses[-window:]) / window
-        rank_zero_info(f"x{scale} SR denoiser trained: loss {first:.4f} -> {last:.4f}")
-        return {"first_loss": first, "last_loss": last}
+        return loss_summary(losses, f"x{scale} SR denoiser trained: loss")
 
     weights, info = cached_training(
         model,

@@ -17,12 +17,11 @@ from typing import Any
 import lightning.pytorch as L
 import torch
 from diffusers import UNet3DConditionModel
-from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from lightning_distill.diffusion.schedule import NoiseSchedule
 from lightning_distill.diffusion.teachers import denoising_batch_loss
-from lightning_distill.models.pretrained import cached_training, load_weights
+from lightning_distill.models.first_use_cache import cached_training, load_weights, loss_summary
 from lightning_distill.utils.fingerprint import file_sha256
 
 __all__ = ["LabelConditionedVideoUNet", "tiny_video_unet", "trained_video_denoiser"]
@@ -228,10 +227,7 @@ def trained_video_denoiser(
 
     def fit() -> dict[str, Any]:
         losses = _fit(model, data, schedule, steps=steps, lr=lr, warmup=warmup, label_dropout=label_dropout)
-        window = max(1, min(50, steps // 10))
-        first, last = sum(losses[:window]) / window, sum(losses[-window:]) / window
-        rank_zero_info(f"Video denoiser trained: loss {first:.4f} -> {last:.4f}")
-        return {"first_loss": first, "last_loss": last}
+        return loss_summary(losses, "Video denoiser trained: loss")
 
     weights, info = cached_training(
         model,
