@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from lightning_distill.losses.super_resolution import feature_distance_loss
 from lightning_distill.models.first_use_cache import cached_training, load_weights
 from lightning_distill.super_resolution.denoisers import upsample_to
-from lightning_distill.super_resolution.metrics import FeatureDistance, rgb_to_y
+from lightning_distill.super_resolution.metrics import FeatureDistance
 from lightning_distill.utils.checks import check_choice, check_int, check_non_negative, check_positive
 from lightning_distill.utils.fingerprint import file_sha256
 
@@ -276,30 +276,11 @@ def perceptual_distance(metric: nn.Module, sr: Tensor, target: Tensor) -> Tensor
     official CTMSR loss) or any module ``(sr, target) -> (B,)`` that keeps the graph.
     """
     if isinstance(metric, FeatureDistance):
-        return feature_distance_loss(_taps(metric, sr), _taps(metric, target.detach()), reduction="none")
+        return feature_distance_loss(metric.features(sr), metric.features(target.detach()), reduction="none")
     inner = getattr(metric, "net", None)
     if type(metric).__name__ == "LearnedPerceptualImagePatchSimilarity" and isinstance(inner, nn.Module):
         return inner(sr.float(), target.detach().float(), normalize=True).reshape(-1)
     return metric(sr, target.detach()).reshape(-1)
-
-
-def _taps(metric: FeatureDistance, image: Tensor) -> list[Tensor]:
-    """The outputs of ``metric.layers`` of ``metric.network`` on ``image`` (RGB → Y for grey networks)."""
-    x = image.float()
-    if metric.in_channels == 1 and x.shape[1] == 3:
-        x = (rgb_to_y(x) - 16 / 255) * 255 / 219
-    modules = dict(metric.network.named_modules())
-    out: dict[str, Tensor] = {}
-    handles = [
-        modules[name].register_forward_hook(lambda _m, _i, o, name=name: out.__setitem__(name, o))
-        for name in metric.layers
-    ]
-    try:
-        metric.network(x)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return [out[name] for name in metric.layers]
 
 
 # ---------------------------------------------------------------------------------------------- the teacher

@@ -23,6 +23,8 @@ import torch
 from torch import Tensor, nn
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
+from lightning_distill.losses.super_resolution import feature_distance_loss
+
 __all__ = [
     "LPIPS_BACKBONE_FILES",
     "FeatureDistance",
@@ -226,7 +228,9 @@ class FeatureDistance(nn.Module):
         first_conv = next((m for m in network.modules() if isinstance(m, nn.Conv2d)), None)
         self.in_channels = first_conv.in_channels if first_conv is not None else 3
 
-    def _features(self, x: Tensor) -> list[Tensor]:
+    def features(self, x: Tensor) -> list[Tensor]:
+        """The outputs of ``layers`` of ``network`` on images ``x`` in [0, 1] (RGB → Y for a grey network),
+        with the graph kept (a perceptual training loss differentiates through them)."""
         if self.in_channels == 1 and x.shape[1] == 3:
             x = (rgb_to_y(x) - 16 / 255) * 255 / 219
         out: dict[str, Tensor] = {}
@@ -250,9 +254,4 @@ class FeatureDistance(nn.Module):
             raise ValueError(
                 f"`sr` and `hr` must have the same shape, got {tuple(sr.shape)} and {tuple(hr.shape)}."
             )
-        total = sr.new_zeros(sr.shape[0])
-        for a, b in zip(self._features(sr.float()), self._features(hr.float())):
-            a = a / (a.norm(dim=1, keepdim=True) + 1e-10)
-            b = b / (b.norm(dim=1, keepdim=True) + 1e-10)
-            total = total + (a - b).pow(2).sum(dim=1).mean(dim=(-2, -1))
-        return total
+        return feature_distance_loss(self.features(sr.float()), self.features(hr.float()), reduction="none")
