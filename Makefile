@@ -26,9 +26,12 @@ venv: $(VENV)/.installed
 demo: venv
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(VENV)/bin/lightning-distill fit --config recipes/meal_v2/config.yaml
 
-## The tests (unit, recipe smoke runs, doctests), lint and the strict docs build.
+## The tests (unit, recipe smoke runs, doctests), lint and the strict docs build. Every test runs on one
+## thread, so pytest-xdist spreads them over the cores (TEST_WORKERS=0 runs them in one process).
+TEST_WORKERS ?= auto
 test: venv
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 WANDB_MODE=offline $(PY) -m pytest -q --durations=15
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 WANDB_MODE=offline $(PY) -m pytest -q --durations=15 \
+		-n $(TEST_WORKERS) --dist worksteal
 	$(VENV)/bin/ruff check lightning_distill tests benchmarks
 	$(VENV)/bin/mkdocs build --strict -q -d $(CURDIR)/.cache/site
 

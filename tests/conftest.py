@@ -16,6 +16,12 @@ def teacher_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
     """Trained teachers are cached once per test session, never in the user's cache."""
     if "LIGHTNING_DISTILL_TEST_CACHE" in os.environ:  # reuse across local runs if asked
         path = os.environ["LIGHTNING_DISTILL_TEST_CACHE"]
+    elif "PYTEST_XDIST_WORKER" in os.environ:
+        # pytest-xdist workers share one cache (the cache's file lock lets one train while the others
+        # wait), in the run's common temporary folder rather than one folder per worker.
+        shared = tmp_path_factory.getbasetemp().parent / "teacher_cache"
+        shared.mkdir(exist_ok=True)
+        path = str(shared)
     else:
         path = str(tmp_path_factory.mktemp("teacher_cache"))
     os.environ["LIGHTNING_DISTILL_CACHE"] = path
