@@ -73,6 +73,9 @@ class DetectorOutput(NamedTuple):
         voxel_coords: per sparse level ``(V_l, 4)`` int32 ``[batch, ix, iy, iz]`` (level 0: the input voxels).
         voxel_features: per sparse level ``(V_l, C_l)`` features (the backbone's outputs at that level).
         num_points: per sparse level ``(V_l,)`` points that fell in each voxel.
+        bev_low: ``(B, C·Z, X, Y)`` the low-level BEV map (the last sparse level made dense, height folded
+            into channels), what BEV feature distillation (UniDistill's "low-level" features) reads.
+        bev: ``(B, C_neck, X, Y)`` the neck's output, the head's input (the high-level BEV features).
     """
 
     heatmap: Tensor
@@ -80,6 +83,8 @@ class DetectorOutput(NamedTuple):
     voxel_coords: list[Tensor]
     voxel_features: list[Tensor]
     num_points: list[Tensor]
+    bev_low: Tensor | None = None
+    bev: Tensor | None = None
 
 
 def voxelize_points(
@@ -300,8 +305,9 @@ class VoxelDetector(nn.Module):
         bev = dense.permute(0, 1, 4, 2, 3).reshape(b, c * nz, nx, ny)
         f1 = self.block1(bev)
         f2 = self.block2(f1)
-        out = self.head(torch.cat([self.up1(f1), self.up2(f2)], dim=1))
-        return DetectorOutput(out["heatmap"], out["codes"], coords, features, counts)
+        neck = torch.cat([self.up1(f1), self.up2(f2)], dim=1)
+        out = self.head(neck)
+        return DetectorOutput(out["heatmap"], out["codes"], coords, features, counts, bev, neck)
 
     # ------------------------------------------------------------- training
     def loss(
