@@ -27,6 +27,7 @@ TOOLKITS = {
     "detection",
     "video",
     "radiance",
+    "lidar_generation",
 }
 LAYER = {"utils": 0, "losses": 1, "models": 2, "data": 2, **dict.fromkeys(TOOLKITS, 2), "callbacks": 3}
 LAYER |= {"module": 4, "recipes": 5, "cli": 6, "__init__": 7}
@@ -41,6 +42,12 @@ CROSS_FAMILY: dict[tuple[str, str], str] = {
         "diffusion",
     ): "video diffusion distillation reuses the diffusion and consistency machinery frame-wise",
     ("detection", "lidar"): "3D detection scenes are the LiDAR street scenes with labelled boxes",
+    ("lidar_generation", "lidar"): "completion targets and occupancy come from the LiDAR street sequences",
+    (
+        "lidar_generation",
+        "diffusion",
+    ): "point and plane diffusion reuse the diffusion toolkit's schedules and DMD",
+    ("radiance", "lidar"): "multi-view scenes reuse the LiDAR toolkit's open3d meshes and ray casting",
 }
 MAX_LINES, MAX_RECIPE_LINES = 500, 400
 
