@@ -81,6 +81,9 @@ from lightning_distill.losses.distribution_matching import denoising_loss
 from lightning_distill.module import DistillationModule
 from lightning_distill.utils.checks import check_option
 
+#: The :meth:`~DiffusionDistillationModule.iteration_seed` stream that reseeds torch's global generator.
+GLOBAL_GENERATOR_STREAM = 0x676C6F62
+
 #: ``check_option`` and the free functions of :mod:`~lightning_distill.diffusion.plumbing` stay
 #: importable from here, where the recipes import them.
 __all__ = [
@@ -421,6 +424,18 @@ class DiffusionDistillationModule(DistillationModule):
     def generator_parameters(self) -> list[nn.Parameter]:
         """The student's trainable parameters (the first optimizer's)."""
         return [p for p in self.student.parameters() if p.requires_grad]
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Seed torch's global generator from the iteration, so draws the recipe does not make itself follow it.
+
+        Dropout inside the networks draws from the global generator, which Lightning neither restores on
+        resume nor keeps in step with a one-process run (diffusers' ``UNet3DConditionModel`` has
+        ``p = 0.1`` in every temporal convolution). Reseeding it each iteration from
+        :meth:`iteration_seed` (its own stream) makes those masks a function of the iteration: a resumed
+        run draws the masks the uninterrupted one drew.
+        """
+        super().on_train_batch_start(batch, batch_idx)
+        torch.manual_seed(self.iteration_seed(stream=(GLOBAL_GENERATOR_STREAM,)))
 
     def fake_score_parameters(self) -> list[nn.Parameter]:
         """The fake score's trainable parameters (the second optimizer's)."""
