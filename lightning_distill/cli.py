@@ -47,7 +47,7 @@ import lightning.pytorch as L
 import yaml
 from jsonargparse import ArgumentError
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, _get_module_type, _InstantiatorFn
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -105,6 +105,21 @@ class DistillCLI(LightningCLI):
             run=run,
             auto_configure_optimizers=False,
             **kwargs,
+        )
+
+    def _add_instantiators(self) -> None:
+        # LightningCLI hands every LightningModule / LightningDataModule it builds the top-level `model:` /
+        # `data:` section as its hyper-parameters, also one nested in another's arguments (a teacher's own
+        # training data in the model's config), which would then read the student's data settings.
+        self.parser.add_instantiator(
+            _SectionInstantiator(cli=self, key="model"),
+            _get_module_type(self._model_class),
+            subclasses=self.subclass_mode_model,
+        )
+        self.parser.add_instantiator(
+            _SectionInstantiator(cli=self, key="data"),
+            _get_module_type(self._datamodule_class),
+            subclasses=self.subclass_mode_data,
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -243,6 +258,63 @@ class SigtermCheckpoint(Callback):
         environment = getattr(trainer.strategy, "cluster_environment", None)
         exception.checkpoint_path = path  # type: ignore[attr-defined]
         exception.requeued = isinstance(environment, SLURMEnvironment) and environment.auto_requeue  # type: ignore[attr-defined]
+
+
+class _SectionInstantiator(_InstantiatorFn):
+    """LightningCLI's instantiator, applied only to the object that the ``model:`` / ``data:`` section describes.
+
+    Another module of the same kind nested in the config (a data module in a teacher's arguments) is
+    built as a plain call, so ``save_hyperparameters`` records its own arguments.
+    """
+
+    def __call__(self, class_type: type, *args: Any, applied_instantiation_links: dict, **kwargs: Any) -> Any:
+        self.cli._dump_config()
+        if _describes(self.cli.config_dump.get(self.key), class_type, kwargs):
+            return super().__call__(
+                class_type, *args, applied_instantiation_links=applied_instantiation_links, **kwargs
+            )
+        return class_type(*args, **kwargs)
+
+
+def _describes(section: Any, class_type: type, kwargs: dict[str, Any]) -> bool:
+    """Whether a config section (``{class_path, init_args}``) is the call ``class_type(**kwargs)``.
+
+    Compares the class and every argument that is plain data (numbers, strings, lists, dicts);
+    built objects among the arguments are not compared.
+    """
+    if not isinstance(section, dict):
+        return False
+    init_args = section.get("init_args") or {}
+    path = section.get("class_path")
+    if isinstance(path, str):
+        if _import(path) is not class_type:
+            return False
+    else:
+        init_args = section
+    return all(
+        _plain(init_args[name]) == _plain(value)
+        for name, value in kwargs.items()
+        if name in init_args and _is_plain(value)
+    )
+
+
+def _is_plain(value: Any) -> bool:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
+    return False
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, recursively (a dumped config has no tuples)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 def recipe_config_path(slug: str) -> Path:
