@@ -1,4 +1,4 @@
-"""Losses of the radiance / CT family: GloReDi's (DGR) image and latent-distillation terms.
+"""Losses of the radiance / CT family: GloReDi's (DGR) image and latent-distillation terms, PVD's regression.
 
 "Learning to Distill Global Representation for Sparse-View CT" (Li, Ma, Chen, Zhang, Shan; ICCV
 2023; official code longzilicart/GloReDi). Pure functions, float32 inside; teacher sides detached.
@@ -11,6 +11,8 @@
 * :func:`dct2` and :func:`dct_band_mask` — the unnormalised 2-D DCT-II and the square band of
   coefficients the contrastive term keeps.
 * :func:`supervised_contrastive_loss` — SupCon (Khosla et al.) over normalised embeddings and labels.
+* :func:`pvd_regression_loss` — PVD's ``get_loss`` (megvii-research/AAAI2023-PVD) between student and
+  teacher features, densities, colours or rendered RGB (default: the norm of the difference).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ __all__ = [
     "latent_cosine_loss",
     "smooth_l1_pixel_loss",
     "supervised_contrastive_loss",
+    "pvd_regression_loss",
 ]
 
 
@@ -251,3 +254,32 @@ def supervised_contrastive_loss(
         return per
     per = per[count > 0]
     return per.mean() if reduction == "mean" else per.sum()
+
+
+# ---------------------------------------------------------------------- PVD (megvii-research/AAAI2023-PVD)
+#: PVD's regression losses (``--loss_type``); ``norm_l2`` is the official default.
+PVD_LOSS_TYPES = ("norm_l2", "mse", "norm_l1", "smooth_l1")
+
+
+def pvd_regression_loss(student: Tensor, teacher: Tensor, loss_type: str = "norm_l2") -> Tensor:
+    """PVD's ``get_loss`` between a student quantity and the teacher's (features, density, colour or RGB).
+
+    ``norm_l2`` (the official default): the Frobenius norm ``‖s − t‖₂`` of the whole tensor (not a
+    mean: it grows as the square root of the number of entries); ``mse``: mean squared error;
+    ``norm_l1``: ``Σ |s − t|``; ``smooth_l1``: mean Smooth-L1 with β = 0.05. The teacher is detached.
+
+    Raises:
+        ValueError: different shapes, or an unknown ``loss_type``.
+    """
+    check_same_shape("student", student, "teacher", teacher,
+                     hint="PVD compares the two fields at the same sample points")  # fmt: skip
+    if loss_type not in PVD_LOSS_TYPES:
+        raise ValueError(f"`loss_type` must be one of {PVD_LOSS_TYPES}, got {loss_type!r}.")
+    diff = student.float() - teacher.detach().float()
+    if loss_type == "norm_l2":
+        return diff.pow(2).sum().clamp_min(1e-24).sqrt()
+    if loss_type == "mse":
+        return diff.pow(2).mean()
+    if loss_type == "norm_l1":
+        return diff.abs().sum()
+    return F.smooth_l1_loss(student.float(), teacher.detach().float(), beta=0.05)
