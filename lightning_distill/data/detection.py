@@ -30,6 +30,11 @@ key                     shape                        meaning
 
 With ``serve="sequences"`` a dataset item is a whole scene (``num_frames`` frames) and a batch
 holds ``batch_size`` scenes flattened frame by frame (``B = batch_size * num_frames``, scene-major).
+
+``object_complete="replace"`` serves object-complete frames (X-Ray distillation: the points of every
+tracked box gathered over its sequence, :mod:`lightning_distill.detection.object_complete`) instead
+of the raw ones; ``"add"`` keeps the raw frame and adds them as ``complete_points`` ``(N', 4)`` with
+``complete_batch_index`` ``(N',)``.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from lightning_distill.data.images import EpochShuffleSampler, ResumableDataLoader
+from lightning_distill.detection.object_complete import object_complete_sequence
 from lightning_distill.detection.scenes import DetectionSceneGenerator
 from lightning_distill.utils.fingerprint import config_hash
 
@@ -81,6 +87,11 @@ def collate_detection(samples: list[dict[str, Tensor]] | list[list[dict[str, Ten
             [torch.full((len(f["points"]),), b, dtype=torch.long) for b, f in enumerate(frames)]
         ),
     }
+    if "complete_points" in frames[0]:
+        batch["complete_points"] = torch.cat([f["complete_points"] for f in frames])
+        batch["complete_batch_index"] = torch.cat(
+            [torch.full((len(f["complete_points"]),), b, dtype=torch.long) for b, f in enumerate(frames)]
+        )
     for key in _PER_POINT:
         if key in frames[0]:
             batch[key] = torch.cat([f[key] for f in frames])
@@ -123,9 +134,12 @@ class DetectionSceneDataModule(L.LightningDataModule):
         num_workers: DataLoader workers.
         seed: scene seeds derive from it.
         cache_dir: directory of the on-disk cache; ``None`` keeps scenes in memory only.
+        object_complete: ``"none"`` (raw frames), ``"replace"`` (object-complete frames instead) or
+            ``"add"`` (raw frames plus ``complete_points``); see the module docstring.
+        object_complete_voxel: de-duplication cell (metres) of the accumulated object points; ``None`` keeps all.
 
     Raises:
-        ValueError: non-positive counts or an unknown ``serve``.
+        ValueError: non-positive counts, an unknown ``serve`` or ``object_complete``.
     """
 
     def __init__(
@@ -152,6 +166,8 @@ class DetectionSceneDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         cache_dir: str | None = None,
+        object_complete: Literal["none", "replace", "add"] = "none",
+        object_complete_voxel: float | None = None,
     ) -> None:
         super().__init__()
         for name, value in (
@@ -168,7 +184,15 @@ class DetectionSceneDataModule(L.LightningDataModule):
             raise ValueError(
                 f"`serve` must be 'frames' or 'sequences', got {serve!r}; set `data.init_args.serve`."
             )
+        if object_complete not in ("none", "replace", "add"):
+            raise ValueError(
+                f"`object_complete` must be 'none', 'replace' or 'add', got {object_complete!r}; "
+                "set `data.init_args.object_complete`."
+            )
         self.save_hyperparameters()
+        # attributes, not hparams: under LightningCLI a datamodule nested in a model's config (a teacher's
+        # training data) gets the top-level `data:` section's hparams
+        self.object_complete, self.object_complete_voxel = object_complete, object_complete_voxel
         self.generator = DetectionSceneGenerator(
             cars=tuple(cars),
             pedestrians=tuple(pedestrians),
@@ -190,7 +214,11 @@ class DetectionSceneDataModule(L.LightningDataModule):
     def settings_key(self) -> str:
         """Hash of everything that changes the generated scenes."""
         ignored = ("batch_size", "num_workers", "cache_dir", "serve")
-        settings = {k: v for k, v in self.hparams.items() if k not in ignored}
+        settings = {
+            k: v for k, v in self.hparams.items() if k not in ignored and not k.startswith("object_complete")
+        }
+        if self.object_complete != "none":  # raw scenes keep their earlier key
+            settings["object_complete"] = (self.object_complete, self.object_complete_voxel)
         settings["version"] = 2
         return config_hash(settings, default=str)
 
@@ -241,6 +269,11 @@ class DetectionSceneDataModule(L.LightningDataModule):
                     "frame": torch.tensor(t),
                 }
             )
+        if self.object_complete != "none":
+            complete = object_complete_sequence(samples, voxel_size=self.object_complete_voxel)
+            if self.object_complete == "add":
+                return [{**s, "complete_points": c["points"]} for s, c in zip(samples, complete)]
+            return complete
         return samples
 
     def _load(self) -> dict[str, list[list[dict[str, Tensor]]]]:

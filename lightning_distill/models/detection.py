@@ -19,7 +19,14 @@ from lightning_distill.detection.detector import batch_targets
 from lightning_distill.models.first_use_cache import cached_training, load_weights
 from lightning_distill.utils.fingerprint import file_sha256
 
-__all__ = ["detection_ap", "fit_detector", "trained_detector"]
+__all__ = [
+    "camera_detection_ap",
+    "detection_ap",
+    "fit_camera_detector",
+    "fit_detector",
+    "trained_camera_detector",
+    "trained_detector",
+]
 
 
 def fit_detector(
@@ -135,4 +142,135 @@ def trained_detector(
         cache_dir=cache_dir, retrain=retrain,
     )  # fmt: skip
     model.distill_source = f"detector trained on first use, cached at {path}"
+    return model.eval()
+
+
+def fit_camera_detector(
+    model: nn.Module,
+    data: L.LightningDataModule,
+    *,
+    epochs: int,
+    lr: float = 1e-3,
+    weight_decay: float = 0.01,
+    box_weight: float = 0.25,
+    depth_weight: float = 3.0,
+    max_grad_norm: float | None = 35.0,
+) -> None:
+    """Train a camera detector (``LiftSplatDetector``) on the objects its cameras see: CenterPoint's loss plus
+    ``depth_weight`` x BEVDepth's depth loss from projected LiDAR points (AdamW, one-cycle, clipping 35).
+
+    Raises:
+        FloatingPointError: a non-finite loss (names the epoch and the step).
+    """
+    from lightning_distill.detection.bev_distill import run_bev_detector
+    from lightning_distill.detection.camera import visible_boxes
+
+    data.setup("fit")
+    loader = data.train_dataloader()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    total = max(1, epochs * len(loader))
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total, pct_start=0.4)
+    model.train()
+    step = 0
+    for epoch in range(epochs):
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        for batch in loader:
+            output = run_bev_detector(model, batch)
+            boxes, labels, _ = visible_boxes(batch)
+            terms = model.loss(output, boxes, labels)
+            value = terms["heatmap"] + box_weight * terms["box"]
+            if depth_weight:
+                value = value + depth_weight * model.depth_loss(
+                    output, batch["points"], batch["batch_index"], batch["K"], batch["T_cam_from_lidar"]
+                )
+            if not torch.isfinite(value):
+                raise FloatingPointError(f"the training loss is {value.item()} at epoch {epoch}, step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            value.backward()
+            if max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+            optimizer.step()
+            schedule.step()
+            step += 1
+    model.eval()
+
+
+@torch.no_grad()
+def camera_detection_ap(model: nn.Module, loader: Any, metric: Any = None) -> dict[str, float]:
+    """The toolkit's detection metrics of any BEV detector over ``loader``, counting only objects a camera sees."""
+    from lightning_distill.detection.bev_distill import run_bev_detector
+    from lightning_distill.detection.camera import camera_targets
+    from lightning_distill.detection.metrics import DetectionAP
+
+    metric = DetectionAP() if metric is None else metric
+    was_training = model.training
+    model.eval()
+    for batch in loader:
+        metric.update(model.detect(run_bev_detector(model, batch)), camera_targets(batch))
+    model.train(was_training)
+    return {k: float(v) for k, v in metric.compute().items() if torch.as_tensor(v).numel() == 1}
+
+
+def trained_camera_detector(
+    model: nn.Module,
+    data: L.LightningDataModule | None = None,
+    checkpoint: str | None = None,
+    epochs: int = 20,
+    lr: float = 1e-3,
+    weight_decay: float = 0.01,
+    depth_weight: float = 3.0,
+    seed: int = 0,
+    cache_dir: str | None = None,
+    retrain: bool = False,
+) -> nn.Module:
+    """A camera detector (``LiftSplatDetector``) trained on first use (:func:`fit_camera_detector`) and cached,
+    or loaded from ``checkpoint``; the record holds its validation AP on the objects the cameras see.
+
+    Args:
+        model: the camera detector.
+        data: the training data (:class:`~lightning_distill.data.detection.DetectionSceneDataModule`).
+        checkpoint: your own weights instead of training.
+        epochs, lr, weight_decay: training settings.
+        depth_weight: weight of the depth loss (BEVDepth: 3; 0 trains without depth supervision).
+        seed, cache_dir, retrain: as :func:`trained_detector`.
+
+    Raises:
+        ValueError: neither ``checkpoint`` nor ``data``, or ``epochs`` < 1.
+        FloatingPointError: a non-finite loss or weights (nothing cached).
+    """
+    if checkpoint is not None:
+        load_weights(model, checkpoint)
+        model.distill_source = f"checkpoint {checkpoint} (sha256 {file_sha256(checkpoint)})"
+        return model.eval()
+    if data is None:
+        raise ValueError(
+            "`trained_camera_detector` needs `checkpoint` (your trained weights) or `data` (to train on first use); "
+            "set `model.init_args.teacher.init_args.checkpoint` or `.data`."
+        )
+    if epochs < 1:
+        raise ValueError(
+            f"`epochs` must be >= 1, got {epochs}; set `model.init_args.teacher.init_args.epochs`."
+        )
+    settings = {
+        "epochs": epochs,
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "depth_weight": depth_weight,
+        "seed": seed,
+        "objective": "centerpoint+depth",
+    }
+
+    def fit() -> dict[str, Any]:
+        fit_camera_detector(
+            model, data, epochs=epochs, lr=lr, weight_decay=weight_decay, depth_weight=depth_weight
+        )
+        data.setup("validate")
+        return {f"val_{k}": v for k, v in camera_detection_ap(model, data.val_dataloader()).items()}
+
+    path, _ = cached_training(
+        model, data, settings, fit, seed=seed, stem=f"CameraDetector{type(model).__name__}", what=f"{epochs} epochs",
+        cache_dir=cache_dir, retrain=retrain,
+    )  # fmt: skip
+    model.distill_source = f"camera detector trained on first use, cached at {path}"
     return model.eval()

@@ -250,11 +250,35 @@ RECIPES: dict[str, RecipeInfo] = {
         "PointDistiller: Structured Knowledge Distillation Towards Efficient and Compact 3D Detection",
         "2205.11098",
     ),
+    "lise": RecipeInfo(
+        "detection3d",
+        "lightning_distill.recipes.lise.LiSe",
+        "Approaching Outside: Scaling Unsupervised 3D Object Detection from 2D Scene",
+        "2407.08569",
+    ),
+    "xray_distill": RecipeInfo(
+        "detection3d",
+        "lightning_distill.recipes.xray_distill.XRayDistill",
+        "Weak-to-Strong 3D Object Detection with X-Ray Distillation",
+        "2404.00679",
+    ),
+    "monotakd": RecipeInfo(
+        "detection3d",
+        "lightning_distill.recipes.monotakd.MonoTAKD",
+        "MonoTAKD: Teaching Assistant Knowledge Distillation for Monocular 3D Object Detection",
+        "2404.04910",
+    ),
     "dgr_ct": RecipeInfo(
         "radiance",
         "lightning_distill.recipes.dgr_ct.DGR",
         "Learning to Distill Global Representation for Sparse-View CT (GloReDi)",
         "2308.08463",
+    ),
+    "pvd": RecipeInfo(
+        "radiance",
+        "lightning_distill.recipes.pvd.PVD",
+        "One is All: Bridging the Gap Between Neural Radiance Fields Architectures with Progressive Volume Distillation (PVD)",
+        "2211.15977",
     ),
     "yonos_sr": RecipeInfo(
         "super_resolution",
@@ -267,6 +291,30 @@ RECIPES: dict[str, RecipeInfo] = {
         "lightning_distill.recipes.mcm.MCM",
         "Motion Consistency Model: Accelerating Video Diffusion with Disentangled Motion-Appearance Distillation",
         "2406.06890",
+    ),
+    "vdot": RecipeInfo(
+        "video_diffusion",
+        "lightning_distill.recipes.vdot.VDOT",
+        "VDOT: Efficient Unified Video Creation via Optimal Transport Distillation",
+        "2512.06802",
+    ),
+    "unidistill": RecipeInfo(
+        "detection3d",
+        "lightning_distill.recipes.unidistill.UniDistill",
+        "UniDistill: A Universal Cross-Modality Knowledge Distillation Framework for 3D Object Detection in Bird's-Eye View",
+        "2303.15083",
+    ),
+    "dynamiccity": RecipeInfo(
+        "lidar_generation",
+        "lightning_distill.recipes.dynamiccity.DynamicCity",
+        "DynamicCity: Large-Scale 4D Occupancy Generation from Dynamic Scenes",
+        "2410.18084",
+    ),
+    "distillation_dpo": RecipeInfo(
+        "lidar_generation",
+        "lightning_distill.recipes.distillation_dpo.DistillationDPO",
+        "Diffusion Distillation With Direct Preference Optimization For Efficient 3D LiDAR Scene Completion",
+        "2504.11447",
     ),
 }
 
