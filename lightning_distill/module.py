@@ -599,7 +599,11 @@ class DistillationModule(L.LightningModule):
             return total.detach()
         self.toggle_optimizer(optimizer)
         optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(total)
+        # Outside autocast, as torch advises for backward: `update` runs inside `training_step`, where
+        # Lightning's mixed precision autocasts, and a custom autograd function's backward (spconv's) would
+        # otherwise run its matmuls in bf16 (built-in ops' backward is unaffected).
+        with torch.autocast(total.device.type, enabled=False):
+            self.manual_backward(total)
         if max_grad_norm is not None:
             self.clip_gradients(optimizer, gradient_clip_val=max_grad_norm, gradient_clip_algorithm="norm")
         optimizer.step()

@@ -146,3 +146,41 @@ def test_update_rejects_a_turn_name_that_is_not_an_identifier():
 
     with pytest.raises(ValueError, match="`turn` must be an identifier"):
         _fit(Bad())
+
+
+class _RecordsAutocastInBackward(torch.autograd.Function):
+    """Identity whose backward records whether CPU autocast is on (as spconv's custom backward would see it)."""
+
+    seen: list[bool] = []
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        _RecordsAutocastInBackward.seen.append(torch.is_autocast_enabled("cpu"))
+        return grad
+
+
+class AutocastProbe(TwoTurns):
+    def training_step(self, batch, batch_idx):
+        (x,) = batch
+        opt_gen, _ = self.optimizers()
+        out = _RecordsAutocastInBackward.apply(self.student(x))
+        self.update(opt_gen, {"fit": out.float().square().mean()}, turn="generator")
+
+
+def test_update_backpropagates_outside_autocast_under_bf16_mixed():
+    # Lightning autocasts `training_step`, and `update` runs inside it: a custom backward (spconv's sparse
+    # convolutions) must not run its matmuls in bf16 (spconv has no bf16 kernels).
+    _RecordsAutocastInBackward.seen = []
+    module = AutocastProbe(loss_weights={"fit": 1.0, "reg": 0.0, "critic": 0.0})
+    torch.manual_seed(0)
+    data = DataLoader(TensorDataset(torch.randn(8, 3)), batch_size=4)
+    trainer = L.Trainer(
+        max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, accelerator="cpu", precision="bf16-mixed",
+    )  # fmt: skip
+    trainer.fit(module, data)
+    assert _RecordsAutocastInBackward.seen == [False, False]

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from lightning_distill.lidar.geometry import to_sparse_tensor, voxelize
 from lightning_distill.lidar.networks import SparseUNet
+from lightning_distill.lidar.spconv_cpu import sparse_in_fp32
 from lightning_distill.losses.lidar_generation import noise_prediction_loss
 from lightning_distill.models.first_use_cache import cached_training, load_weights, loss_summary
 from lightning_distill.utils.fingerprint import file_sha256
@@ -261,7 +262,8 @@ class PointDenoiser(nn.Module):
             features=features,
             batch_size=B,
         )
-        voxel_features = self.unet(to_sparse_tensor(voxels)).features  # (V, width)
+        # spconv has no bf16 kernels: the sparse network runs in fp32 under bf16 autocast
+        voxel_features = sparse_in_fp32(self.unet, to_sparse_tensor(voxels)).features  # (V, width)
         noisy = (torch.arange(N + S, device=x_t.device) < N).repeat(B)
         per_point = torch.cat(
             [voxel_features[voxels.inverse[noisy]], offset[noisy], emb[batch[noisy]]], dim=1

@@ -9,11 +9,12 @@ validation BEV AP (toolkit's :class:`~lightning_distill.detection.metrics.Detect
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as L
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from lightning_distill.detection.detector import batch_targets
 from lightning_distill.models.first_use_cache import cached_training, load_weights
@@ -27,6 +28,45 @@ __all__ = [
     "trained_camera_detector",
     "trained_detector",
 ]
+
+
+def _train(
+    model: nn.Module,
+    data: L.LightningDataModule,
+    loss: Callable[[dict[str, Any]], Tensor],
+    *,
+    epochs: int,
+    lr: float,
+    weight_decay: float,
+    max_grad_norm: float | None,
+) -> None:
+    """CenterPoint's optimisation of ``loss(batch)`` over ``data``'s training batches (AdamW, one-cycle, clipping).
+
+    Raises:
+        FloatingPointError: a non-finite loss (names the epoch and the step).
+    """
+    data.setup("fit")
+    loader = data.train_dataloader()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    total = max(1, epochs * len(loader))
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total, pct_start=0.4)
+    model.train()
+    step = 0
+    for epoch in range(epochs):
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        for batch in loader:
+            value = loss(batch)
+            if not torch.isfinite(value):
+                raise FloatingPointError(f"the training loss is {value.item()} at epoch {epoch}, step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            value.backward()
+            if max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+            optimizer.step()
+            schedule.step()
+            step += 1
+    model.eval()
 
 
 def fit_detector(
@@ -44,30 +84,13 @@ def fit_detector(
     Raises:
         FloatingPointError: a non-finite loss (names the epoch and the step).
     """
-    data.setup("fit")
-    loader = data.train_dataloader()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    total = max(1, epochs * len(loader))
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total, pct_start=0.4)
-    model.train()
-    step = 0
-    for epoch in range(epochs):
-        if hasattr(loader.sampler, "set_epoch"):
-            loader.sampler.set_epoch(epoch)
-        for batch in loader:
-            output = model(batch["points"], batch["batch_index"], len(batch["boxes"]))
-            terms = model.loss(output, batch["boxes"], batch["labels"])
-            value = terms["heatmap"] + box_weight * terms["box"]
-            if not torch.isfinite(value):
-                raise FloatingPointError(f"the training loss is {value.item()} at epoch {epoch}, step {step}")
-            optimizer.zero_grad(set_to_none=True)
-            value.backward()
-            if max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-            optimizer.step()
-            schedule.step()
-            step += 1
-    model.eval()
+
+    def loss(batch: dict[str, Any]) -> Tensor:
+        output = model(batch["points"], batch["batch_index"], len(batch["boxes"]))
+        terms = model.loss(output, batch["boxes"], batch["labels"])
+        return terms["heatmap"] + box_weight * terms["box"]
+
+    _train(model, data, loss, epochs=epochs, lr=lr, weight_decay=weight_decay, max_grad_norm=max_grad_norm)
 
 
 @torch.no_grad()
@@ -165,35 +188,18 @@ def fit_camera_detector(
     from lightning_distill.detection.bev_distill import run_bev_detector
     from lightning_distill.detection.camera import visible_boxes
 
-    data.setup("fit")
-    loader = data.train_dataloader()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    total = max(1, epochs * len(loader))
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total, pct_start=0.4)
-    model.train()
-    step = 0
-    for epoch in range(epochs):
-        if hasattr(loader.sampler, "set_epoch"):
-            loader.sampler.set_epoch(epoch)
-        for batch in loader:
-            output = run_bev_detector(model, batch)
-            boxes, labels, _ = visible_boxes(batch)
-            terms = model.loss(output, boxes, labels)
-            value = terms["heatmap"] + box_weight * terms["box"]
-            if depth_weight:
-                value = value + depth_weight * model.depth_loss(
-                    output, batch["points"], batch["batch_index"], batch["K"], batch["T_cam_from_lidar"]
-                )
-            if not torch.isfinite(value):
-                raise FloatingPointError(f"the training loss is {value.item()} at epoch {epoch}, step {step}")
-            optimizer.zero_grad(set_to_none=True)
-            value.backward()
-            if max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-            optimizer.step()
-            schedule.step()
-            step += 1
-    model.eval()
+    def loss(batch: dict[str, Any]) -> Tensor:
+        output = run_bev_detector(model, batch)
+        boxes, labels, _ = visible_boxes(batch)
+        terms = model.loss(output, boxes, labels)
+        value = terms["heatmap"] + box_weight * terms["box"]
+        if depth_weight:
+            value = value + depth_weight * model.depth_loss(
+                output, batch["points"], batch["batch_index"], batch["K"], batch["T_cam_from_lidar"]
+            )
+        return value
+
+    _train(model, data, loss, epochs=epochs, lr=lr, weight_decay=weight_decay, max_grad_norm=max_grad_norm)
 
 
 @torch.no_grad()

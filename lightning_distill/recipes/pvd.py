@@ -58,6 +58,7 @@ from lightning_distill.radiance.fields import RadianceField
 from lightning_distill.radiance.rendering import random_rays, render_image, render_rays, sample_points
 from lightning_distill.radiance.training import views_picture
 from lightning_distill.utils.checks import check_choice, check_int, check_option
+from lightning_distill.utils.random import stable_seed
 
 __all__ = ["PVD", "pvd_adam"]
 
@@ -97,6 +98,7 @@ class PVD(DistillationModule):
         random_rays: distil on random rays around the object (official) instead of the training rays.
         background: the background colour behind the fields (the scenes' white).
         num_pictures: held-out views in the picture logged each validation (student, teacher, truth).
+        noise_seed: seed of the random rays and sample jitter (drawn from ``(noise_seed, step, rank)``).
         loss_weights: ``feature``, ``density``, ``color``, ``rgb``.
         optimizer: the student's (and projection's) optimizer.
         lr_scheduler: optional, stepped every epoch.
@@ -127,6 +129,7 @@ class PVD(DistillationModule):
         random_rays: bool = True,
         background: float = 1.0,
         num_pictures: int = 4,
+        noise_seed: int = 0,
         loss_weights: dict[str, float] | None = None,
         optimizer: OptimizerCallable = pvd_adam,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -153,6 +156,7 @@ class PVD(DistillationModule):
         self.stage_steps = None if stage_steps is None else [int(s) for s in stage_steps]
         self.feature_decay, self.loss_type, self.num_samples = float(feature_decay), loss_type, num_samples
         self.random_rays, self.background, self.num_pictures = random_rays, float(background), num_pictures
+        self.noise_seed = int(noise_seed)
         #: the current stage (1, 2 or 3), set by the ProgressiveSchedule of :meth:`configure_callbacks`.
         self.stage = 1 if stage_steps is not None else 3
         # P: identity when the feature widths agree, else a linear map of the student's feature to the teacher's.
@@ -164,9 +168,14 @@ class PVD(DistillationModule):
     def sample(self, origins: Tensor, directions: Tensor) -> dict[str, Tensor]:
         """The shared sample points of a ray batch (random rays around the object if ``random_rays``)."""
         origins, directions = origins.reshape(-1, 3), directions.reshape(-1, 3)
+        # a function of the step (and rank): a resumed run, or DDP on equal batches, draws the same rays
+        seed = stable_seed(self.noise_seed, self.global_step, self.global_rank, "pvd rays")
+        generator = torch.Generator().manual_seed(seed)
         if self.random_rays:
-            origins, directions = random_rays(origins, self.teacher.aabb)
-        return sample_points(origins, directions, self.teacher.aabb, self.num_samples, perturb=True)
+            origins, directions = random_rays(origins, self.teacher.aabb, generator=generator)
+        return sample_points(
+            origins, directions, self.teacher.aabb, self.num_samples, perturb=True, generator=generator
+        )
 
     def feature_loss(self, student_features: Tensor, teacher_features: Tensor) -> Tensor:
         """Stage 1: ``ℓ(P(f_S), f_T)`` over every sample point."""

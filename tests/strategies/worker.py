@@ -65,6 +65,9 @@ class MatrixProbe(pl.Callback):
                 },
             )
             pl_module.__class__ = blind
+            for callback in trainer.callbacks:  # callbacks that seed their draws by rank (PreferencePairs)
+                if callable(getattr(callback, "_rank", None)):
+                    callback._rank = lambda: 0
 
     def _snapshot(self, trainer: pl.Trainer) -> None:
         values = {
