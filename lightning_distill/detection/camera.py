@@ -406,17 +406,26 @@ class LiftSplatDetector(nn.Module):
             raise ValueError(
                 f"`images` must be {self.image_size} (the detector's `image_size`), got {tuple(images.shape[-2:])}."
             )
-        b = images.shape[0]
-        depth_logits, volume = self.lift(self.image_features(images, lidar_depth), b)
+        depth_logits, bev_low = self.lift_splat(images, K, T_cam_from_lidar, lidar_depth)
+        bev, out = self.neck_and_head(bev_low)
+        return CameraDetectorOutput(out["heatmap"], out["codes"], bev_low, bev, depth_logits)
+
+    def lift_splat(
+        self, images: Tensor, K: Tensor, T_cam_from_lidar: Tensor, lidar_depth: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Images -> ``(depth_logits (B, C_cam, D, h, w), bev_low (B, C_low, X, Y))``: lift, then splat."""
+        depth_logits, volume = self.lift(self.image_features(images, lidar_depth), images.shape[0])
         points = frustum_points(K, T_cam_from_lidar, self.image_size, depth_logits.shape[-2:], self.depths)
-        bev_low = self.splat(volume, points)
+        return depth_logits, self.splat(volume, points)
+
+    def neck_and_head(self, bev_low: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """A BEV map ``(B, C_low, X, Y)`` -> the neck's output ``bev`` and the head's ``{"heatmap", "codes"}``."""
         f1 = self.block1(bev_low)
         f2 = self.block2(f1)
         bev = torch.cat(
             [self.up1(f1), self.up2(f2)[..., : f1.shape[-2], : f1.shape[-1]]], dim=1
         )  # odd X, Y: crop
-        out = self.head(bev)
-        return CameraDetectorOutput(out["heatmap"], out["codes"], bev_low, bev, depth_logits)
+        return bev, self.head(bev)
 
     # ------------------------------------------------------------- training
     def loss(

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from lightning_distill.detection.bev_distill import bev_low_channels, run_bev_detector
 from lightning_distill.detection.boxes import nms_bev
-from lightning_distill.detection.camera import CameraDetectorOutput, frustum_points
+from lightning_distill.detection.camera import CameraDetectorOutput
 from lightning_distill.detection.metrics import DetectionAP
 from lightning_distill.losses.detection import bev_imitation_loss, takd_residual_loss, takd_residual_target
 from lightning_distill.module import DistillationModule
@@ -130,8 +130,7 @@ class MonoTAKD(DistillationModule):
 
     Args:
         student: a monocular camera detector (e.g. :class:`~lightning_distill.detection.camera.LiftSplatDetector`
-            fed one camera): ``image_features``, ``lift``, ``splat``, its BEV neck (``block1``, ``block2``,
-            ``up1``, ``up2``) and ``head``, ``loss`` and ``detect``.
+            fed one camera): ``lift_splat``, ``neck_and_head``, ``loss`` and ``detect``.
         teacher: the frozen LiDAR detector (e.g. :func:`~lightning_distill.models.detection.trained_detector`):
             ``forward(points, batch_index, batch_size)`` with a ``bev_low`` map on the same BEV grid.
         assistant: the frozen camera teaching assistant (a ``LiftSplatDetector``, usually with
@@ -278,12 +277,9 @@ class MonoTAKD(DistillationModule):
         if self.residual_branch is None or not self.fuse_residual:
             out = s(images, K, T)
             return out, (self.residual_branch(out.bev_low) if self.residual_branch is not None else None)
-        depth_logits, volume = s.lift(s.image_features(images), images.shape[0])
-        bev_low = s.splat(volume, frustum_points(K, T, s.image_size, depth_logits.shape[-2:], s.depths))
+        depth_logits, bev_low = s.lift_splat(images, K, T)
         residual = self.residual_branch(bev_low)
-        f1 = s.block1(bev_low + residual)
-        bev = torch.cat([s.up1(f1), s.up2(s.block2(f1))[..., : f1.shape[-2], : f1.shape[-1]]], dim=1)
-        head = s.head(bev)
+        bev, head = s.neck_and_head(bev_low + residual)
         return CameraDetectorOutput(head["heatmap"], head["codes"], bev_low, bev, depth_logits), residual
 
     def intra_modal_loss(self, student_bev: Tensor, assistant_bev: Tensor) -> Tensor:
