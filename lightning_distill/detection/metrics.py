@@ -47,7 +47,7 @@ from torchmetrics.utilities import dim_zero_cat
 from lightning_distill.detection.boxes import bev_iou, check_boxes, iou_3d
 from lightning_distill.detection.scenes import CLASSES, DIFFICULTIES
 
-__all__ = ["DetectionAP", "average_precision", "greedy_match"]
+__all__ = ["DetectionAP", "DetectionEvaluation", "average_precision", "greedy_match"]
 
 
 def greedy_match(similarity: Tensor, scores: Tensor, threshold: float) -> Tensor:
@@ -344,3 +344,51 @@ def _number(value: float) -> str:
 
 def _range_name(low: float, high: float) -> str:
     return f"{_number(low)}+m" if math.isinf(high) else f"{_number(low)}-{_number(high)}m"
+
+
+class DetectionEvaluation:
+    """A recipe's :class:`DetectionAP` per stage and model over an epoch, and what it logs at the epoch's end.
+
+    ``update(stage, preds, targets, model="student")`` adds a batch; ``logs(stage)`` computes and forgets
+    the stage's metrics and returns them as ``{"<stage>/<name>": value}`` for the student and
+    ``{"<stage>/<model>_<name>": value}`` for another model (the teacher's metrics, once per run): per class
+    and the class mean, and by scope (difficulty, distance range) the class mean only. ``reset(stage)``
+    forgets a stage unlogged (Lightning's sanity check).
+
+    Example:
+        >>> import torch
+        >>> evaluation = DetectionEvaluation()
+        >>> box = torch.tensor([[10.0, 0.0, 0.0, 4.0, 2.0, 1.5, 0.0]])
+        >>> perfect = [{"boxes": box, "scores": torch.ones(1), "labels": torch.zeros(1, dtype=torch.long)}]
+        >>> evaluation.update("val", perfect, [{"boxes": box, "labels": torch.zeros(1, dtype=torch.long)}])
+        >>> float(evaluation.logs("val")["val/ap_bev/car"])
+        1.0
+        >>> evaluation.logs("val")
+        {}
+    """
+
+    def __init__(self) -> None:
+        self._metrics: dict[tuple[str, str], DetectionAP] = {}
+
+    def update(
+        self,
+        stage: str,
+        preds: list[dict[str, Tensor]],
+        targets: list[dict[str, Tensor]],
+        model: str = "student",
+    ) -> None:
+        self._metrics.setdefault((stage, model), DetectionAP()).update(preds, targets)
+
+    def reset(self, stage: str) -> None:
+        for key in [k for k in self._metrics if k[0] == stage]:
+            del self._metrics[key]
+
+    def logs(self, stage: str) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = {}
+        for key in [k for k in self._metrics if k[0] == stage]:
+            model = key[1]
+            prefix = f"{stage}/" if model == "student" else f"{stage}/{model}_"
+            for name, value in self._metrics.pop(key).compute().items():
+                if name.count("/") == 1 or "/mean/" in name:
+                    out[prefix + name] = torch.as_tensor(value, dtype=torch.float32)
+        return out

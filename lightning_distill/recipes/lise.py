@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from lightning_distill.detection.boxes import nms_bev
 from lightning_distill.detection.detector import DetectorOutput, batch_targets
-from lightning_distill.detection.metrics import DetectionAP
+from lightning_distill.detection.metrics import DetectionEvaluation
 from lightning_distill.detection.pseudo_labels import PseudoLabeler
 from lightning_distill.detection.self_training import (
     adaptive_sample,
@@ -134,7 +134,7 @@ class LiSe(DistillationModule):
         self.register_frozen("aggregate", copy.deepcopy(student))
         self.register_buffer("rounds_done", torch.zeros((), dtype=torch.long))
         self.labels: Labels = {}
-        self._metrics: dict[str, Any] = {}
+        self.detection_metrics = DetectionEvaluation()
         self._pending_diagnostics: dict[str, float] = {}
 
     # ---------------------------------------------------------------- the paper
@@ -279,26 +279,17 @@ class LiSe(DistillationModule):
         return model.detect(output, nms=self._nms())
 
     def _evaluation_step(self, batch: Any, stage: str) -> None:
-        metric = self._metrics.setdefault(stage, DetectionAP())
-        metric.update(self._detect(self.final_model(), batch), batch_targets(batch))
-
-    def _log_metrics(self, stage: str) -> None:
-        metric = self._metrics.pop(stage, None)
-        if metric is not None:
-            values = {k: v for k, v in metric.compute().items() if k.count("/") == 1 or "/mean/" in k}
-            self.log_dict(
-                {f"{stage}/{k}": torch.as_tensor(v, dtype=torch.float32) for k, v in values.items()}
-            )
+        self.detection_metrics.update(stage, self._detect(self.final_model(), batch), batch_targets(batch))
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
-            self._metrics.pop("val", None)
+            self.detection_metrics.reset("val")
             return
-        self._log_metrics("val")
+        self.log_dict(self.detection_metrics.logs("val"))
         super().on_validation_epoch_end()
 
     def on_test_epoch_end(self) -> None:
-        self._log_metrics("test")
+        self.log_dict(self.detection_metrics.logs("test"))
         super().on_test_epoch_end()
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Tensor]]:

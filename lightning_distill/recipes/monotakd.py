@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from lightning_distill.detection.bev_distill import bev_low_channels, run_bev_detector
 from lightning_distill.detection.boxes import nms_bev
 from lightning_distill.detection.camera import CameraDetectorOutput
-from lightning_distill.detection.metrics import DetectionAP
+from lightning_distill.detection.metrics import DetectionEvaluation
 from lightning_distill.losses.detection import bev_imitation_loss, takd_residual_loss, takd_residual_target
 from lightning_distill.module import DistillationModule
 from lightning_distill.representation.correspondence import FeatureCache
@@ -213,7 +213,7 @@ class MonoTAKD(DistillationModule):
         self.residual_branch: nn.Module | None = None
         if distillation == "takd":
             self.residual_branch = ResidualBranch(channels["student"], channels["teacher"], residual_width)
-        self._metrics: dict[str, Any] = {}
+        self.detection_metrics = DetectionEvaluation()
 
     @property
     def lidar_teacher(self) -> nn.Module:
@@ -340,28 +340,17 @@ class MonoTAKD(DistillationModule):
         if self._teacher_metrics_pending.get(stage, False) and not self.trainer.sanity_checking:
             models += ["teacher", "assistant"]
         for model in models:
-            name = stage if model == "student" else f"{stage}_{model}"
-            self._metrics.setdefault(name, DetectionAP()).update(self.detect(batch, model), targets)
-
-    def _log_metrics(self, stage: str) -> None:
-        for model in ("student", "teacher", "assistant"):
-            name = stage if model == "student" else f"{stage}_{model}"
-            metric = self._metrics.pop(name, None)
-            if metric is None:
-                continue
-            prefix = f"{stage}/" if model == "student" else f"{stage}/{model}_"
-            values = {k: v for k, v in metric.compute().items() if k.count("/") == 1 or "/mean/" in k}
-            self.log_dict({prefix + k: torch.as_tensor(v, dtype=torch.float32) for k, v in values.items()})
+            self.detection_metrics.update(stage, self.detect(batch, model), targets, model=model)
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
-            self._metrics.pop("val", None)
+            self.detection_metrics.reset("val")
             return
-        self._log_metrics("val")
+        self.log_dict(self.detection_metrics.logs("val"))
         super().on_validation_epoch_end()
 
     def on_test_epoch_end(self) -> None:
-        self._log_metrics("test")
+        self.log_dict(self.detection_metrics.logs("test"))
         super().on_test_epoch_end()
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Tensor]]:

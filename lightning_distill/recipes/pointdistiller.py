@@ -50,7 +50,7 @@ from lightning_distill.detection.local_graph import (
     knn_in_feature_space,
     salient_voxels,
 )
-from lightning_distill.detection.metrics import DetectionAP
+from lightning_distill.detection.metrics import DetectionEvaluation
 from lightning_distill.losses import hint_loss
 from lightning_distill.losses.detection import local_structure_loss, saliency_weights
 from lightning_distill.module import DistillationModule
@@ -150,7 +150,7 @@ class PointDistiller(DistillationModule):
             self.teacher_adapter: nn.Module = GraphAdapter(c_t, out)
         elif distillation == "imitation":
             self.student_adapter = nn.Linear(c_s, c_t)
-        self._metrics: dict[str, Any] = {}
+        self.detection_metrics = DetectionEvaluation()
 
     # ---------------------------------------------------------------- the paper
     def detection_loss(self, output: DetectorOutput, batch: dict[str, Any]) -> dict[str, Tensor]:
@@ -220,11 +220,6 @@ class PointDistiller(DistillationModule):
             return None
         return lambda boxes, scores, iou: nms_bev(boxes, scores, iou)
 
-    def _metric(self, name: str) -> Any:
-        if name not in self._metrics:
-            self._metrics[name] = DetectionAP()
-        return self._metrics[name]
-
     @torch.no_grad()
     def _detect(self, model: nn.Module, batch: dict[str, Any]) -> list[dict[str, Tensor]]:
         output = model(batch["points"], batch["batch_index"], len(batch["boxes"]))
@@ -232,28 +227,19 @@ class PointDistiller(DistillationModule):
 
     def _evaluation_step(self, batch: Any, stage: str) -> None:
         targets = batch_targets(batch)
-        self._metric(stage).update(self._detect(self.student, batch), targets)
+        self.detection_metrics.update(stage, self._detect(self.student, batch), targets)
         if self._teacher_metrics_pending.get(stage, False) and not self.trainer.sanity_checking:
-            self._metric(f"{stage}_teacher").update(self._detect(self.teacher, batch), targets)
-
-    def _log_metrics(self, stage: str) -> None:
-        for name, prefix in ((stage, f"{stage}/"), (f"{stage}_teacher", f"{stage}/teacher_")):
-            metric = self._metrics.pop(name, None)
-            if metric is None:
-                continue
-            # per class and the class mean; by scope (difficulty, distance range) only the class mean
-            values = {k: v for k, v in metric.compute().items() if k.count("/") == 1 or "/mean/" in k}
-            self.log_dict({prefix + k: torch.as_tensor(v, dtype=torch.float32) for k, v in values.items()})
+            self.detection_metrics.update(stage, self._detect(self.teacher, batch), targets, model="teacher")
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
-            self._metrics.pop("val", None)
+            self.detection_metrics.reset("val")
             return
-        self._log_metrics("val")
+        self.log_dict(self.detection_metrics.logs("val"))
         super().on_validation_epoch_end()
 
     def on_test_epoch_end(self) -> None:
-        self._log_metrics("test")
+        self.log_dict(self.detection_metrics.logs("test"))
         super().on_test_epoch_end()
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Tensor]]:

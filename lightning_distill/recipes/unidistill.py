@@ -53,7 +53,7 @@ from lightning_distill.detection.bev_distill import (
 from lightning_distill.detection.boxes import nms_bev
 from lightning_distill.detection.camera import camera_targets, visible_boxes
 from lightning_distill.detection.detector import batch_targets
-from lightning_distill.detection.metrics import DetectionAP
+from lightning_distill.detection.metrics import DetectionEvaluation
 from lightning_distill.losses.detection import (
     unidistill_feature_loss,
     unidistill_relation_loss,
@@ -143,7 +143,7 @@ class UniDistill(DistillationModule):
         c_s, c_t = bev_low_channels(student), bev_low_channels(teacher)
         # the official pairs share the BEV channel count; where ours differ a 1x1 conv maps student -> teacher
         self.feature_adapter = nn.Conv2d(c_s, c_t, 1) if c_s != c_t else nn.Identity()
-        self._metrics: dict[str, Any] = {}
+        self.detection_metrics = DetectionEvaluation()
 
     # ---------------------------------------------------------------- the paper
     def distilled_boxes(self, batch: dict[str, Any]) -> tuple[list[Tensor], list[Tensor]]:
@@ -215,11 +215,6 @@ class UniDistill(DistillationModule):
     def _targets(self, batch: dict[str, Any]) -> list[dict[str, Tensor]]:
         return camera_targets(batch) if self.camera_view else batch_targets(batch)
 
-    def _metric(self, name: str) -> Any:
-        if name not in self._metrics:
-            self._metrics[name] = DetectionAP()
-        return self._metrics[name]
-
     @torch.no_grad()
     def _detect(self, model: nn.Module, batch: dict[str, Any]) -> list[dict[str, Tensor]]:
         nms = (
@@ -231,28 +226,19 @@ class UniDistill(DistillationModule):
 
     def _evaluation_step(self, batch: Any, stage: str) -> None:
         targets = self._targets(batch)
-        self._metric(stage).update(self._detect(self.student, batch), targets)
+        self.detection_metrics.update(stage, self._detect(self.student, batch), targets)
         if self._teacher_metrics_pending.get(stage, False) and not self.trainer.sanity_checking:
-            self._metric(f"{stage}_teacher").update(self._detect(self.teacher, batch), targets)
-
-    def _log_metrics(self, stage: str) -> None:
-        for name, prefix in ((stage, f"{stage}/"), (f"{stage}_teacher", f"{stage}/teacher_")):
-            metric = self._metrics.pop(name, None)
-            if metric is None:
-                continue
-            # per class and the class mean; by scope (difficulty, distance range) only the class mean
-            values = {k: v for k, v in metric.compute().items() if k.count("/") == 1 or "/mean/" in k}
-            self.log_dict({prefix + k: torch.as_tensor(v, dtype=torch.float32) for k, v in values.items()})
+            self.detection_metrics.update(stage, self._detect(self.teacher, batch), targets, model="teacher")
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
-            self._metrics.pop("val", None)
+            self.detection_metrics.reset("val")
             return
-        self._log_metrics("val")
+        self.log_dict(self.detection_metrics.logs("val"))
         super().on_validation_epoch_end()
 
     def on_test_epoch_end(self) -> None:
-        self._log_metrics("test")
+        self.log_dict(self.detection_metrics.logs("test"))
         super().on_test_epoch_end()
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Tensor]]:

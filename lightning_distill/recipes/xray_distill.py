@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from lightning_distill.detection.boxes import nms_bev
 from lightning_distill.detection.detector import DetectorOutput, batch_targets
 from lightning_distill.detection.heads import build_targets, gather_codes
-from lightning_distill.detection.metrics import DetectionAP
+from lightning_distill.detection.metrics import DetectionEvaluation
 from lightning_distill.losses.detection import (
     box_regression_l1,
     heatmap_distillation_loss,
@@ -132,7 +132,7 @@ class XRayDistill(DistillationModule):
         self.feature_adapter: nn.Module = (
             nn.Identity() if s_width == t_width else nn.Conv2d(s_width, t_width, 1)
         )
-        self._metrics: dict[str, Any] = {}
+        self.detection_metrics = DetectionEvaluation()
 
     # ---------------------------------------------------------------- the paper
     def label_targets(
@@ -205,44 +205,30 @@ class XRayDistill(DistillationModule):
             return None
         return lambda boxes, scores, iou: nms_bev(boxes, scores, iou)
 
-    def _metric(self, name: str) -> Any:
-        if name not in self._metrics:
-            self._metrics[name] = DetectionAP()
-        return self._metrics[name]
-
     @torch.no_grad()
     def _detect(self, model: nn.Module, points: Tensor, index: Tensor, size: int) -> list[dict[str, Tensor]]:
         return model.detect(model(points, index, size), nms=self._nms())
 
     def _evaluation_step(self, batch: Any, stage: str) -> None:
         targets, size = batch_targets(batch), len(batch["boxes"])
-        self._metric(stage).update(
-            self._detect(self.student, batch["points"], batch["batch_index"], size), targets
-        )
+        student = self._detect(self.student, batch["points"], batch["batch_index"], size)
+        self.detection_metrics.update(stage, student, targets)
         if self._teacher_metrics_pending.get(stage, False) and not self.trainer.sanity_checking:
             # the teacher on what it was trained for: object-complete frames when the batch has them
             points = batch.get("complete_points", batch["points"])
             index = batch.get("complete_batch_index", batch["batch_index"])
-            self._metric(f"{stage}_teacher").update(self._detect(self.teacher, points, index, size), targets)
-
-    def _log_metrics(self, stage: str) -> None:
-        for name, prefix in ((stage, f"{stage}/"), (f"{stage}_teacher", f"{stage}/teacher_")):
-            metric = self._metrics.pop(name, None)
-            if metric is None:
-                continue
-            # per class and the class mean; by scope (difficulty, distance range) only the class mean
-            values = {k: v for k, v in metric.compute().items() if k.count("/") == 1 or "/mean/" in k}
-            self.log_dict({prefix + k: torch.as_tensor(v, dtype=torch.float32) for k, v in values.items()})
+            teacher = self._detect(self.teacher, points, index, size)
+            self.detection_metrics.update(stage, teacher, targets, model="teacher")
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
-            self._metrics.pop("val", None)
+            self.detection_metrics.reset("val")
             return
-        self._log_metrics("val")
+        self.log_dict(self.detection_metrics.logs("val"))
         super().on_validation_epoch_end()
 
     def on_test_epoch_end(self) -> None:
-        self._log_metrics("test")
+        self.log_dict(self.detection_metrics.logs("test"))
         super().on_test_epoch_end()
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Tensor]]:

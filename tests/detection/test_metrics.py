@@ -7,7 +7,12 @@ import math
 import pytest
 import torch
 
-from lightning_distill.detection.metrics import DetectionAP, average_precision, greedy_match
+from lightning_distill.detection.metrics import (
+    DetectionAP,
+    DetectionEvaluation,
+    average_precision,
+    greedy_match,
+)
 
 CAR, PED = 0, 1
 
@@ -203,3 +208,22 @@ def test_bad_updates_are_rejected():
         metric.update([_pred(_cars(1.0, 2.0), [0.9])], [_target(_cars(1.0))])
     with pytest.raises(ValueError, match="must be an \\(M, 7\\)"):
         metric.update([_pred(torch.zeros(1, 5), [0.9])], [_target(_cars(1.0))])
+
+
+def test_detection_evaluation_logs_each_model_under_its_prefix_once():
+    box = torch.tensor([[10.0, 0.0, 0.0, 4.0, 2.0, 1.5, 0.0]])
+    label = torch.zeros(1, dtype=torch.long)
+    hit = [{"boxes": box, "scores": torch.ones(1), "labels": label}]
+    miss = [{"boxes": box + torch.tensor([[20.0, 0, 0, 0, 0, 0, 0]]), "scores": torch.ones(1), "labels": label}]
+    target = [{"boxes": box, "labels": label}]
+    evaluation = DetectionEvaluation()
+    evaluation.update("val", hit, target)
+    evaluation.update("val", miss, target, model="teacher")
+    evaluation.update("test", hit, target)
+    logs = evaluation.logs("val")
+    assert float(logs["val/ap_bev/car"]) == 1.0 and float(logs["val/teacher_ap_bev/car"]) == 0.0
+    assert "val/ap_bev/car/easy" not in logs and "val/ap_bev/mean/easy" in logs  # scopes: class mean only
+    assert not any(k.startswith("test/") for k in logs)
+    assert evaluation.logs("val") == {}  # computed once, then forgotten
+    evaluation.reset("test")
+    assert evaluation.logs("test") == {}
