@@ -214,7 +214,9 @@ def test_detection_evaluation_logs_each_model_under_its_prefix_once():
     box = torch.tensor([[10.0, 0.0, 0.0, 4.0, 2.0, 1.5, 0.0]])
     label = torch.zeros(1, dtype=torch.long)
     hit = [{"boxes": box, "scores": torch.ones(1), "labels": label}]
-    miss = [{"boxes": box + torch.tensor([[20.0, 0, 0, 0, 0, 0, 0]]), "scores": torch.ones(1), "labels": label}]
+    miss = [
+        {"boxes": box + torch.tensor([[20.0, 0, 0, 0, 0, 0, 0]]), "scores": torch.ones(1), "labels": label}
+    ]
     target = [{"boxes": box, "labels": label}]
     evaluation = DetectionEvaluation()
     evaluation.update("val", hit, target)
