@@ -256,11 +256,9 @@ def make_scene(
     normal = torch.where(mask[:, None], normal, torch.zeros_like(normal))
 
     shape = (num_views, *sizes)
-    test = (
-        torch.linspace(0, num_views - 1, num_test + 1)[:-1].round().long()
-        if num_test > 1
-        else torch.tensor([0])
-    )
+    # views k (V - 1) / T for k < T, rounded half up in integers (a float linspace rounds a tie either way)
+    k = torch.arange(num_test) if num_test > 1 else torch.zeros(1, dtype=torch.long)
+    test = (2 * k * (num_views - 1) + max(num_test, 1)) // (2 * max(num_test, 1))
     return MultiViewScene(
         cameras=cameras,
         images=rgb.float().reshape(*shape, 3).permute(0, 3, 1, 2).contiguous(),
