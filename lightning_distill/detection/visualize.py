@@ -210,22 +210,7 @@ class DetectionPictures(Callback):
             score_threshold=self.score_threshold,
             title=f"epoch {trainer.current_epoch}, step {trainer.global_step} ({', '.join(CLASSES)})",
         )
-        logged = False
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_image(key=f"val/{self.key}", images=[self.last_picture], step=trainer.global_step)
-                logged = True
-            elif isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image(
-                    f"val/{self.key}", self.last_picture, global_step=trainer.global_step, dataformats="HWC"
-                )
-                logged = True
-        if not logged:
-            from matplotlib.image import imsave
-
-            out = Path(log_dir or trainer.default_root_dir) / "detections"
-            out.mkdir(parents=True, exist_ok=True)
-            imsave(out / f"{self.key}_epoch{trainer.current_epoch:04d}.png", self.last_picture)
+        _log_picture(trainer, self.key, self.last_picture, log_dir)
 
 
 def render_camera_detections(
@@ -396,19 +381,24 @@ class CameraDetectionPictures(Callback):
             batch["boxes"][0].cpu(), None if pred is None else pred.cpu(), bev_maps=maps, bev_extent=extent,
             title=f"epoch {trainer.current_epoch}, step {trainer.global_step}",
         )  # fmt: skip
-        logged = False
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_image(key=f"val/{self.key}", images=[self.last_picture], step=trainer.global_step)
-                logged = True
-            elif isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image(
-                    f"val/{self.key}", self.last_picture, global_step=trainer.global_step, dataformats="HWC"
-                )
-                logged = True
-        if not logged:
-            from matplotlib.image import imsave
+        _log_picture(trainer, self.key, self.last_picture, log_dir)
 
-            out = Path(log_dir or trainer.default_root_dir) / "detections"
-            out.mkdir(parents=True, exist_ok=True)
-            imsave(out / f"{self.key}_epoch{trainer.current_epoch:04d}.png", self.last_picture)
+
+def _log_picture(trainer: Any, key: str, picture: Any, log_dir: str | None) -> None:
+    """``val/<key>`` to W&B and TensorBoard, or a PNG under ``<log_dir>/detections/`` without such a logger."""
+    logged = False
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key=f"val/{key}", images=[picture], step=trainer.global_step)
+            logged = True
+        elif isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_image(
+                f"val/{key}", picture, global_step=trainer.global_step, dataformats="HWC"
+            )
+            logged = True
+    if not logged:
+        from matplotlib.image import imsave
+
+        out = Path(log_dir or trainer.default_root_dir) / "detections"
+        out.mkdir(parents=True, exist_ok=True)
+        imsave(out / f"{key}_epoch{trainer.current_epoch:04d}.png", picture)

@@ -214,10 +214,14 @@ class _OccupancyVAE(nn.Module):
         self.register_buffer("latent_scale", torch.ones(()))
 
     def encode(self, occupancy: Tensor) -> tuple[Tensor, Tensor]:
-        raise NotImplementedError
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement `encode` (HexPlaneVAE and VolumeVAE do)."
+        )
 
     def decode(self, latent: Tensor) -> Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement `decode` (HexPlaneVAE and VolumeVAE do)."
+        )
 
     def encode_latent(self, occupancy: Tensor) -> Tensor:
         """The unit-scale latent the DiT sees: ``mean / latent_scale``."""

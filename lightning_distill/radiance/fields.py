@@ -146,7 +146,7 @@ class RadianceField(nn.Module):
 
     def encode(self, x: Tensor) -> Tensor:
         """The raw feature ``(N, 1 + geo_dim)`` of points in ``[−1, 1]^3`` (before the clamp)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement `encode` (each field family does).")
 
     def clamp_features(self, raw: Tensor) -> Tensor:
         """Clamp the density channel to ``density_clip`` (the official ``h[..., 0] = clamp(...)``)."""
